@@ -1,0 +1,437 @@
+//! Value types with their invariants checked once, at parse time.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Why an input was refused; the message is safe to show to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// Primary key of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UserId(pub i64);
+
+/// Primary key of a photo; ids grow with time, which keyset pagination uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PhotoId(pub i64);
+
+impl fmt::Display for PhotoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A username: 3 to 32 characters of `[a-z0-9_]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Username(String);
+
+impl Username {
+    /// Checks the length and alphabet.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let ok_len = (3..=32).contains(&s.len());
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok_len && ok_chars {
+            Ok(Username(s.to_owned()))
+        } else {
+            Err(Invalid(
+                "username must be 3 to 32 characters of a-z, 0-9 and _".into(),
+            ))
+        }
+    }
+
+    /// The username as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A clear-text password, 8 to 128 characters; never printed.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    /// Checks the length (in characters).
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let n = s.chars().count();
+        if (8..=128).contains(&n) {
+            Ok(Password(s.to_owned()))
+        } else {
+            Err(Invalid("password must be 8 to 128 characters".into()))
+        }
+    }
+
+    /// The secret itself, for hashing only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// A photo caption: at most 500 characters, no control characters but newline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Caption(String);
+
+impl Caption {
+    /// Trims surrounding whitespace and checks length and characters.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let s = s.trim();
+        if s.chars().count() > 500 {
+            return Err(Invalid("caption must be at most 500 characters".into()));
+        }
+        if s.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(Invalid("caption must not contain control characters".into()));
+        }
+        Ok(Caption(s.to_owned()))
+    }
+
+    /// The caption as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where a photo is in its processing life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhotoStatus {
+    /// Uploaded; variants are being made.
+    Processing,
+    /// All variants exist.
+    Ready,
+    /// Processing gave up after the retry budget.
+    Failed,
+}
+
+impl PhotoStatus {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhotoStatus::Processing => "processing",
+            PhotoStatus::Ready => "ready",
+            PhotoStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        match s {
+            "processing" => Ok(PhotoStatus::Processing),
+            "ready" => Ok(PhotoStatus::Ready),
+            "failed" => Ok(PhotoStatus::Failed),
+            other => Err(Invalid(format!("unknown photo status {other:?}"))),
+        }
+    }
+}
+
+/// An accepted image container, recognised by its magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
+    Webp,
+}
+
+impl ImageFormat {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "jpeg",
+            ImageFormat::Png => "png",
+            ImageFormat::Webp => "webp",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        match s {
+            "jpeg" => Ok(ImageFormat::Jpeg),
+            "png" => Ok(ImageFormat::Png),
+            "webp" => Ok(ImageFormat::Webp),
+            other => Err(Invalid(format!("unknown image format {other:?}"))),
+        }
+    }
+
+    /// The MIME type served with the bytes.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "image/jpeg",
+            ImageFormat::Png => "image/png",
+            ImageFormat::Webp => "image/webp",
+        }
+    }
+
+    /// The file extension used in blob keys and URLs.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "jpg",
+            ImageFormat::Png => "png",
+            ImageFormat::Webp => "webp",
+        }
+    }
+}
+
+/// A processed rendition of a photo. All variants are JPEG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// Fits in 256x256, aspect kept.
+    Thumbnail,
+    /// Centre crop, 512x512.
+    Square,
+    /// Unsharp mask.
+    Sharpened,
+    /// Gaussian blur.
+    Blurred,
+}
+
+impl Variant {
+    /// Every variant the worker produces.
+    pub const ALL: [Variant; 4] = [
+        Variant::Thumbnail,
+        Variant::Square,
+        Variant::Sharpened,
+        Variant::Blurred,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Thumbnail => "thumbnail",
+            Variant::Square => "square",
+            Variant::Sharpened => "sharpened",
+            Variant::Blurred => "blurred",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Variant::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The blob key of this variant of a photo.
+    pub fn blob_key(self, photo: PhotoId) -> BlobKey {
+        BlobKey(format!("variants/{}/{}.jpg", photo.0, self.as_str()))
+    }
+}
+
+/// A stored user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: UserId,
+    pub username: Username,
+    /// PHC string of the argon2 hash.
+    pub password_hash: String,
+}
+
+/// Public facts about a user and the caller's relation to them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Profile {
+    pub id: UserId,
+    pub username: Username,
+    pub followers: i64,
+    pub following: i64,
+}
+
+/// A stored photo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Photo {
+    pub id: PhotoId,
+    pub owner_id: UserId,
+    pub owner: Username,
+    pub caption: Option<Caption>,
+    pub status: PhotoStatus,
+    pub created_at_ms: i64,
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Photo {
+    /// The blob key of the uploaded original.
+    pub fn original_key(&self) -> BlobKey {
+        original_key(self.id, self.format)
+    }
+}
+
+/// The blob key of an original upload.
+pub fn original_key(id: PhotoId, format: ImageFormat) -> BlobKey {
+    BlobKey(format!("originals/{}.{}", id.0, format.extension()))
+}
+
+/// A photo about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewPhoto {
+    pub owner_id: UserId,
+    pub caption: Option<Caption>,
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// One page of a newest-first list: photos with ids below `before`.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub before: Option<PhotoId>,
+    pub limit: u32,
+}
+
+/// A key in the blob store: relative, `[a-z0-9_./-]`, no `..`, no empty segment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlobKey(String);
+
+impl BlobKey {
+    /// Refuses anything that could escape the store's root.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let chars_ok = s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'/' | b'-')
+        });
+        let segments_ok = s.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+        if !s.is_empty() && s.len() <= 512 && chars_ok && segments_ok {
+            Ok(BlobKey(s.to_owned()))
+        } else {
+            Err(Invalid(format!("invalid blob key {s:?}")))
+        }
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An opaque session token (256 random bits, hex); never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken(String);
+
+impl SessionToken {
+    /// Wraps a token taken from a cookie; only hex of the right length passes.
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| SessionToken(s.to_ascii_lowercase()))
+    }
+
+    /// Wraps freshly generated token text.
+    pub fn from_generated(s: String) -> Self {
+        SessionToken(s)
+    }
+
+    /// The secret itself, for the cookie and for hashing only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken(***)")
+    }
+}
+
+/// A live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user_id: UserId,
+    pub expires_at_ms: i64,
+}
+
+/// A job claimed from the queue.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+/// What became of a job that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// It will be delivered again after its back-off.
+    Retry { delay_ms: u64 },
+    /// The retry budget is spent; it is in the dead-letter set.
+    DeadLettered,
+}
+
+/// Counts of jobs by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueDepth {
+    /// Waiting for a worker (including those backing off).
+    pub ready: i64,
+    /// Claimed by a worker, visibility timeout running.
+    pub in_flight: i64,
+    /// Given up after the retry budget.
+    pub dead: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(Username::parse("bob").is_ok());
+        assert!(Username::parse("a_1_z").is_ok());
+        assert!(Username::parse(&"a".repeat(32)).is_ok());
+        for bad in ["", "ab", "Bob", "bo b", "bob!", "ünï", &"a".repeat(33)] {
+            assert!(Username::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn passwords_are_bounded_and_hidden() {
+        assert!(Password::parse("short").is_err());
+        assert!(Password::parse(&"x".repeat(129)).is_err());
+        let p = Password::parse("correct horse").unwrap();
+        assert_eq!(format!("{p:?}"), "Password(***)");
+    }
+
+    #[test]
+    fn blob_keys_cannot_escape() {
+        assert!(BlobKey::parse("originals/1.jpg").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a/./b", "A.jpg", "a\\b", "a/"] {
+            assert!(BlobKey::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn captions() {
+        assert_eq!(Caption::parse("  hi  ").unwrap().as_str(), "hi");
+        assert!(Caption::parse(&"x".repeat(501)).is_err());
+        assert!(Caption::parse("a\u{0}b").is_err());
+    }
+
+    #[test]
+    fn session_tokens() {
+        assert!(SessionToken::parse(&"a".repeat(64)).is_some());
+        assert!(SessionToken::parse(&"a".repeat(63)).is_none());
+        assert!(SessionToken::parse(&"g".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in [PhotoStatus::Processing, PhotoStatus::Ready, PhotoStatus::Failed] {
+            assert_eq!(PhotoStatus::parse(s.as_str()).unwrap(), s);
+        }
+        for v in Variant::ALL {
+            assert_eq!(Variant::parse(v.as_str()), Some(v));
+        }
+    }
+}
