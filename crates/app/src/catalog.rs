@@ -1,0 +1,147 @@
+//! Cache-aside reads of photo metadata and photo lists.
+//!
+//! - A photo is cached under `photo:{id}` only once its status is final
+//!   (`ready` or `failed`): the worker that finishes processing is another
+//!   process and cannot reach this server's in-process cache, so caching a
+//!   `processing` photo would serve a stale status until the TTL.
+//! - A user's list pages are cached under a *generation* key: every write
+//!   that changes the list (upload, undone upload) deletes
+//!   `uphotos-gen:{user}`, so all cached pages of that user become
+//!   unreachable at once without enumerating them.
+//! - A cache error counts as a miss and is logged: the cache is never a
+//!   single point of failure.
+
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use domain::ports::{Cache, Store};
+use domain::{Page, Photo, PhotoId, PhotoStatus, StoreError, UserId};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Photo reads through the cache.
+#[derive(Clone)]
+pub struct Catalog {
+    store: Arc<dyn Store>,
+    cache: Arc<dyn Cache>,
+    metrics: Arc<Metrics>,
+    ttl: Duration,
+}
+
+fn photo_key(id: PhotoId) -> String {
+    format!("photo:{}", id.0)
+}
+
+fn generation_key(owner: UserId) -> String {
+    format!("uphotos-gen:{}", owner.0)
+}
+
+impl Catalog {
+    /// A catalog caching entries for `ttl`.
+    pub fn new(store: Arc<dyn Store>, cache: Arc<dyn Cache>, metrics: Arc<Metrics>, ttl: Duration) -> Self {
+        Catalog {
+            store,
+            cache,
+            metrics,
+            ttl,
+        }
+    }
+
+    async fn cache_get(&self, name: &str, key: &str) -> Option<Bytes> {
+        match self.cache.get(key).await {
+            Ok(Some(v)) => {
+                self.metrics.cache_lookup(name, "hit");
+                Some(v)
+            }
+            Ok(None) => {
+                self.metrics.cache_lookup(name, "miss");
+                None
+            }
+            Err(e) => {
+                self.metrics.cache_lookup(name, "error");
+                tracing::warn!(error = %e, key, "cache read failed; reading the store");
+                None
+            }
+        }
+    }
+
+    async fn cache_set(&self, key: &str, value: Bytes, ttl: Duration) {
+        if let Err(e) = self.cache.set(key, value, ttl).await {
+            tracing::warn!(error = %e, key, "cache write failed");
+        }
+    }
+
+    async fn cache_delete(&self, key: &str) {
+        if let Err(e) = self.cache.delete(key).await {
+            tracing::warn!(error = %e, key, "cache invalidation failed");
+        }
+    }
+
+    /// A photo, from the cache when possible.
+    pub async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
+        let key = photo_key(id);
+        if let Some(hit) = self.cache_get("photo", &key).await {
+            if let Ok(photo) = serde_json::from_slice::<Photo>(&hit) {
+                return Ok(Some(photo));
+            }
+        }
+        let photo = self.store.photo(id).await?;
+        if let Some(p) = &photo {
+            if p.status != PhotoStatus::Processing {
+                let bytes = serde_json::to_vec(p).expect("photo serialises");
+                self.cache_set(&key, bytes.into(), self.ttl).await;
+            }
+        }
+        Ok(photo)
+    }
+
+    /// Several photos in order, skipping any that vanished meanwhile.
+    pub async fn photos(&self, ids: &[PhotoId]) -> Result<Vec<Photo>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(p) = self.photo(id).await? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn generation(&self, owner: UserId) -> String {
+        let key = generation_key(owner);
+        if let Some(g) = self.cache_get("photo_list_generation", &key).await {
+            return String::from_utf8_lossy(&g).into_owned();
+        }
+        let g = format!("{:x}", rand::random::<u64>());
+        // The generation outlives the pages it names.
+        self.cache_set(&key, Bytes::from(g.clone()), self.ttl * 10).await;
+        g
+    }
+
+    /// One page of a user's photo ids, newest first.
+    pub async fn user_photo_ids(&self, owner: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError> {
+        let generation = self.generation(owner).await;
+        let key = format!(
+            "uphotos:{}:{generation}:{}:{}",
+            owner.0,
+            page.before.map_or(-1, |p| p.0),
+            page.limit
+        );
+        if let Some(hit) = self.cache_get("photo_list", &key).await {
+            if let Ok(ids) = serde_json::from_slice::<Vec<i64>>(&hit) {
+                return Ok(ids.into_iter().map(PhotoId).collect());
+            }
+        }
+        let ids = self.store.user_photo_ids(owner, page).await?;
+        let raw: Vec<i64> = ids.iter().map(|p| p.0).collect();
+        self.cache_set(&key, serde_json::to_vec(&raw).expect("ids serialise").into(), self.ttl)
+            .await;
+        Ok(ids)
+    }
+
+    /// Invalidates what a change to one photo of `owner` makes stale.
+    pub async fn invalidate(&self, owner: UserId, photo: Option<PhotoId>) {
+        self.cache_delete(&generation_key(owner)).await;
+        if let Some(id) = photo {
+            self.cache_delete(&photo_key(id)).await;
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Upload, photo metadata, photo lists and the media files themselves.
+
+use crate::auth::CurrentUser;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::extract::multipart::MultipartError;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use domain::{BlobKey, Caption, NewPhoto, Page, Photo, PhotoId, PhotoStatus, Username, Variant};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Job kind of photo processing.
+pub const PROCESS_PHOTO: &str = "photo.process";
+
+/// Payload of a [`PROCESS_PHOTO`] job.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProcessPhoto {
+    pub photo_id: i64,
+}
+
+/// A photo as the API shows it.
+#[derive(Serialize)]
+pub struct PhotoView {
+    id: i64,
+    owner: String,
+    caption: Option<String>,
+    status: PhotoStatus,
+    created_at: String,
+    width: u32,
+    height: u32,
+    variants: BTreeMap<&'static str, String>,
+}
+
+impl PhotoView {
+    /// Renders a photo with media URLs under `media_base`.
+    pub fn new(p: &Photo, media_base: &str) -> Self {
+        let url = |key: BlobKey| format!("{media_base}/media/{}", key.as_str());
+        let mut variants = BTreeMap::new();
+        variants.insert("original", url(p.original_key()));
+        if p.status == PhotoStatus::Ready {
+            for v in Variant::ALL {
+                variants.insert(v.as_str(), url(v.blob_key(p.id)));
+            }
+        }
+        let created = UNIX_EPOCH + Duration::from_millis(p.created_at_ms.max(0) as u64);
+        PhotoView {
+            id: p.id.0,
+            owner: p.owner.to_string(),
+            caption: p.caption.as_ref().map(|c| c.as_str().to_owned()),
+            status: p.status,
+            created_at: humantime::format_rfc3339_millis(created).to_string(),
+            width: p.width,
+            height: p.height,
+            variants,
+        }
+    }
+}
+
+/// `?cursor=&limit=` of list endpoints.
+#[derive(Deserialize)]
+pub struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Default and largest page size.
+const PAGE_DEFAULT: u32 = 20;
+const PAGE_MAX: u32 = 100;
+
+impl PageQuery {
+    /// Validates the cursor (a photo id) and the limit.
+    pub fn page(&self) -> ApiResult<Page> {
+        let before = match self.cursor.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(PhotoId(
+                c.parse::<i64>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))?,
+            )),
+        };
+        let limit = self.limit.unwrap_or(PAGE_DEFAULT);
+        if !(1..=PAGE_MAX).contains(&limit) {
+            return Err(ApiError::BadRequest(format!("limit must be 1 to {PAGE_MAX}")));
+        }
+        Ok(Page { before, limit })
+    }
+}
+
+/// A page of photos with the cursor of the next one.
+#[derive(Serialize)]
+pub struct PhotoPage {
+    photos: Vec<PhotoView>,
+    next_cursor: Option<String>,
+}
+
+/// Builds a page answer from the ids a list query returned.
+pub async fn photo_page(state: &AppState, ids: Vec<PhotoId>, page: Page) -> ApiResult<Json<PhotoPage>> {
+    // The cursor comes from the ids, not the photos, so a photo deleted
+    // between the two reads cannot make the next page skip or repeat.
+    let next_cursor = (ids.len() == page.limit as usize)
+        .then(|| ids.last().map(|id| id.0.to_string()))
+        .flatten();
+    let photos = state.catalog.photos(&ids).await?;
+    let base = &state.settings.media_base_url;
+    Ok(Json(PhotoPage {
+        photos: photos.iter().map(|p| PhotoView::new(p, base)).collect(),
+        next_cursor,
+    }))
+}
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge("upload is larger than the limit".into())
+    } else {
+        ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+/// Reads the `file` and optional `caption` fields; anything else is refused.
+async fn read_upload(mut multipart: Multipart) -> ApiResult<(Bytes, Option<Caption>)> {
+    let mut file = None;
+    let mut caption = None;
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("file") if file.is_none() => file = Some(field.bytes().await.map_err(multipart_error)?),
+            Some("caption") if caption.is_none() => {
+                let text = field.text().await.map_err(multipart_error)?;
+                caption = Some(Caption::parse(&text)?);
+            }
+            Some(name @ ("file" | "caption")) => {
+                return Err(ApiError::BadRequest(format!("field {name:?} given twice")))
+            }
+            other => return Err(ApiError::BadRequest(format!("unexpected field {:?}", other.unwrap_or("")))),
+        }
+    }
+    let file = file.ok_or_else(|| ApiError::BadRequest("missing field \"file\"".into()))?;
+    Ok((file, caption.filter(|c| !c.as_str().is_empty())))
+}
+
+/// `POST /api/photos`: validates everything before storing anything, then
+/// stores the row, the original and the job. If a later step fails the
+/// earlier ones are undone, so a refused upload leaves nothing behind.
+pub async fn upload(State(state): State<AppState>, user: CurrentUser, multipart: Multipart) -> ApiResult<Response> {
+    let (file, caption) = read_upload(multipart).await?;
+    let info = imaging::inspect(&file, state.settings.max_pixels)?;
+    let b = &state.backends;
+    let photo = b
+        .store
+        .create_photo(&NewPhoto {
+            owner_id: user.id,
+            caption,
+            format: info.format,
+            width: info.width,
+            height: info.height,
+        })
+        .await?;
+    let stored = async {
+        b.blobs.put(&photo.original_key(), file).await?;
+        let payload = serde_json::to_vec(&ProcessPhoto { photo_id: photo.id.0 }).expect("payload serialises");
+        b.queue.enqueue(PROCESS_PHOTO, &payload).await
+    }
+    .await;
+    if let Err(e) = stored {
+        let _ = b.blobs.delete(&photo.original_key()).await;
+        let _ = b.store.delete_photo(photo.id).await;
+        state.catalog.invalidate(user.id, Some(photo.id)).await;
+        return Err(e.into());
+    }
+    state.catalog.invalidate(user.id, None).await;
+    tracing::info!(user_id = user.id.0, photo_id = photo.id.0, width = info.width, height = info.height, "photo uploaded");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "id": photo.id.0, "status": photo.status })),
+    )
+        .into_response())
+}
+
+/// `GET /api/photos/{id}`.
+pub async fn get_photo(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<PhotoView>> {
+    let id = id
+        .parse::<i64>()
+        .map(PhotoId)
+        .map_err(|_| ApiError::NotFound("no such photo"))?;
+    let photo = state.catalog.photo(id).await?.ok_or(ApiError::NotFound("no such photo"))?;
+    Ok(Json(PhotoView::new(&photo, &state.settings.media_base_url)))
+}
+
+/// Resolves a username from the path, 404 when unknown or malformed.
+pub async fn user_id(state: &AppState, username: &str) -> ApiResult<domain::User> {
+    let name = Username::parse(username).map_err(|_| ApiError::NotFound("no such user"))?;
+    state
+        .backends
+        .store
+        .user_by_name(&name)
+        .await?
+        .ok_or(ApiError::NotFound("no such user"))
+}
+
+/// `GET /api/users/{username}/photos?cursor=`.
+pub async fn user_photos(
+    State(state): State<AppState>,
+    Path(username): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<PhotoPage>> {
+    let page = q.page()?;
+    let owner = user_id(&state, &username).await?;
+    let ids = state.catalog.user_photo_ids(owner.id, page).await?;
+    photo_page(&state, ids, page).await
+}
+
+/// `GET /media/{*key}`: originals and variants with their content type. Keys
+/// are immutable (a photo id never gets other bytes), so they may be cached
+/// forever by browsers and the CDN.
+pub async fn media(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Response> {
+    let key = BlobKey::parse(&key).map_err(|_| ApiError::NotFound("no such file"))?;
+    let content_type = match key.as_str().rsplit_once('.').map(|(_, ext)| ext) {
+        Some("jpg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        _ => return Err(ApiError::NotFound("no such file")),
+    };
+    let bytes = state
+        .backends
+        .blobs
+        .get(&key)
+        .await?
+        .ok_or(ApiError::NotFound("no such file"))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        bytes,
+    )
+        .into_response())
+}

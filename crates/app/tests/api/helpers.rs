@@ -1,0 +1,150 @@
+//! `spawn_app()`: a web server on port 0 and an in-process worker over fresh
+//! embedded backends in a temporary directory.
+
+use backends::{Backends, BackendsConfig, QueueConfig, QueueTier};
+use reqwest::multipart::{Form, Part};
+use reqwest::{Client, Response};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct TestApp {
+    pub addr: String,
+    pub backends: Backends,
+    pub data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Upload limit used by the tests (the default is 20 MiB).
+pub const TEST_MAX_BODY: usize = 2 << 20;
+
+pub async fn spawn_app() -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = BackendsConfig {
+        data_dir: dir.path().join("data"),
+        queue: QueueTier::Embedded {
+            config: QueueConfig {
+                max_attempts: 3,
+                backoff_ms: 20,
+                max_backoff_ms: 200,
+            },
+        },
+        ..Default::default()
+    };
+    let backends = Backends::connect(&config).await.unwrap();
+    let settings = app::WebSettings {
+        max_body_bytes: TEST_MAX_BODY,
+        argon2_memory_kib: 1024,
+        ..Default::default()
+    };
+    let web = app::Application::build_with("127.0.0.1:0".parse().unwrap(), backends.clone(), settings)
+        .await
+        .unwrap();
+    let addr = format!("http://127.0.0.1:{}", web.port());
+    tokio::spawn(web.run_until_stopped(std::future::pending()));
+    let worker = worker::Worker::new(
+        backends.clone(),
+        worker::WorkerSettings {
+            poll_ms: 10,
+            ..Default::default()
+        },
+    );
+    tokio::spawn(worker.run_until_stopped(std::future::pending()));
+    TestApp {
+        addr,
+        backends,
+        data_dir: dir.path().join("data"),
+        _dir: dir,
+    }
+}
+
+pub fn new_client() -> Client {
+    Client::builder().cookie_store(true).build().unwrap()
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.addr, path)
+    }
+
+    /// A client with its own cookie jar, signed up as `name`.
+    pub async fn user(&self, name: &str) -> Client {
+        let c = new_client();
+        let r = self.signup_with(&c, name, "password123").await;
+        assert_eq!(r.status(), 201, "signup {name}: {}", r.text().await.unwrap());
+        c
+    }
+
+    pub async fn signup_with(&self, c: &Client, name: &str, password: &str) -> Response {
+        c.post(self.url("/api/signup"))
+            .json(&serde_json::json!({"username": name, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login_with(&self, c: &Client, name: &str, password: &str) -> Response {
+        c.post(self.url("/api/login"))
+            .json(&serde_json::json!({"username": name, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn upload(&self, c: &Client, bytes: Vec<u8>, file_name: &str, caption: Option<&str>) -> Response {
+        let mut form = Form::new().part("file", Part::bytes(bytes).file_name(file_name.to_owned()));
+        if let Some(caption) = caption {
+            form = form.text("caption", caption.to_owned());
+        }
+        c.post(self.url("/api/photos")).multipart(form).send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, c: &Client, path: &str) -> (u16, Value) {
+        let r = c.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls a photo until it leaves `processing` (at most 30 s).
+    pub async fn wait_processed(&self, c: &Client, id: i64) -> Value {
+        for _ in 0..600 {
+            let (s, photo) = self.get_json(c, &format!("/api/photos/{id}")).await;
+            assert_eq!(s, 200);
+            if photo["status"] != "processing" {
+                return photo;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("photo {id} still processing after 30 s");
+    }
+
+    /// Files in the blob store.
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+            let Ok(rd) = std::fs::read_dir(dir) else { return };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out)
+                } else {
+                    out.push(p)
+                }
+            }
+        }
+        let mut out = vec![];
+        walk(&self.data_dir.join("blobs"), &mut out);
+        out
+    }
+
+    /// Asserts that `user` has no photos, no job waits and no blob exists.
+    pub async fn assert_nothing_stored(&self, user: &str) {
+        let (_, page) = self.get_json(&new_client(), &format!("/api/users/{user}/photos")).await;
+        assert_eq!(page["photos"].as_array().map(Vec::len), Some(0), "photos left: {page}");
+        let depth = self.backends.queue.depth().await.unwrap();
+        assert_eq!(depth, Default::default(), "jobs left");
+        assert!(self.blob_files().is_empty(), "blobs left: {:?}", self.blob_files());
+    }
+}

@@ -1,0 +1,89 @@
+//! The worker's Prometheus metrics and its small HTTP endpoint.
+
+use crate::Outcome;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use backends::Backends;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+
+/// Jobs by outcome and the queue depth.
+pub struct WorkerMetrics {
+    registry: Registry,
+    jobs: IntCounterVec,
+    queue_depth: IntGaugeVec,
+}
+
+impl WorkerMetrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("scalestack".into()), None).expect("valid prefix");
+        let jobs = IntCounterVec::new(
+            Opts::new("jobs_total", "Jobs handled by outcome (done, skipped, retrying, failed)"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("queue_depth", "Jobs in the queue by state (ready, in_flight, dead)"),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(jobs.clone())).expect("unique");
+        registry.register(Box::new(queue_depth.clone())).expect("unique");
+        WorkerMetrics {
+            registry,
+            jobs,
+            queue_depth,
+        }
+    }
+
+    /// Counts a handled job.
+    pub fn job(&self, outcome: Outcome) {
+        let label = match outcome {
+            Outcome::Done => "done",
+            Outcome::Skipped => "skipped",
+            Outcome::Retrying => "retrying",
+            Outcome::DeadLettered => "failed",
+        };
+        self.jobs.with_label_values(&[label]).inc();
+    }
+
+    /// Jobs counted under `outcome` so far.
+    pub fn jobs(&self, label: &str) -> u64 {
+        self.jobs.with_label_values(&[label]).get()
+    }
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+async fn render(State((m, b)): State<(Arc<WorkerMetrics>, Backends)>) -> Response {
+    if let Ok(d) = b.queue.depth().await {
+        m.queue_depth.with_label_values(&["ready"]).set(d.ready);
+        m.queue_depth.with_label_values(&["in_flight"]).set(d.in_flight);
+        m.queue_depth.with_label_values(&["dead"]).set(d.dead);
+    }
+    let text = TextEncoder::new().encode_to_string(&m.registry.gather()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn readyz(State((_, b)): State<(Arc<WorkerMetrics>, Backends)>) -> Response {
+    match b.queue.depth().await {
+        Ok(_) => (StatusCode::OK, "ready").into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable").into_response(),
+    }
+}
+
+pub(crate) fn router(metrics: Arc<WorkerMetrics>, backends: Backends) -> Router {
+    Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state((metrics, backends))
+}
