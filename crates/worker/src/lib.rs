@@ -68,6 +68,16 @@ fn default_max_pixels() -> u64 {
     40_000_000
 }
 
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9201)),
+            settings: WorkerSettings::default(),
+            backends: BackendsConfig::default(),
+        }
+    }
+}
+
 impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {

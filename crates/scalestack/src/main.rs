@@ -1,0 +1,152 @@
+//! The `scalestack` binary: parses the command line and hands over to the
+//! crate of the role asked for. With no subcommand it is `scalestack up`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The "scale from zero to millions of users" architecture, for real.
+#[derive(Parser)]
+#[command(name = "scalestack", version, about)]
+struct Cli {
+    /// Log format: `text` or `json`. Log level comes from RUST_LOG (default info).
+    #[arg(long, global = true, env = "SCALESTACK_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole topology on this machine (the default command).
+    Up(UpArgs),
+    /// Run one stateless web server (the application).
+    Web(WebArgs),
+    /// Run one job consumer (photo processing).
+    Worker(WorkerArgs),
+}
+
+#[derive(clap::Args, Default)]
+struct UpArgs {
+    /// Topology file (TOML); without it the built-in single-server topology.
+    #[arg(long, env = "SCALESTACK_TOPOLOGY")]
+    topology: Option<PathBuf>,
+    /// Overrides `[data] dir` of the topology.
+    #[arg(long, env = "SCALESTACK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct WebArgs {
+    /// Configuration file as written by `up`; without it, defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides the listen address.
+    #[arg(long, env = "SCALESTACK_WEB_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Overrides the data directory of embedded backends.
+    #[arg(long, env = "SCALESTACK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Configuration file as written by `up`; without it, defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides the metrics address.
+    #[arg(long, env = "SCALESTACK_WORKER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Overrides the data directory of embedded backends.
+    #[arg(long, env = "SCALESTACK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn read_config<T: serde::de::DeserializeOwned + Default>(path: Option<&PathBuf>) -> anyhow::Result<T> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid configuration {}", path.display()))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command.unwrap_or(Command::Up(UpArgs::default())) {
+        Command::Up(args) => {
+            let mut topology = match &args.topology {
+                Some(path) => up::Topology::load(path)?,
+                None => up::Topology::parse(up::DEFAULT_TOPOLOGY)?,
+            };
+            if let Some(dir) = args.data_dir {
+                topology.data.dir = dir;
+            }
+            let exe = std::env::current_exe().context("locating the scalestack binary")?;
+            up::run(topology, exe, shutdown_signal()).await
+        }
+        Command::Web(args) => {
+            let mut config: app::WebConfig = read_config(args.config.as_ref())?;
+            if let Some(listen) = args.listen {
+                config.listen = listen;
+            }
+            if let Some(dir) = args.data_dir {
+                config.backends.data_dir = dir;
+            }
+            let web = app::Application::build(config).await?;
+            web.run_until_stopped(shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Worker(args) => {
+            let mut config: worker::WorkerConfig = read_config(args.config.as_ref())?;
+            if let Some(listen) = args.metrics_listen {
+                config.metrics_listen = listen;
+            }
+            if let Some(dir) = args.data_dir {
+                config.backends.data_dir = dir;
+            }
+            let w = worker::Worker::build(&config).await?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let metrics = w.serve_metrics(config.metrics_listen, stopped(rx.clone())).await?;
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = tx.send(true);
+            });
+            // The job in hand is finished before run_until_stopped returns.
+            w.run_until_stopped(stopped(rx)).await;
+            let _ = metrics.await;
+            tracing::info!("worker stopped");
+            Ok(())
+        }
+    }
+}

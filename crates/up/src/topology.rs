@@ -1,0 +1,287 @@
+//! The topology file: how many of each role, where they listen, and per tier
+//! which backend serves it. Sections map one to one to the boxes of the
+//! seed's diagrams, so later tiers (lb, cdn, dns, managed engines) are new
+//! sections or new `kind`s, never a new format.
+
+use app::{WebConfig, WebSettings};
+use backends::{BackendsConfig, BlobsTier, CacheTier, QueueTier, SessionsTier, SqlTier};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use worker::{WorkerConfig, WorkerSettings};
+
+/// A whole deployment on this machine.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub web: WebTier,
+    #[serde(default)]
+    pub worker: WorkerTier,
+    #[serde(default)]
+    pub sql: SqlTier,
+    #[serde(default)]
+    pub cache: CacheTier,
+    #[serde(default)]
+    pub sessions: SessionsTier,
+    #[serde(default)]
+    pub queue: QueueTier,
+    #[serde(default)]
+    pub blobs: BlobsTier,
+}
+
+/// `[data]`: where embedded state lives.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Default `./data`, relative to the working directory of `up`.
+    #[serde(default = "default_data_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection { dir: default_data_dir() }
+    }
+}
+
+/// `[web]`: the stateless web tier.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "toml::Table")]
+pub struct WebTier {
+    /// Copies to run. Default 1.
+    pub count: usize,
+    /// Address of the first copy; copy `n` listens on port + n. Default 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// Every other key of the section.
+    pub settings: WebSettings,
+}
+
+/// `[worker]`: job consumers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "toml::Table")]
+pub struct WorkerTier {
+    /// Copies to run. Default 1.
+    pub count: usize,
+    /// Metrics address of the first copy; copy `n` uses port + n. Default 127.0.0.1:9201.
+    pub metrics_listen: SocketAddr,
+    /// Every other key of the section.
+    pub settings: WorkerSettings,
+}
+
+/// Splits a role section into its `count`, its address key and the
+/// role's own settings. (`#[serde(flatten)]` would do this but silently
+/// drops unknown keys; here they reach the settings' `deny_unknown_fields`.)
+fn split_role<S: serde::de::DeserializeOwned>(
+    mut table: toml::Table,
+    addr_key: &str,
+    default_addr: SocketAddr,
+) -> Result<(usize, SocketAddr, S), String> {
+    let count = match table.remove("count") {
+        None => 1,
+        Some(v) => v
+            .as_integer()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("count must be a non-negative integer, not {v}"))?,
+    };
+    let addr = match table.remove(addr_key) {
+        None => default_addr,
+        Some(v) => v
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("{addr_key} must be an \"ip:port\" string, not {v}"))?,
+    };
+    let settings = toml::Value::Table(table).try_into::<S>().map_err(|e| e.to_string())?;
+    Ok((count, addr, settings))
+}
+
+impl TryFrom<toml::Table> for WebTier {
+    type Error = String;
+    fn try_from(t: toml::Table) -> Result<Self, String> {
+        let (count, listen, settings) = split_role(t, "listen", default_web_listen())?;
+        Ok(WebTier { count, listen, settings })
+    }
+}
+
+impl TryFrom<toml::Table> for WorkerTier {
+    type Error = String;
+    fn try_from(t: toml::Table) -> Result<Self, String> {
+        let (count, metrics_listen, settings) = split_role(t, "metrics_listen", default_worker_listen())?;
+        Ok(WorkerTier { count, metrics_listen, settings })
+    }
+}
+fn default_web_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_worker_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9201))
+}
+
+impl Default for WebTier {
+    fn default() -> Self {
+        WebTier {
+            count: 1,
+            listen: default_web_listen(),
+            settings: WebSettings::default(),
+        }
+    }
+}
+
+impl Default for WorkerTier {
+    fn default() -> Self {
+        WorkerTier {
+            count: 1,
+            metrics_listen: default_worker_listen(),
+            settings: WorkerSettings::default(),
+        }
+    }
+}
+
+/// The address of copy `index` (0-based) of a tier starting at `first`.
+fn nth(first: SocketAddr, index: usize) -> SocketAddr {
+    let mut a = first;
+    a.set_port(first.port() + index as u16);
+    a
+}
+
+impl Topology {
+    /// Parses and checks a topology file's text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let t: Topology = toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid topology: {e}"))?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// Reads a topology file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read topology {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.web.count >= 1, "web.count must be at least 1");
+        anyhow::ensure!(self.web.count <= 64 && self.worker.count <= 64, "at most 64 copies of a role");
+        for (name, first, count) in [
+            ("web.listen", self.web.listen, self.web.count),
+            ("worker.metrics_listen", self.worker.metrics_listen, self.worker.count),
+        ] {
+            anyhow::ensure!(
+                first.port() == 0 || first.port() as usize + count <= 65536,
+                "{name}: ports run past 65535"
+            );
+            anyhow::ensure!(count <= 1 || first.port() != 0, "{name}: port 0 only with count = 1");
+        }
+        let web: Vec<_> = self.web_addrs().collect();
+        let workers: Vec<_> = (0..self.worker.count).map(|i| nth(self.worker.metrics_listen, i)).collect();
+        anyhow::ensure!(
+            !web.iter().any(|a| a.port() != 0 && workers.contains(a)),
+            "web and worker addresses overlap"
+        );
+        Ok(())
+    }
+
+    /// Where the shared tiers live, with the data directory resolved.
+    pub fn backends(&self, data_dir: &Path) -> BackendsConfig {
+        BackendsConfig {
+            data_dir: data_dir.to_path_buf(),
+            sql: self.sql.clone(),
+            cache: self.cache.clone(),
+            sessions: self.sessions.clone(),
+            queue: self.queue.clone(),
+            blobs: self.blobs.clone(),
+        }
+    }
+
+    /// Listen addresses of the web copies.
+    pub fn web_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        (0..self.web.count).map(|i| nth(self.web.listen, i))
+    }
+
+    /// The address users open.
+    pub fn public_url(&self) -> String {
+        format!("http://{}", self.web.listen)
+    }
+
+    /// Name and configuration of every web copy.
+    pub fn web_configs(&self, backends: &BackendsConfig) -> Vec<(String, WebConfig)> {
+        self.web_addrs()
+            .enumerate()
+            .map(|(i, listen)| {
+                (
+                    format!("web-{}", i + 1),
+                    WebConfig {
+                        listen,
+                        settings: self.web.settings.clone(),
+                        backends: backends.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Name and configuration of every worker copy.
+    pub fn worker_configs(&self, backends: &BackendsConfig) -> Vec<(String, WorkerConfig)> {
+        (0..self.worker.count)
+            .map(|i| {
+                (
+                    format!("worker-{}", i + 1),
+                    WorkerConfig {
+                        metrics_listen: nth(self.worker.metrics_listen, i),
+                        settings: self.worker.settings.clone(),
+                        backends: backends.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_default_is_the_built_in_default() {
+        let t = Topology::parse(crate::DEFAULT_TOPOLOGY).unwrap();
+        assert_eq!(t, Topology::parse("").unwrap());
+        assert_eq!(t.public_url(), "http://127.0.0.1:8080");
+        assert_eq!(t.web_configs(&t.backends(Path::new("/d"))).len(), 1);
+    }
+
+    #[test]
+    fn copies_take_consecutive_ports() {
+        let t = Topology::parse("[web]\ncount = 3\nlisten = \"127.0.0.1:9101\"\n[worker]\ncount = 2").unwrap();
+        let web: Vec<_> = t.web_addrs().map(|a| a.port()).collect();
+        assert_eq!(web, [9101, 9102, 9103]);
+        let names: Vec<_> = t.worker_configs(&t.backends(Path::new("/d"))).into_iter().map(|(n, c)| (n, c.metrics_listen.port())).collect();
+        assert_eq!(names, [("worker-1".to_string(), 9201), ("worker-2".to_string(), 9202)]);
+    }
+
+    #[test]
+    fn bad_topologies_are_refused_with_a_reason() {
+        for (text, needle) in [
+            ("[web]\ncount = 0", "web.count"),
+            ("[web]\nlisten = \"nowhere\"", "listen"),
+            ("[web]\nmax_body_bytez = 1", "max_body_bytez"),
+            ("[cache]\nkind = \"embedded\"\npolicy = \"mru\"", "mru"),
+            ("[sql]\nkind = \"oracle\"", "oracle"),
+            ("[lb2]\n", "lb2"),
+            ("[worker]\nconcurency = 2", "concurency"),
+            ("[web]\ncount = -1", "count"),
+            ("[cache]\nkind = \"embedded\"\nmax_byte = 5", "max_byte"),
+            ("[queue]\nkind = \"embedded\"\nmax_attempt = 5", "max_attempt"),
+            ("[web]\nlisten = \"127.0.0.1:9201\"", "overlap"),
+            ("[web]\ncount = 2\nlisten = \"127.0.0.1:0\"", "port 0"),
+        ] {
+            let e = Topology::parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?} gave {e:?}");
+        }
+    }
+}

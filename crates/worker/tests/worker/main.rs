@@ -1,0 +1,122 @@
+//! The worker over real embedded backends in a temporary directory.
+
+use backends::{Backends, BackendsConfig, QueueConfig, QueueTier};
+use bytes::Bytes;
+use domain::{NewPhoto, PhotoId, PhotoStatus, UserId, Username, Variant};
+use std::time::Duration;
+use worker::{Outcome, Worker, WorkerSettings};
+
+async fn backends(dir: &tempfile::TempDir) -> Backends {
+    let config = BackendsConfig {
+        data_dir: dir.path().to_path_buf(),
+        queue: QueueTier::Embedded {
+            config: QueueConfig {
+                max_attempts: 2,
+                backoff_ms: 10,
+                max_backoff_ms: 10,
+            },
+        },
+        ..Default::default()
+    };
+    Backends::connect(&config).await.unwrap()
+}
+
+/// Stores a photo the way the web tier does and enqueues its job.
+async fn stored_photo(b: &Backends, bytes: Vec<u8>) -> PhotoId {
+    let owner = match b.store.user_by_name(&Username::parse("owner").unwrap()).await.unwrap() {
+        Some(u) => u.id,
+        None => b.store.create_user(&Username::parse("owner").unwrap(), "h").await.unwrap(),
+    };
+    let info = imaging::inspect(&bytes, u64::MAX).unwrap();
+    let photo = b
+        .store
+        .create_photo(&NewPhoto {
+            owner_id: UserId(owner.0),
+            caption: None,
+            format: info.format,
+            width: info.width,
+            height: info.height,
+        })
+        .await
+        .unwrap();
+    b.blobs.put(&photo.original_key(), Bytes::from(bytes)).await.unwrap();
+    let payload = serde_json::to_vec(&app::ProcessPhoto { photo_id: photo.id.0 }).unwrap();
+    b.queue.enqueue(app::PROCESS_PHOTO, &payload).await.unwrap();
+    photo.id
+}
+
+async fn status(b: &Backends, id: PhotoId) -> PhotoStatus {
+    b.store.photo(id).await.unwrap().unwrap().status
+}
+
+#[tokio::test]
+async fn a_job_is_processed_once_and_redelivery_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(&dir).await;
+    let id = stored_photo(&b, imaging::samples::png(300, 200)).await;
+    let w = Worker::new(b.clone(), WorkerSettings::default());
+    assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Done));
+    assert_eq!(status(&b, id).await, PhotoStatus::Ready);
+    for v in Variant::ALL {
+        assert!(b.blobs.get(&v.blob_key(id)).await.unwrap().is_some(), "{v:?}");
+    }
+    assert_eq!(w.run_once().await.unwrap(), None);
+
+    // At-least-once: the same job delivered again changes nothing.
+    let payload = serde_json::to_vec(&app::ProcessPhoto { photo_id: id.0 }).unwrap();
+    b.queue.enqueue(app::PROCESS_PHOTO, &payload).await.unwrap();
+    assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Done));
+    assert_eq!(status(&b, id).await, PhotoStatus::Ready);
+
+    // A job for a photo that no longer exists is skipped, not retried.
+    let payload = serde_json::to_vec(&app::ProcessPhoto { photo_id: 9999 }).unwrap();
+    b.queue.enqueue(app::PROCESS_PHOTO, &payload).await.unwrap();
+    assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Skipped));
+    assert_eq!(b.queue.depth().await.unwrap(), Default::default());
+    assert_eq!(w.metrics().jobs("done"), 2);
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_job_in_hand_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(&dir).await;
+    // Large enough that rendering takes a while.
+    let id = stored_photo(&b, imaging::samples::jpeg(3000, 2000)).await;
+    let w = Worker::new(b.clone(), WorkerSettings { poll_ms: 5, ..Default::default() });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(w.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    // Stop as soon as the job is in hand.
+    let mut seen_in_flight = false;
+    for _ in 0..5000 {
+        if b.queue.depth().await.unwrap().in_flight == 1 {
+            seen_in_flight = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(seen_in_flight, "the worker never claimed the job");
+    assert_eq!(status(&b, id).await, PhotoStatus::Processing, "stopped mid-job");
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(120), run).await.unwrap().unwrap();
+    assert_eq!(status(&b, id).await, PhotoStatus::Ready, "the job in hand was finished");
+    assert_eq!(b.queue.depth().await.unwrap(), Default::default(), "and acknowledged");
+}
+
+#[tokio::test]
+async fn deliveries_that_never_finish_end_the_job_without_a_crash_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(&dir).await;
+    let id = stored_photo(&b, imaging::samples::png(10, 10)).await;
+    // Two deliveries whose worker "died" (claimed, never acked): the budget.
+    for _ in 0..2 {
+        assert!(b.queue.claim(Duration::from_millis(1)).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let w = Worker::new(b.clone(), WorkerSettings::default());
+    assert_eq!(w.run_once().await.unwrap(), Some(Outcome::DeadLettered));
+    assert_eq!(status(&b, id).await, PhotoStatus::Failed);
+    assert_eq!(b.queue.depth().await.unwrap().dead, 1);
+    assert_eq!(w.run_once().await.unwrap(), None);
+}
