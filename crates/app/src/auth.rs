@@ -68,13 +68,20 @@ pub fn token_from_headers(headers: &HeaderMap) -> Option<SessionToken> {
 }
 
 /// `Set-Cookie` for a fresh session.
-pub fn session_cookie(token: &SessionToken, max_age_secs: u64, secure: bool) -> (axum::http::HeaderName, HeaderValue) {
+pub fn session_cookie(
+    token: &SessionToken,
+    max_age_secs: u64,
+    secure: bool,
+) -> (axum::http::HeaderName, HeaderValue) {
     let secure = if secure { "; Secure" } else { "" };
     let value = format!(
         "{COOKIE_NAME}={}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age_secs}{secure}",
         token.expose()
     );
-    (SET_COOKIE, HeaderValue::from_str(&value).expect("hex token is a valid header"))
+    (
+        SET_COOKIE,
+        HeaderValue::from_str(&value).expect("hex token is a valid header"),
+    )
 }
 
 /// `Set-Cookie` that removes the session cookie.
@@ -146,7 +153,10 @@ mod tests {
     fn cookie_parsing() {
         let tok = "a".repeat(64);
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_str(&format!("x=1; sid={tok}; y=2")).unwrap());
+        h.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("x=1; sid={tok}; y=2")).unwrap(),
+        );
         assert_eq!(token_from_headers(&h).unwrap().expose(), tok);
         h.insert(COOKIE, HeaderValue::from_static("sid=../../etc"));
         assert!(token_from_headers(&h).is_none());

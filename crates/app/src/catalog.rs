@@ -132,8 +132,12 @@ impl Catalog {
         }
         let ids = self.store.user_photo_ids(owner, page).await?;
         let raw: Vec<i64> = ids.iter().map(|p| p.0).collect();
-        self.cache_set(&key, serde_json::to_vec(&raw).expect("ids serialise").into(), self.ttl)
-            .await;
+        self.cache_set(
+            &key,
+            serde_json::to_vec(&raw).expect("ids serialise").into(),
+            self.ttl,
+        )
+        .await;
         Ok(ids)
     }
 

@@ -58,7 +58,11 @@ impl IntoResponse for ApiError {
         if let ApiError::Unavailable(detail) = &self {
             tracing::error!(error = %detail, "backend failure");
         }
-        (self.status(), Json(serde_json::json!({ "error": self.message() }))).into_response()
+        (
+            self.status(),
+            Json(serde_json::json!({ "error": self.message() })),
+        )
+            .into_response()
     }
 }
 

@@ -90,16 +90,14 @@ pub fn router(backends: Backends, settings: WebSettings) -> Router {
         .fallback(|| async { error::ApiError::NotFound("no such route") })
         .with_state(state)
         .route_layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let id = req
-                    .headers()
-                    .get(REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-            }),
-        )
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
 }
@@ -118,7 +116,11 @@ impl Application {
     }
 
     /// Binds over backends the caller already connected (tests share them).
-    pub async fn build_with(listen: SocketAddr, backends: Backends, settings: WebSettings) -> anyhow::Result<Self> {
+    pub async fn build_with(
+        listen: SocketAddr,
+        backends: Backends,
+        settings: WebSettings,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -135,7 +137,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting and lets the
     /// requests in flight finish.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "web server listening");
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)

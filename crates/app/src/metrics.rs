@@ -28,18 +28,27 @@ impl Metrics {
         )
         .expect("valid metric");
         let latency = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route").buckets(
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            ),
             &["route", "method"],
         )
         .expect("valid metric");
         let cache = IntCounterVec::new(
-            Opts::new("cache_requests_total", "Cache lookups by cache and result (hit, miss, error)"),
+            Opts::new(
+                "cache_requests_total",
+                "Cache lookups by cache and result (hit, miss, error)",
+            ),
             &["cache", "result"],
         )
         .expect("valid metric");
         let queue_depth = IntGaugeVec::new(
-            Opts::new("queue_depth", "Jobs in the queue by state (ready, in_flight, dead)"),
+            Opts::new(
+                "queue_depth",
+                "Jobs in the queue by state (ready, in_flight, dead)",
+            ),
             &["state"],
         )
         .expect("valid metric");
@@ -69,7 +78,9 @@ impl Metrics {
     pub fn render(&self, depth: Option<QueueDepth>) -> String {
         if let Some(d) = depth {
             self.queue_depth.with_label_values(&["ready"]).set(d.ready);
-            self.queue_depth.with_label_values(&["in_flight"]).set(d.in_flight);
+            self.queue_depth
+                .with_label_values(&["in_flight"])
+                .set(d.in_flight);
             self.queue_depth.with_label_values(&["dead"]).set(d.dead);
         }
         TextEncoder::new()

@@ -234,7 +234,8 @@ mod tests {
     fn unknown_kinds_and_keys_are_errors() {
         let e = toml::from_str::<BackendsConfig>("[cache]\nkind = \"memcached\"").unwrap_err();
         assert!(e.to_string().contains("memcached"), "{e}");
-        let e = toml::from_str::<BackendsConfig>("[cache]\nkind = \"embedded\"\npolicy = \"random\"").unwrap_err();
+        let e = toml::from_str::<BackendsConfig>("[cache]\nkind = \"embedded\"\npolicy = \"random\"")
+            .unwrap_err();
         assert!(e.to_string().contains("random"), "{e}");
         assert!(toml::from_str::<BackendsConfig>("colour = 1").is_err());
     }

@@ -87,7 +87,9 @@ mod tests {
         s.delete(&k).await.unwrap();
         assert_eq!(s.get(&k).await.unwrap(), None);
         // No temporary files are left behind.
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("blobs/variants/1")).unwrap().collect();
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("blobs/variants/1"))
+            .unwrap()
+            .collect();
         assert!(left.is_empty());
     }
 }

@@ -12,8 +12,7 @@ use std::time::Duration;
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Inserts a user; a taken username is [`StoreError::Conflict`].
-    async fn create_user(&self, username: &Username, password_hash: &str)
-        -> Result<UserId, StoreError>;
+    async fn create_user(&self, username: &Username, password_hash: &str) -> Result<UserId, StoreError>;
     /// Looks a user up by name.
     async fn user_by_name(&self, username: &Username) -> Result<Option<User>, StoreError>;
     /// Looks a user up by id.

@@ -298,10 +298,12 @@ pub struct BlobKey(String);
 impl BlobKey {
     /// Refuses anything that could escape the store's root.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let chars_ok = s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'/' | b'-')
-        });
-        let segments_ok = s.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+        let chars_ok = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'/' | b'-'));
+        let segments_ok = s
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
         if !s.is_empty() && s.len() <= 512 && chars_ok && segments_ok {
             Ok(BlobKey(s.to_owned()))
         } else {
@@ -406,7 +408,17 @@ mod tests {
     #[test]
     fn blob_keys_cannot_escape() {
         assert!(BlobKey::parse("originals/1.jpg").is_ok());
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a/./b", "A.jpg", "a\\b", "a/"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a/./b",
+            "A.jpg",
+            "a\\b",
+            "a/",
+        ] {
             assert!(BlobKey::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -18,7 +18,11 @@ pub enum ImagingError {
     BadHeader(&'static str),
     /// More pixels than allowed.
     #[error("image is {width}x{height}, more than the limit of {max_pixels} pixels")]
-    TooManyPixels { width: u32, height: u32, max_pixels: u64 },
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
     /// The body could not be decoded (truncated, corrupt).
     #[error("cannot decode image: {0}")]
     Decode(String),
@@ -76,9 +80,17 @@ pub fn inspect(bytes: &[u8], max_pixels: u64) -> Result<Inspected, ImagingError>
         return Err(ImagingError::BadHeader(format.as_str()));
     }
     if width as u64 * height as u64 > max_pixels {
-        return Err(ImagingError::TooManyPixels { width, height, max_pixels });
+        return Err(ImagingError::TooManyPixels {
+            width,
+            height,
+            max_pixels,
+        });
     }
-    Ok(Inspected { format, width, height })
+    Ok(Inspected {
+        format,
+        width,
+        height,
+    })
 }
 
 /// Decodes an image, applying its EXIF orientation, under decoder limits
@@ -104,7 +116,9 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ImagingErro
 pub fn render(img: &DynamicImage, variant: Variant) -> Result<Vec<u8>, ImagingError> {
     let out = match variant {
         Variant::Thumbnail => img.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE),
-        Variant::Square => img.resize_to_fill(SQUARE_SIDE, SQUARE_SIDE, image::imageops::FilterType::CatmullRom),
+        Variant::Square => {
+            img.resize_to_fill(SQUARE_SIDE, SQUARE_SIDE, image::imageops::FilterType::CatmullRom)
+        }
         Variant::Sharpened => bounded(img).unsharpen(2.0, 4),
         Variant::Blurred => bounded(img).blur(4.0),
     };
@@ -135,7 +149,9 @@ pub mod samples {
     use std::io::Cursor;
 
     fn gradient(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| Rgb([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, 128]))
+        RgbImage::from_fn(w, h, |x, y| {
+            Rgb([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, 128])
+        })
     }
 
     fn encode(img: &RgbImage, codec: Codec) -> Vec<u8> {
@@ -193,7 +209,11 @@ pub mod samples {
         for &b in data {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -223,7 +243,10 @@ mod tests {
             assert_eq!((i.width, i.height), (30, 20));
         }
         assert_eq!(inspect(b"hello", MAX), Err(ImagingError::Unsupported));
-        assert_eq!(inspect(b"\x89PNG\r\n\x1a\nxx", MAX), Err(ImagingError::BadHeader("png")));
+        assert_eq!(
+            inspect(b"\x89PNG\r\n\x1a\nxx", MAX),
+            Err(ImagingError::BadHeader("png"))
+        );
     }
 
     #[test]
@@ -231,9 +254,16 @@ mod tests {
         let bomb = samples::png_bomb(100_000, 100_000);
         assert!(matches!(
             inspect(&bomb, MAX),
-            Err(ImagingError::TooManyPixels { width: 100_000, height: 100_000, .. })
+            Err(ImagingError::TooManyPixels {
+                width: 100_000,
+                height: 100_000,
+                ..
+            })
         ));
-        assert!(matches!(decode(&bomb, MAX), Err(ImagingError::TooManyPixels { .. })));
+        assert!(matches!(
+            decode(&bomb, MAX),
+            Err(ImagingError::TooManyPixels { .. })
+        ));
     }
 
     #[test]
@@ -265,7 +295,9 @@ mod tests {
             image::Luma([if x < 32 { 0 } else { 255 }])
         }));
         let pixel = |v, x| {
-            let out = image::load_from_memory(&render(&img, v).unwrap()).unwrap().to_luma8();
+            let out = image::load_from_memory(&render(&img, v).unwrap())
+                .unwrap()
+                .to_luma8();
             out.get_pixel(x, 32).0[0] as i32
         };
         // Next to the edge, blur pulls the dark side up; sharpening pushes it

@@ -137,7 +137,9 @@ async fn main() -> anyhow::Result<()> {
             let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            let metrics = w.serve_metrics(config.metrics_listen, stopped(rx.clone())).await?;
+            let metrics = w
+                .serve_metrics(config.metrics_listen, stopped(rx.clone()))
+                .await?;
             tokio::spawn(async move {
                 shutdown_signal().await;
                 let _ = tx.send(true);

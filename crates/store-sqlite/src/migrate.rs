@@ -19,7 +19,10 @@ pub(crate) async fn run(pool: &SqlitePool) -> Result<(), StoreError> {
         // BEGIN IMMEDIATE takes the write lock up front, so two processes
         // starting at once apply each migration exactly once.
         let mut conn = pool.acquire().await.map_err(unavailable)?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(unavailable)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
         let done: Option<i64> = sqlx::query_scalar("SELECT version FROM _migrations WHERE version = ?")
             .bind(version)
             .fetch_optional(&mut *conn)

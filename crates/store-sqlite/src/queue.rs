@@ -53,7 +53,9 @@ impl QueueConfig {
     /// Back-off after failed attempt number `attempt` (1-based).
     pub fn backoff(&self, attempt: u32) -> u64 {
         let exp = attempt.saturating_sub(1).min(32);
-        self.backoff_ms.saturating_mul(1u64 << exp).min(self.max_backoff_ms)
+        self.backoff_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.max_backoff_ms)
     }
 }
 
@@ -165,7 +167,11 @@ impl JobQueue for SqlJobQueue {
         .fetch_one(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(QueueDepth { ready, in_flight, dead })
+        Ok(QueueDepth {
+            ready,
+            in_flight,
+            dead,
+        })
     }
 }
 
@@ -221,18 +227,31 @@ mod tests {
         let (q, _d) = queue(fast()).await;
         q.enqueue("photo", b"1").await.unwrap();
         let j1 = q.claim(VIS).await.unwrap().unwrap();
-        assert_eq!(q.nack(&j1, "boom").await.unwrap(), NackOutcome::Retry { delay_ms: 20 });
+        assert_eq!(
+            q.nack(&j1, "boom").await.unwrap(),
+            NackOutcome::Retry { delay_ms: 20 }
+        );
         assert!(q.claim(VIS).await.unwrap().is_none(), "backing off");
         tokio::time::sleep(Duration::from_millis(30)).await;
         let j2 = q.claim(VIS).await.unwrap().unwrap();
-        assert_eq!(q.nack(&j2, "boom").await.unwrap(), NackOutcome::Retry { delay_ms: 40 });
+        assert_eq!(
+            q.nack(&j2, "boom").await.unwrap(),
+            NackOutcome::Retry { delay_ms: 40 }
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         let j3 = q.claim(VIS).await.unwrap().unwrap();
         assert_eq!(j3.attempt, 3);
         assert_eq!(q.nack(&j3, "boom").await.unwrap(), NackOutcome::DeadLettered);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(q.claim(VIS).await.unwrap().is_none());
-        assert_eq!(q.depth().await.unwrap(), QueueDepth { ready: 0, in_flight: 0, dead: 1 });
+        assert_eq!(
+            q.depth().await.unwrap(),
+            QueueDepth {
+                ready: 0,
+                in_flight: 0,
+                dead: 1
+            }
+        );
     }
 
     #[test]

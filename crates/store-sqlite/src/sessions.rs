@@ -59,13 +59,14 @@ impl SessionStore for SqlSessionStore {
     }
 
     async fn get(&self, token: &SessionToken) -> Result<Option<Session>, BackendError> {
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT user_id, expires_at FROM sessions WHERE token_hash = ? AND expires_at > ?")
-                .bind(token_hash(token))
-                .bind(now_millis())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT user_id, expires_at FROM sessions WHERE token_hash = ? AND expires_at > ?",
+        )
+        .bind(token_hash(token))
+        .bind(now_millis())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
         Ok(row.map(|(user_id, expires_at_ms)| Session {
             user_id: UserId(user_id),
             expires_at_ms,

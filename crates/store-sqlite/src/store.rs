@@ -20,7 +20,8 @@ impl SqliteStore {
     }
 }
 
-const PHOTO_COLUMNS: &str = "p.id, p.owner_id, u.username, p.caption, p.status, p.format, p.width, p.height, p.created_at";
+const PHOTO_COLUMNS: &str =
+    "p.id, p.owner_id, u.username, p.caption, p.status, p.format, p.width, p.height, p.created_at";
 
 fn photo_from_row(row: &SqliteRow) -> Result<Photo, StoreError> {
     let invalid = |e: Invalid| StoreError::Unavailable(format!("corrupt row: {e}"));
@@ -59,14 +60,22 @@ fn upper_bound(page: Page) -> i64 {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_user(&self, username: &Username, password_hash: &str) -> Result<UserId, StoreError> {
-        sqlx::query_scalar("INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?) RETURNING id")
-            .bind(username.as_str())
-            .bind(password_hash)
-            .bind(now_millis())
-            .fetch_one(&self.pool)
-            .await
-            .map(UserId)
-            .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict } else { unavailable(e) })
+        sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?) RETURNING id",
+        )
+        .bind(username.as_str())
+        .bind(password_hash)
+        .bind(now_millis())
+        .fetch_one(&self.pool)
+        .await
+        .map(UserId)
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict
+            } else {
+                unavailable(e)
+            }
+        })
     }
 
     async fn user_by_name(&self, username: &Username) -> Result<Option<User>, StoreError> {
@@ -196,12 +205,13 @@ impl Store for SqliteStore {
     }
 
     async fn is_following(&self, follower: UserId, followee: UserId) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM follows WHERE follower_id = ? AND followee_id = ?")
-            .bind(follower.0)
-            .bind(followee.0)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM follows WHERE follower_id = ? AND followee_id = ?")
+                .bind(follower.0)
+                .bind(followee.0)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
         Ok(n > 0)
     }
 
@@ -220,7 +230,10 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }
@@ -248,7 +261,10 @@ mod tests {
         let (pool, _d) = crate::test_pool().await;
         let s = SqliteStore::new(pool);
         let id = s.create_user(&name("alice"), "h").await.unwrap();
-        assert!(matches!(s.create_user(&name("alice"), "h2").await, Err(StoreError::Conflict)));
+        assert!(matches!(
+            s.create_user(&name("alice"), "h2").await,
+            Err(StoreError::Conflict)
+        ));
         assert_eq!(s.user_by_name(&name("alice")).await.unwrap().unwrap().id, id);
         assert_eq!(s.user_by_id(id).await.unwrap().unwrap().password_hash, "h");
         assert!(s.user_by_name(&name("bob")).await.unwrap().is_none());
@@ -267,18 +283,48 @@ mod tests {
             ids.push(p.id);
         }
         ids.reverse();
-        let first = s.user_photo_ids(a, Page { before: None, limit: 2 }).await.unwrap();
+        let first = s
+            .user_photo_ids(
+                a,
+                Page {
+                    before: None,
+                    limit: 2,
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(first, ids[..2]);
-        let second = s.user_photo_ids(a, Page { before: Some(first[1]), limit: 2 }).await.unwrap();
+        let second = s
+            .user_photo_ids(
+                a,
+                Page {
+                    before: Some(first[1]),
+                    limit: 2,
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(second, ids[2..4]);
         // A photo arriving between pages does not shift the next page.
         s.create_photo(&new_photo(a)).await.unwrap();
-        let third = s.user_photo_ids(a, Page { before: Some(second[1]), limit: 2 }).await.unwrap();
+        let third = s
+            .user_photo_ids(
+                a,
+                Page {
+                    before: Some(second[1]),
+                    limit: 2,
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(third, ids[4..]);
 
         s.set_photo_status(ids[0], PhotoStatus::Ready).await.unwrap();
         assert_eq!(s.photo(ids[0]).await.unwrap().unwrap().status, PhotoStatus::Ready);
-        assert!(matches!(s.set_photo_status(PhotoId(999), PhotoStatus::Ready).await, Err(StoreError::NotFound)));
+        assert!(matches!(
+            s.set_photo_status(PhotoId(999), PhotoStatus::Ready).await,
+            Err(StoreError::NotFound)
+        ));
         s.delete_photo(ids[0]).await.unwrap();
         assert!(s.photo(ids[0]).await.unwrap().is_none());
     }
@@ -293,15 +339,46 @@ mod tests {
         let pb = s.create_photo(&new_photo(b)).await.unwrap().id;
         let _pc = s.create_photo(&new_photo(c)).await.unwrap().id;
         let pb2 = s.create_photo(&new_photo(b)).await.unwrap().id;
-        assert!(s.feed_ids(a, Page { before: None, limit: 10 }).await.unwrap().is_empty());
+        assert!(s
+            .feed_ids(
+                a,
+                Page {
+                    before: None,
+                    limit: 10
+                }
+            )
+            .await
+            .unwrap()
+            .is_empty());
         s.follow(a, b).await.unwrap();
         s.follow(a, b).await.unwrap(); // twice is fine
         assert!(s.is_following(a, b).await.unwrap());
-        assert_eq!(s.feed_ids(a, Page { before: None, limit: 10 }).await.unwrap(), vec![pb2, pb]);
+        assert_eq!(
+            s.feed_ids(
+                a,
+                Page {
+                    before: None,
+                    limit: 10
+                }
+            )
+            .await
+            .unwrap(),
+            vec![pb2, pb]
+        );
         let prof = s.profile(b).await.unwrap().unwrap();
         assert_eq!((prof.followers, prof.following), (1, 0));
         s.unfollow(a, b).await.unwrap();
         assert!(!s.is_following(a, b).await.unwrap());
-        assert!(s.feed_ids(a, Page { before: None, limit: 10 }).await.unwrap().is_empty());
+        assert!(s
+            .feed_ids(
+                a,
+                Page {
+                    before: None,
+                    limit: 10
+                }
+            )
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

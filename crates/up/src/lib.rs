@@ -33,11 +33,17 @@ pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output 
     let mut specs = Vec::new();
     for (name, config) in topology.web_configs(&backends) {
         let path = write_config(&run_dir, &name, &config)?;
-        specs.push(ChildSpec::new(&name, vec!["web".into(), "--config".into(), path.into()]));
+        specs.push(ChildSpec::new(
+            &name,
+            vec!["web".into(), "--config".into(), path.into()],
+        ));
     }
     for (name, config) in topology.worker_configs(&backends) {
         let path = write_config(&run_dir, &name, &config)?;
-        specs.push(ChildSpec::new(&name, vec!["worker".into(), "--config".into(), path.into()]));
+        specs.push(ChildSpec::new(
+            &name,
+            vec!["worker".into(), "--config".into(), path.into()],
+        ));
     }
 
     let supervisor = Supervisor::start(exe, run_dir, specs);

@@ -47,7 +47,9 @@ fn default_data_dir() -> PathBuf {
 
 impl Default for DataSection {
     fn default() -> Self {
-        DataSection { dir: default_data_dir() }
+        DataSection {
+            dir: default_data_dir(),
+        }
     }
 }
 
@@ -97,7 +99,9 @@ fn split_role<S: serde::de::DeserializeOwned>(
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("{addr_key} must be an \"ip:port\" string, not {v}"))?,
     };
-    let settings = toml::Value::Table(table).try_into::<S>().map_err(|e| e.to_string())?;
+    let settings = toml::Value::Table(table)
+        .try_into::<S>()
+        .map_err(|e| e.to_string())?;
     Ok((count, addr, settings))
 }
 
@@ -105,7 +109,11 @@ impl TryFrom<toml::Table> for WebTier {
     type Error = String;
     fn try_from(t: toml::Table) -> Result<Self, String> {
         let (count, listen, settings) = split_role(t, "listen", default_web_listen())?;
-        Ok(WebTier { count, listen, settings })
+        Ok(WebTier {
+            count,
+            listen,
+            settings,
+        })
     }
 }
 
@@ -113,7 +121,11 @@ impl TryFrom<toml::Table> for WorkerTier {
     type Error = String;
     fn try_from(t: toml::Table) -> Result<Self, String> {
         let (count, metrics_listen, settings) = split_role(t, "metrics_listen", default_worker_listen())?;
-        Ok(WorkerTier { count, metrics_listen, settings })
+        Ok(WorkerTier {
+            count,
+            metrics_listen,
+            settings,
+        })
     }
 }
 fn default_web_listen() -> SocketAddr {
@@ -167,19 +179,31 @@ impl Topology {
 
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.web.count >= 1, "web.count must be at least 1");
-        anyhow::ensure!(self.web.count <= 64 && self.worker.count <= 64, "at most 64 copies of a role");
+        anyhow::ensure!(
+            self.web.count <= 64 && self.worker.count <= 64,
+            "at most 64 copies of a role"
+        );
         for (name, first, count) in [
             ("web.listen", self.web.listen, self.web.count),
-            ("worker.metrics_listen", self.worker.metrics_listen, self.worker.count),
+            (
+                "worker.metrics_listen",
+                self.worker.metrics_listen,
+                self.worker.count,
+            ),
         ] {
             anyhow::ensure!(
                 first.port() == 0 || first.port() as usize + count <= 65536,
                 "{name}: ports run past 65535"
             );
-            anyhow::ensure!(count <= 1 || first.port() != 0, "{name}: port 0 only with count = 1");
+            anyhow::ensure!(
+                count <= 1 || first.port() != 0,
+                "{name}: port 0 only with count = 1"
+            );
         }
         let web: Vec<_> = self.web_addrs().collect();
-        let workers: Vec<_> = (0..self.worker.count).map(|i| nth(self.worker.metrics_listen, i)).collect();
+        let workers: Vec<_> = (0..self.worker.count)
+            .map(|i| nth(self.worker.metrics_listen, i))
+            .collect();
         anyhow::ensure!(
             !web.iter().any(|a| a.port() != 0 && workers.contains(a)),
             "web and worker addresses overlap"
@@ -257,11 +281,19 @@ mod tests {
 
     #[test]
     fn copies_take_consecutive_ports() {
-        let t = Topology::parse("[web]\ncount = 3\nlisten = \"127.0.0.1:9101\"\n[worker]\ncount = 2").unwrap();
+        let t =
+            Topology::parse("[web]\ncount = 3\nlisten = \"127.0.0.1:9101\"\n[worker]\ncount = 2").unwrap();
         let web: Vec<_> = t.web_addrs().map(|a| a.port()).collect();
         assert_eq!(web, [9101, 9102, 9103]);
-        let names: Vec<_> = t.worker_configs(&t.backends(Path::new("/d"))).into_iter().map(|(n, c)| (n, c.metrics_listen.port())).collect();
-        assert_eq!(names, [("worker-1".to_string(), 9201), ("worker-2".to_string(), 9202)]);
+        let names: Vec<_> = t
+            .worker_configs(&t.backends(Path::new("/d")))
+            .into_iter()
+            .map(|(n, c)| (n, c.metrics_listen.port()))
+            .collect();
+        assert_eq!(
+            names,
+            [("worker-1".to_string(), 9201), ("worker-2".to_string(), 9202)]
+        );
     }
 
     #[test]

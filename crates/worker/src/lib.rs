@@ -160,7 +160,12 @@ impl Worker {
             NackOutcome::DeadLettered => {
                 tracing::error!(error, "job failed for the last time; dead-lettered");
                 if let Ok(p) = serde_json::from_slice::<ProcessPhoto>(&job.payload) {
-                    match self.backends.store.set_photo_status(PhotoId(p.photo_id), PhotoStatus::Failed).await {
+                    match self
+                        .backends
+                        .store
+                        .set_photo_status(PhotoId(p.photo_id), PhotoStatus::Failed)
+                        .await
+                    {
                         Ok(()) | Err(domain::StoreError::NotFound) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -258,7 +263,10 @@ impl Worker {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let router = metrics::router(self.metrics.clone(), self.backends.clone());
         Ok(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
                 tracing::error!(error = %e, "metrics server failed");
             }
         }))

@@ -22,12 +22,18 @@ impl WorkerMetrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("scalestack".into()), None).expect("valid prefix");
         let jobs = IntCounterVec::new(
-            Opts::new("jobs_total", "Jobs handled by outcome (done, skipped, retrying, failed)"),
+            Opts::new(
+                "jobs_total",
+                "Jobs handled by outcome (done, skipped, retrying, failed)",
+            ),
             &["outcome"],
         )
         .expect("valid metric");
         let queue_depth = IntGaugeVec::new(
-            Opts::new("queue_depth", "Jobs in the queue by state (ready, in_flight, dead)"),
+            Opts::new(
+                "queue_depth",
+                "Jobs in the queue by state (ready, in_flight, dead)",
+            ),
             &["state"],
         )
         .expect("valid metric");
@@ -69,7 +75,9 @@ async fn render(State((m, b)): State<(Arc<WorkerMetrics>, Backends)>) -> Respons
         m.queue_depth.with_label_values(&["in_flight"]).set(d.in_flight);
         m.queue_depth.with_label_values(&["dead"]).set(d.dead);
     }
-    let text = TextEncoder::new().encode_to_string(&m.registry.gather()).unwrap_or_default();
+    let text = TextEncoder::new()
+        .encode_to_string(&m.registry.gather())
+        .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

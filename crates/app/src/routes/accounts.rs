@@ -28,9 +28,18 @@ pub struct UserView {
 
 const BAD_CREDENTIALS: &str = "invalid username or password";
 
-async fn start_session(state: &AppState, user: UserId, username: &Username, status: StatusCode) -> ApiResult<Response> {
+async fn start_session(
+    state: &AppState,
+    user: UserId,
+    username: &Username,
+    status: StatusCode,
+) -> ApiResult<Response> {
     let ttl = state.settings.session_ttl_secs;
-    let token = state.backends.sessions.create(user, Duration::from_secs(ttl)).await?;
+    let token = state
+        .backends
+        .sessions
+        .create(user, Duration::from_secs(ttl))
+        .await?;
     let cookie = auth::session_cookie(&token, ttl, state.settings.cookie_secure);
     tracing::info!(user_id = user.0, "session started");
     Ok((
@@ -45,7 +54,10 @@ async fn start_session(state: &AppState, user: UserId, username: &Username, stat
 }
 
 /// `POST /api/signup`: 201 and a session, 409 if the name is taken.
-pub async fn signup(State(state): State<AppState>, JsonBody(c): JsonBody<Credentials>) -> ApiResult<Response> {
+pub async fn signup(
+    State(state): State<AppState>,
+    JsonBody(c): JsonBody<Credentials>,
+) -> ApiResult<Response> {
     let username = Username::parse(&c.username)?;
     let password = Password::parse(&c.password)?;
     let hash = auth::hash_password(password, state.settings.argon2_memory_kib).await?;
@@ -94,7 +106,11 @@ pub async fn login(
 pub async fn logout(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Response> {
     state.backends.sessions.delete(&user.token).await?;
     tracing::info!(user_id = user.id.0, "logged out");
-    Ok((StatusCode::NO_CONTENT, [auth::clear_cookie(state.settings.cookie_secure)]).into_response())
+    Ok((
+        StatusCode::NO_CONTENT,
+        [auth::clear_cookie(state.settings.cookie_secure)],
+    )
+        .into_response())
 }
 
 /// `GET /api/me`.

@@ -136,7 +136,12 @@ async fn read_upload(mut multipart: Multipart) -> ApiResult<(Bytes, Option<Capti
             Some(name @ ("file" | "caption")) => {
                 return Err(ApiError::BadRequest(format!("field {name:?} given twice")))
             }
-            other => return Err(ApiError::BadRequest(format!("unexpected field {:?}", other.unwrap_or("")))),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unexpected field {:?}",
+                    other.unwrap_or("")
+                )))
+            }
         }
     }
     let file = file.ok_or_else(|| ApiError::BadRequest("missing field \"file\"".into()))?;
@@ -146,7 +151,11 @@ async fn read_upload(mut multipart: Multipart) -> ApiResult<(Bytes, Option<Capti
 /// `POST /api/photos`: validates everything before storing anything, then
 /// stores the row, the original and the job. If a later step fails the
 /// earlier ones are undone, so a refused upload leaves nothing behind.
-pub async fn upload(State(state): State<AppState>, user: CurrentUser, multipart: Multipart) -> ApiResult<Response> {
+pub async fn upload(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    multipart: Multipart,
+) -> ApiResult<Response> {
     let (file, caption) = read_upload(multipart).await?;
     let info = imaging::inspect(&file, state.settings.max_pixels)?;
     let b = &state.backends;
@@ -173,7 +182,13 @@ pub async fn upload(State(state): State<AppState>, user: CurrentUser, multipart:
         return Err(e.into());
     }
     state.catalog.invalidate(user.id, None).await;
-    tracing::info!(user_id = user.id.0, photo_id = photo.id.0, width = info.width, height = info.height, "photo uploaded");
+    tracing::info!(
+        user_id = user.id.0,
+        photo_id = photo.id.0,
+        width = info.width,
+        height = info.height,
+        "photo uploaded"
+    );
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "id": photo.id.0, "status": photo.status })),
@@ -187,7 +202,11 @@ pub async fn get_photo(State(state): State<AppState>, Path(id): Path<String>) ->
         .parse::<i64>()
         .map(PhotoId)
         .map_err(|_| ApiError::NotFound("no such photo"))?;
-    let photo = state.catalog.photo(id).await?.ok_or(ApiError::NotFound("no such photo"))?;
+    let photo = state
+        .catalog
+        .photo(id)
+        .await?
+        .ok_or(ApiError::NotFound("no such photo"))?;
     Ok(Json(PhotoView::new(&photo, &state.settings.media_base_url)))
 }
 

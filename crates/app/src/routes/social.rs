@@ -27,7 +27,10 @@ pub async fn profile(
 ) -> ApiResult<Json<ProfileView>> {
     let user = user_id(&state, &username).await?;
     let store = &state.backends.store;
-    let p = store.profile(user.id).await?.ok_or(ApiError::NotFound("no such user"))?;
+    let p = store
+        .profile(user.id)
+        .await?
+        .ok_or(ApiError::NotFound("no such user"))?;
     let followed_by_me = match me {
         Some(me) => store.is_following(me.id, user.id).await?,
         None => false,
@@ -42,7 +45,11 @@ pub async fn profile(
 }
 
 /// `POST /api/users/{username}/follow`: 204; following oneself is 422.
-pub async fn follow(State(state): State<AppState>, me: CurrentUser, Path(username): Path<String>) -> ApiResult<StatusCode> {
+pub async fn follow(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(username): Path<String>,
+) -> ApiResult<StatusCode> {
     let target = user_id(&state, &username).await?;
     if target.id == me.id {
         return Err(ApiError::Unprocessable("you cannot follow yourself".into()));
@@ -63,7 +70,11 @@ pub async fn unfollow(
 }
 
 /// `GET /api/feed?cursor=`: photos of followed users, newest first.
-pub async fn feed(State(state): State<AppState>, me: CurrentUser, Query(q): Query<PageQuery>) -> ApiResult<Json<PhotoPage>> {
+pub async fn feed(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<PhotoPage>> {
     let page = q.page()?;
     let ids = state.backends.store.feed_ids(me.id, page).await?;
     photo_page(&state, ids, page).await

@@ -94,12 +94,22 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn upload(&self, c: &Client, bytes: Vec<u8>, file_name: &str, caption: Option<&str>) -> Response {
+    pub async fn upload(
+        &self,
+        c: &Client,
+        bytes: Vec<u8>,
+        file_name: &str,
+        caption: Option<&str>,
+    ) -> Response {
         let mut form = Form::new().part("file", Part::bytes(bytes).file_name(file_name.to_owned()));
         if let Some(caption) = caption {
             form = form.text("caption", caption.to_owned());
         }
-        c.post(self.url("/api/photos")).multipart(form).send().await.unwrap()
+        c.post(self.url("/api/photos"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get_json(&self, c: &Client, path: &str) -> (u16, Value) {
@@ -141,10 +151,20 @@ impl TestApp {
 
     /// Asserts that `user` has no photos, no job waits and no blob exists.
     pub async fn assert_nothing_stored(&self, user: &str) {
-        let (_, page) = self.get_json(&new_client(), &format!("/api/users/{user}/photos")).await;
-        assert_eq!(page["photos"].as_array().map(Vec::len), Some(0), "photos left: {page}");
+        let (_, page) = self
+            .get_json(&new_client(), &format!("/api/users/{user}/photos"))
+            .await;
+        assert_eq!(
+            page["photos"].as_array().map(Vec::len),
+            Some(0),
+            "photos left: {page}"
+        );
         let depth = self.backends.queue.depth().await.unwrap();
         assert_eq!(depth, Default::default(), "jobs left");
-        assert!(self.blob_files().is_empty(), "blobs left: {:?}", self.blob_files());
+        assert!(
+            self.blob_files().is_empty(),
+            "blobs left: {:?}",
+            self.blob_files()
+        );
     }
 }

@@ -20,7 +20,9 @@ async fn the_whole_flow() {
     let (s, me) = app.get_json(&bob, "/api/me").await;
     assert_eq!((s, me["username"].as_str()), (200, Some("bob")));
 
-    let r = app.upload(&bob, samples::jpeg(800, 600), "beach.jpg", Some("at the beach")).await;
+    let r = app
+        .upload(&bob, samples::jpeg(800, 600), "beach.jpg", Some("at the beach"))
+        .await;
     assert_eq!(r.status(), 202);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "processing");
@@ -30,7 +32,10 @@ async fn the_whole_flow() {
     assert_eq!(photo["status"], "ready", "{photo}");
     assert_eq!(photo["owner"], "bob");
     assert_eq!(photo["caption"], "at the beach");
-    assert_eq!((photo["width"].as_u64(), photo["height"].as_u64()), (Some(800), Some(600)));
+    assert_eq!(
+        (photo["width"].as_u64(), photo["height"].as_u64()),
+        (Some(800), Some(600))
+    );
     let variants = photo["variants"].as_object().unwrap();
     for name in ["original", "thumbnail", "square", "sharpened", "blurred"] {
         let url = variants[name].as_str().unwrap();
@@ -57,12 +62,19 @@ async fn the_whole_flow() {
     let r = alice.post(app.url("/api/users/bob/follow")).send().await.unwrap();
     assert_eq!(r.status(), 204);
     let (_, profile) = app.get_json(&alice, "/api/users/bob").await;
-    assert_eq!((profile["followers"].as_i64(), profile["followed_by_me"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(
+        (profile["followers"].as_i64(), profile["followed_by_me"].as_bool()),
+        (Some(1), Some(true))
+    );
     let (_, feed) = app.get_json(&alice, "/api/feed").await;
     assert_eq!(feed["photos"][0]["id"], id);
     assert_eq!(feed["photos"][0]["status"], "ready");
 
-    let r = alice.delete(app.url("/api/users/bob/follow")).send().await.unwrap();
+    let r = alice
+        .delete(app.url("/api/users/bob/follow"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let (_, feed) = app.get_json(&alice, "/api/feed").await;
     assert_eq!(feed["photos"].as_array().unwrap().len(), 0);
@@ -93,7 +105,12 @@ async fn every_accepted_format_is_recognised_by_its_bytes() {
 async fn account_rules() {
     let app = spawn_app().await;
     let c = new_client();
-    for (name, pw) in [("ab", "password123"), ("Alice", "password123"), ("a b c", "password123"), ("dave", "short")] {
+    for (name, pw) in [
+        ("ab", "password123"),
+        ("Alice", "password123"),
+        ("a b c", "password123"),
+        ("dave", "short"),
+    ] {
         let r = app.signup_with(&c, name, pw).await;
         assert_eq!(r.status(), 422, "{name}/{pw}");
         let v: Value = r.json().await.unwrap();
@@ -107,7 +124,10 @@ async fn account_rules() {
     let wrong = app.login_with(&new_client(), "dave", "password999").await;
     let unknown = app.login_with(&new_client(), "nobody", "password999").await;
     assert_eq!((wrong.status().as_u16(), unknown.status().as_u16()), (401, 401));
-    assert_eq!(wrong.json::<Value>().await.unwrap(), unknown.json::<Value>().await.unwrap());
+    assert_eq!(
+        wrong.json::<Value>().await.unwrap(),
+        unknown.json::<Value>().await.unwrap()
+    );
 
     let r = c
         .post(app.url("/api/signup"))
@@ -120,7 +140,10 @@ async fn account_rules() {
     let r = c
         .post(app.url("/api/signup"))
         .header("content-type", "application/json")
-        .body(format!("{{\"username\":\"{}\",\"password\":\"x\"}}", "a".repeat(100_000)))
+        .body(format!(
+            "{{\"username\":\"{}\",\"password\":\"x\"}}",
+            "a".repeat(100_000)
+        ))
         .send()
         .await
         .unwrap();
@@ -142,7 +165,10 @@ async fn logout_kills_the_session_and_login_rotates_it() {
     let c = new_client();
     let r = app.signup_with(&c, "erin", "password123").await;
     let first = session_cookie(&r);
-    assert!(first.len() >= "sid=".len() + 32, "token must carry at least 128 bits");
+    assert!(
+        first.len() >= "sid=".len() + 32,
+        "token must carry at least 128 bits"
+    );
 
     let r = app.login_with(&c, "erin", "password123").await;
     assert_eq!(r.status(), 200);
@@ -161,12 +187,20 @@ async fn logout_kills_the_session_and_login_rotates_it() {
                 .status()
         }
     };
-    assert_eq!(replay(first.clone()).await, 401, "the session replaced at login is dead");
+    assert_eq!(
+        replay(first.clone()).await,
+        401,
+        "the session replaced at login is dead"
+    );
     assert_eq!(replay(second.clone()).await, 200);
 
     let r = c.post(app.url("/api/logout")).send().await.unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(replay(second).await, 401, "a cookie replayed after logout is refused");
+    assert_eq!(
+        replay(second).await,
+        401,
+        "a cookie replayed after logout is refused"
+    );
     assert_eq!(app.get_json(&c, "/api/me").await.0, 401);
 }
 
@@ -200,14 +234,26 @@ async fn refused_uploads_leave_nothing_behind() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let form = reqwest::multipart::Form::new().text("caption", "no file");
-    let r = c.post(app.url("/api/photos")).multipart(form).send().await.unwrap();
+    let r = c
+        .post(app.url("/api/photos"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let form = reqwest::multipart::Form::new()
         .part("file", reqwest::multipart::Part::bytes(samples::png(4, 4)))
         .text("other", "x");
-    let r = c.post(app.url("/api/photos")).multipart(form).send().await.unwrap();
+    let r = c
+        .post(app.url("/api/photos"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = app.upload(&c, samples::png(4, 4), "a.png", Some(&"x".repeat(501))).await;
+    let r = app
+        .upload(&c, samples::png(4, 4), "a.png", Some(&"x".repeat(501)))
+        .await;
     assert_eq!(r.status(), 422);
     app.assert_nothing_stored("frank").await;
 
@@ -221,12 +267,18 @@ async fn refused_uploads_leave_nothing_behind() {
 async fn an_undecodable_image_ends_failed_after_its_retries() {
     let app = spawn_app().await;
     let c = app.user("gina").await;
-    let r = app.upload(&c, samples::png_corrupt_body(64, 64), "bad.png", None).await;
+    let r = app
+        .upload(&c, samples::png_corrupt_body(64, 64), "bad.png", None)
+        .await;
     assert_eq!(r.status(), 202, "the header is valid, so the upload is accepted");
     let id = id_of(&r.json().await.unwrap());
     let photo = app.wait_processed(&c, id).await;
     assert_eq!(photo["status"], "failed");
-    assert_eq!(photo["variants"].as_object().unwrap().len(), 1, "only the original");
+    assert_eq!(
+        photo["variants"].as_object().unwrap().len(),
+        1,
+        "only the original"
+    );
     let depth = app.backends.queue.depth().await.unwrap();
     assert_eq!((depth.ready, depth.in_flight, depth.dead), (0, 0, 1));
 }
@@ -245,14 +297,21 @@ async fn pagination_stays_correct_while_photos_arrive() {
     let cursor = p1["next_cursor"].as_str().unwrap().to_owned();
     // A new photo arrives between pages.
     app.upload(&h, samples::png(8, 8), "p.png", None).await;
-    let (_, p2) = app.get_json(&h, &format!("/api/users/hana/photos?limit=2&cursor={cursor}")).await;
+    let (_, p2) = app
+        .get_json(&h, &format!("/api/users/hana/photos?limit=2&cursor={cursor}"))
+        .await;
     let cursor = p2["next_cursor"].as_str().unwrap().to_owned();
-    let (_, p3) = app.get_json(&h, &format!("/api/users/hana/photos?limit=2&cursor={cursor}")).await;
+    let (_, p3) = app
+        .get_json(&h, &format!("/api/users/hana/photos?limit=2&cursor={cursor}"))
+        .await;
     let seen: Vec<i64> = [&p1, &p2, &p3]
         .iter()
         .flat_map(|p| p["photos"].as_array().unwrap().iter().map(id_of))
         .collect();
-    assert_eq!(seen, ids, "every photo once, newest first, none shifted by the newcomer");
+    assert_eq!(
+        seen, ids,
+        "every photo once, newest first, none shifted by the newcomer"
+    );
     assert_eq!(p3["next_cursor"], Value::Null);
 
     // The first page, read again, shows the newcomer: the list cache was
@@ -273,15 +332,41 @@ async fn follow_rules() {
     let app = spawn_app().await;
     let i = app.user("ivan").await;
     app.user("judy").await;
-    assert_eq!(i.post(app.url("/api/users/ivan/follow")).send().await.unwrap().status(), 422);
-    assert_eq!(i.post(app.url("/api/users/nobody/follow")).send().await.unwrap().status(), 404);
     assert_eq!(
-        new_client().post(app.url("/api/users/judy/follow")).send().await.unwrap().status(),
+        i.post(app.url("/api/users/ivan/follow"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        422
+    );
+    assert_eq!(
+        i.post(app.url("/api/users/nobody/follow"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        new_client()
+            .post(app.url("/api/users/judy/follow"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         401
     );
     // Following twice and unfollowing a stranger are not errors.
     for _ in 0..2 {
-        assert_eq!(i.post(app.url("/api/users/judy/follow")).send().await.unwrap().status(), 204);
+        assert_eq!(
+            i.post(app.url("/api/users/judy/follow"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            204
+        );
     }
     let (_, p) = app.get_json(&i, "/api/users/judy").await;
     assert_eq!(p["followers"], 1);
@@ -319,12 +404,22 @@ async fn operational_endpoints() {
     assert_eq!(c.get(app.url("/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(app.url("/readyz")).send().await.unwrap().status(), 200);
     let page = c.get(app.url("/")).send().await.unwrap();
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     assert!(page.text().await.unwrap().contains("/api/photos"));
     let r = c.get(app.url("/api/photos/1")).send().await.unwrap();
     assert!(r.headers().contains_key("x-request-id"));
 
-    let metrics = c.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = c
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         r#"scalestack_http_requests_total{method="POST",route="/api/photos",status="202"} 1"#,
         r#"scalestack_http_request_duration_seconds_bucket{method="GET",route="/api/photos/{id}""#,

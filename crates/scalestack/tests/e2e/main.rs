@@ -22,14 +22,29 @@ async fn signup(web: &str, name: &str) -> reqwest::Client {
 
 async fn upload_and_wait(web: &str, c: &reqwest::Client) -> Value {
     let form = Form::new()
-        .part("file", Part::bytes(imaging::samples::jpeg(640, 480)).file_name("p.jpg"))
+        .part(
+            "file",
+            Part::bytes(imaging::samples::jpeg(640, 480)).file_name("p.jpg"),
+        )
         .text("caption", "e2e");
-    let r = c.post(format!("{web}/api/photos")).multipart(form).send().await.unwrap();
+    let r = c
+        .post(format!("{web}/api/photos"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let p: Value = c.get(format!("{web}/api/photos/{id}")).send().await.unwrap().json().await.unwrap();
+        let p: Value = c
+            .get(format!("{web}/api/photos/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if p["status"] != "processing" {
             return p;
         }
@@ -55,7 +70,12 @@ async fn up_serves_the_app_until_stopped() {
         assert_eq!(r.headers()["content-type"], "image/jpeg");
         assert!(!r.bytes().await.unwrap().is_empty());
     }
-    let m = reqwest::get(format!("{}/metrics", up.worker_metrics)).await.unwrap().text().await.unwrap();
+    let m = reqwest::get(format!("{}/metrics", up.worker_metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("scalestack_jobs_total{outcome=\"done\"} 1"), "{m}");
     assert!(up.data().join("scalestack.db").exists(), "state under ./data");
 
@@ -80,7 +100,11 @@ async fn up_restarts_crashed_children() {
         signal(old, Signal::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(30);
         while up.pid(name).is_none_or(|p| p == old) {
-            assert!(Instant::now() < deadline, "{name} not restarted; log:\n{}", up.log());
+            assert!(
+                Instant::now() < deadline,
+                "{name} not restarted; log:\n{}",
+                up.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -97,7 +121,12 @@ async fn up_restarts_crashed_children() {
 #[tokio::test]
 async fn the_command_line_explains_itself_and_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [&["--help"][..], &["up", "--help"], &["web", "--help"], &["worker", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["up", "--help"],
+        &["web", "--help"],
+        &["worker", "--help"],
+    ] {
         let out = run(args, dir.path());
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
@@ -105,9 +134,15 @@ async fn the_command_line_explains_itself_and_refuses_bad_input() {
     std::fs::write(dir.path().join("bad.toml"), "[web]\ncount = 0\n").unwrap();
     let out = run(&["up", "--topology", "bad.toml"], dir.path());
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("web.count"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("web.count"),
+        "{out:?}"
+    );
     let out = run(&["up", "--topology", "missing.toml"], dir.path());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
-    assert!(!dir.path().join("data").exists(), "a refused topology creates nothing");
+    assert!(
+        !dir.path().join("data").exists(),
+        "a refused topology creates nothing"
+    );
 }

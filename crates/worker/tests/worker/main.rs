@@ -23,9 +23,18 @@ async fn backends(dir: &tempfile::TempDir) -> Backends {
 
 /// Stores a photo the way the web tier does and enqueues its job.
 async fn stored_photo(b: &Backends, bytes: Vec<u8>) -> PhotoId {
-    let owner = match b.store.user_by_name(&Username::parse("owner").unwrap()).await.unwrap() {
+    let owner = match b
+        .store
+        .user_by_name(&Username::parse("owner").unwrap())
+        .await
+        .unwrap()
+    {
         Some(u) => u.id,
-        None => b.store.create_user(&Username::parse("owner").unwrap(), "h").await.unwrap(),
+        None => b
+            .store
+            .create_user(&Username::parse("owner").unwrap(), "h")
+            .await
+            .unwrap(),
     };
     let info = imaging::inspect(&bytes, u64::MAX).unwrap();
     let photo = b
@@ -39,7 +48,10 @@ async fn stored_photo(b: &Backends, bytes: Vec<u8>) -> PhotoId {
         })
         .await
         .unwrap();
-    b.blobs.put(&photo.original_key(), Bytes::from(bytes)).await.unwrap();
+    b.blobs
+        .put(&photo.original_key(), Bytes::from(bytes))
+        .await
+        .unwrap();
     let payload = serde_json::to_vec(&app::ProcessPhoto { photo_id: photo.id.0 }).unwrap();
     b.queue.enqueue(app::PROCESS_PHOTO, &payload).await.unwrap();
     photo.id
@@ -82,7 +94,13 @@ async fn sigterm_lets_the_job_in_hand_finish() {
     let b = backends(&dir).await;
     // Large enough that rendering takes a while.
     let id = stored_photo(&b, imaging::samples::jpeg(3000, 2000)).await;
-    let w = Worker::new(b.clone(), WorkerSettings { poll_ms: 5, ..Default::default() });
+    let w = Worker::new(
+        b.clone(),
+        WorkerSettings {
+            poll_ms: 5,
+            ..Default::default()
+        },
+    );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(w.run_until_stopped(async move {
         let _ = rx.await;
@@ -99,9 +117,20 @@ async fn sigterm_lets_the_job_in_hand_finish() {
     assert!(seen_in_flight, "the worker never claimed the job");
     assert_eq!(status(&b, id).await, PhotoStatus::Processing, "stopped mid-job");
     tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(120), run).await.unwrap().unwrap();
-    assert_eq!(status(&b, id).await, PhotoStatus::Ready, "the job in hand was finished");
-    assert_eq!(b.queue.depth().await.unwrap(), Default::default(), "and acknowledged");
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status(&b, id).await,
+        PhotoStatus::Ready,
+        "the job in hand was finished"
+    );
+    assert_eq!(
+        b.queue.depth().await.unwrap(),
+        Default::default(),
+        "and acknowledged"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what building and testing scalestack needs on a Debian machine:
+# the C toolchain, cmake (pingora's build), and the engines the test harness
+# starts privately (PostgreSQL, Redis, NATS). Idempotent and quick when
+# everything is present; needs root (or sudo) only when something is missing.
+#
+#   scripts/setup.sh           build + test dependencies
+#   scripts/setup.sh --bench   also the peer tools of docs/BENCHMARKS.md
+set -euo pipefail
+
+packages=(build-essential pkg-config cmake curl postgresql redis-server nats-server)
+if [[ "${1:-}" == "--bench" ]]; then
+    packages+=(nginx haproxy varnish wrk dnsperf)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || { echo "setup: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    # Packaged services must not start on install: the tests start their own
+    # private instances and must not collide with (or depend on) defaults.
+    policy=/usr/sbin/policy-rc.d
+    created_policy=""
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee $policy >/dev/null
+        $sudo chmod +x $policy
+        created_policy=1
+    fi
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    [[ -n $created_policy ]] && $sudo rm -f $policy
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo not found; install Rust from https://rustup.rs" >&2
+    exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
+echo "setup: ok"
