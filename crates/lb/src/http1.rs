@@ -1,0 +1,524 @@
+//! The client side of the proxy: a strict HTTP/1.1 request reader and a
+//! response writer. Strict on purpose: whatever two HTTP parsers could read
+//! differently (request smuggling) is refused with 400 and the connection is
+//! closed: `Content-Length` together with `Transfer-Encoding`, several
+//! `Content-Length`s, any transfer coding but a lone `chunked`, malformed
+//! chunk sizes, bare LF line ends, obsolete line folding.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    /// The request target, origin-form (`/path?query`) or `*`.
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: HeaderMap,
+    pub body: BodyFraming,
+    /// Whether the client wants the connection kept open.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Why a request could not be read. Each maps to one status.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadError {
+    /// The peer closed (or idled out) between requests: no response owed.
+    #[error("connection closed")]
+    Closed,
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("request timed out")]
+    Timeout,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("i/o error")]
+    Io,
+}
+
+impl ReadError {
+    /// The status answered to the client, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ReadError::Closed | ReadError::Io => None,
+            ReadError::HeadersTooLarge => Some(431),
+            ReadError::BodyTooLarge => Some(413),
+            ReadError::Timeout => Some(408),
+            ReadError::BadRequest(_) => Some(400),
+        }
+    }
+}
+
+/// Limits the reader enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Reads with a deadline; `Ok(0)` is EOF.
+async fn read_more<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut, deadline: Instant) -> Result<usize, ReadError> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(8192);
+    }
+    match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+        Err(_) => Err(ReadError::Timeout),
+        Ok(Err(_)) => Err(ReadError::Io),
+        Ok(Ok(n)) => Ok(n),
+    }
+}
+
+/// Reads one request head. Waits up to `idle_timeout` for its first byte,
+/// then up to `header_timeout` for the rest: a client trickling its headers
+/// (slowloris) is cut off with 408 however slowly it trickles.
+pub async fn read_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    limits: &ReadLimits,
+) -> Result<RequestHead, ReadError> {
+    let mut deadline = None;
+    loop {
+        if !buf.is_empty() {
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
+            let _ = deadline;
+            if let Some((head, used)) = parse_head(buf, limits)? {
+                buf.advance(used);
+                return Ok(head);
+            }
+            if buf.len() >= limits.max_header_bytes {
+                return Err(ReadError::HeadersTooLarge);
+            }
+        }
+        let until = deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+        match read_more(io, buf, until).await {
+            Ok(0) if buf.is_empty() => return Err(ReadError::Closed),
+            Ok(0) => return Err(ReadError::BadRequest("connection closed mid-request")),
+            Ok(_) => {}
+            Err(ReadError::Timeout) if buf.is_empty() => return Err(ReadError::Closed),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn parse_head(buf: &[u8], limits: &ReadLimits) -> Result<Option<(RequestHead, usize)>, ReadError> {
+    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut req = httparse::Request::new(&mut slots);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ReadError::HeadersTooLarge),
+        Err(_) => return Err(ReadError::BadRequest("malformed request head")),
+    };
+    if used > limits.max_header_bytes {
+        return Err(ReadError::HeadersTooLarge);
+    }
+    // httparse accepts bare LF line ends; a proxy must not, since a backend
+    // may split the message differently.
+    if buf[..used].windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r') || buf[0] == b'\n' {
+        return Err(ReadError::BadRequest("bare LF in request head"));
+    }
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| ReadError::BadRequest("invalid method"))?;
+    let target = req.path.unwrap_or("").to_owned();
+    if !(target.starts_with('/') || (target == "*" && method == Method::OPTIONS)) {
+        return Err(ReadError::BadRequest("request target must be origin-form"));
+    }
+    let minor_version = req.version.unwrap_or(1);
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ReadError::BadRequest("invalid header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| ReadError::BadRequest("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let body = framing(&headers, minor_version)?;
+    if minor_version == 1 && headers.get_all(http::header::HOST).iter().count() != 1 {
+        return Err(ReadError::BadRequest("HTTP/1.1 requires exactly one Host header"));
+    }
+    let connection_has = |token: &str| {
+        headers.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    let keep_alive = if minor_version == 1 {
+        !connection_has("close")
+    } else {
+        connection_has("keep-alive")
+    };
+    let expect_continue = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    Ok(Some((
+        RequestHead {
+            method,
+            target,
+            minor_version,
+            headers,
+            body,
+            keep_alive,
+            expect_continue,
+        },
+        used,
+    )))
+}
+
+/// Decides the body framing, refusing every ambiguous combination.
+fn framing(headers: &HeaderMap, minor_version: u8) -> Result<BodyFraming, ReadError> {
+    let te: Vec<_> = headers.get_all(http::header::TRANSFER_ENCODING).iter().collect();
+    let cl: Vec<_> = headers.get_all(http::header::CONTENT_LENGTH).iter().collect();
+    if !te.is_empty() {
+        if !cl.is_empty() {
+            return Err(ReadError::BadRequest("both Content-Length and Transfer-Encoding"));
+        }
+        if minor_version == 0 {
+            return Err(ReadError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if te.len() != 1 || !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(ReadError::BadRequest("only a lone chunked transfer coding is accepted"));
+        }
+        return Ok(BodyFraming::Chunked);
+    }
+    match cl.as_slice() {
+        [] => Ok(BodyFraming::None),
+        [v] => {
+            let s = v.as_bytes();
+            if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+                return Err(ReadError::BadRequest("invalid Content-Length"));
+            }
+            let n: u64 = std::str::from_utf8(s)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(ReadError::BadRequest("invalid Content-Length"))?;
+            Ok(if n == 0 { BodyFraming::None } else { BodyFraming::Length(n) })
+        }
+        _ => Err(ReadError::BadRequest("several Content-Length headers")),
+    }
+}
+
+/// Reads the whole body (the proxy buffers requests, so a slow client never
+/// holds a backend connection and a failed attempt can be retried).
+pub async fn read_body<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    framing: BodyFraming,
+    limits: &ReadLimits,
+) -> Result<Bytes, ReadError> {
+    let deadline = Instant::now() + limits.body_timeout;
+    match framing {
+        BodyFraming::None => Ok(Bytes::new()),
+        BodyFraming::Length(n) => {
+            if n > limits.max_body_bytes {
+                return Err(ReadError::BodyTooLarge);
+            }
+            let n = n as usize;
+            while buf.len() < n {
+                if read_more(io, buf, deadline).await? == 0 {
+                    return Err(ReadError::BadRequest("connection closed mid-body"));
+                }
+            }
+            Ok(buf.split_to(n).freeze())
+        }
+        BodyFraming::Chunked => read_chunked(io, buf, limits.max_body_bytes, deadline).await,
+    }
+}
+
+/// Finds a CRLF-terminated line at the start of `buf`, reading more as
+/// needed; returns its length without the CRLF.
+async fn line<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+    deadline: Instant,
+) -> Result<usize, ReadError> {
+    loop {
+        if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            if pos == 0 || buf[pos - 1] != b'\r' {
+                return Err(ReadError::BadRequest("bare LF in chunked body"));
+            }
+            return Ok(pos - 1);
+        }
+        if buf.len() > max {
+            return Err(ReadError::BadRequest("chunk line too long"));
+        }
+        if read_more(io, buf, deadline).await? == 0 {
+            return Err(ReadError::BadRequest("connection closed mid-body"));
+        }
+    }
+}
+
+async fn read_chunked<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    max_body: u64,
+    deadline: Instant,
+) -> Result<Bytes, ReadError> {
+    let mut body = BytesMut::new();
+    loop {
+        let len = line(io, buf, 1024, deadline).await?;
+        let size_line = &buf[..len];
+        let size_part = size_line.split(|&b| b == b';').next().unwrap_or(&[]);
+        if size_part.is_empty() || size_part.len() > 15 || !size_part.iter().all(u8::is_ascii_hexdigit) {
+            return Err(ReadError::BadRequest("invalid chunk size"));
+        }
+        let size = u64::from_str_radix(std::str::from_utf8(size_part).unwrap_or("x"), 16)
+            .map_err(|_| ReadError::BadRequest("invalid chunk size"))?;
+        buf.advance(len + 2);
+        if size == 0 {
+            // Trailers: lines up to an empty one; dropped, not forwarded.
+            let mut trailer_bytes = 0;
+            loop {
+                let len = line(io, buf, 8192, deadline).await?;
+                buf.advance(len + 2);
+                if len == 0 {
+                    return Ok(body.freeze());
+                }
+                trailer_bytes += len;
+                if trailer_bytes > 8192 {
+                    return Err(ReadError::HeadersTooLarge);
+                }
+            }
+        }
+        if body.len() as u64 + size > max_body {
+            return Err(ReadError::BodyTooLarge);
+        }
+        let need = size as usize + 2;
+        while buf.len() < need {
+            if read_more(io, buf, deadline).await? == 0 {
+                return Err(ReadError::BadRequest("connection closed mid-body"));
+            }
+        }
+        if &buf[size as usize..need] != b"\r\n" {
+            return Err(ReadError::BadRequest("chunk data not followed by CRLF"));
+        }
+        body.extend_from_slice(&buf[..size as usize]);
+        buf.advance(need);
+    }
+}
+
+/// Hop-by-hop headers: meaningful for one connection only, never forwarded.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::*;
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == TE
+        || name == TRAILER
+        || name == UPGRADE
+        || name == PROXY_AUTHORIZATION
+        || name == PROXY_AUTHENTICATE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    let hop: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    for n in hop {
+        headers.remove(n);
+    }
+}
+
+/// Writes a response head. `length` is `Some` for a known body length;
+/// `None` means chunked (HTTP/1.1) or close-delimited (HTTP/1.0).
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    status: http::StatusCode,
+    headers: &HeaderMap,
+    length: Option<u64>,
+    chunked: bool,
+    keep_alive: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if is_hop_by_hop(name) || name == http::header::CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    } else if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a small complete response generated by the proxy itself.
+pub async fn write_simple<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    status: u16,
+    body: &[u8],
+    extra: &[(&str, &str)],
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (k, v) in extra {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            headers.insert(k, v);
+        }
+    }
+    let mut out = Vec::with_capacity(256 + body.len());
+    encode_head(&mut out, status, &headers, Some(body.len() as u64), false, keep_alive);
+    out.extend_from_slice(body);
+    io.write_all(&out).await?;
+    io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ReadLimits {
+        ReadLimits {
+            max_header_bytes: 1024,
+            max_headers: 8,
+            max_body_bytes: 64,
+            header_timeout: Duration::from_millis(200),
+            body_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(200),
+        }
+    }
+
+    async fn read(raw: &[u8]) -> Result<(RequestHead, Bytes), ReadError> {
+        let mut io = raw;
+        let mut buf = BytesMut::new();
+        let head = read_head(&mut io, &mut buf, &limits()).await?;
+        let body = read_body(&mut io, &mut buf, head.body, &limits()).await?;
+        Ok((head, body))
+    }
+
+    #[tokio::test]
+    async fn plain_requests() {
+        let (h, b) = read(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert_eq!((h.method, h.target.as_str(), h.keep_alive), (Method::GET, "/a?b=1", true));
+        assert!(b.is_empty());
+        let (h, b) = read(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc").await.unwrap();
+        assert_eq!((&b[..], h.keep_alive), (&b"abc"[..], false));
+        let (h, _) = read(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        assert!(!h.keep_alive);
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies() {
+        let (_, b) = read(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(&b[..], b"abcde");
+    }
+
+    #[tokio::test]
+    async fn smuggling_attempts_are_refused() {
+        let bad: &[&[u8]] = &[
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nz\r\nabc\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: x\n\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET http://evil/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        ];
+        for raw in bad {
+            let r = read(raw).await;
+            assert!(
+                matches!(r, Err(ReadError::BadRequest(_))),
+                "{:?} gave {r:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_are_enforced() {
+        let many: String = (0..9).map(|i| format!("X-{i}: v\r\n")).collect();
+        let r = read(format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()).await;
+        assert_eq!(r.unwrap_err(), ReadError::HeadersTooLarge);
+        let big = "a".repeat(2000);
+        let r = read(format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes()).await;
+        assert_eq!(r.unwrap_err(), ReadError::HeadersTooLarge);
+        let r = read(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65\r\n\r\n").await;
+        assert_eq!(r.unwrap_err(), ReadError::BodyTooLarge);
+        let chunk = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n{}\r\n0\r\n\r\n", "a".repeat(65));
+        assert_eq!(read(chunk.as_bytes()).await.unwrap_err(), ReadError::BodyTooLarge);
+    }
+
+    #[tokio::test]
+    async fn stalled_clients_time_out() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let mut buf = BytesMut::new();
+        let r = read_head(&mut server, &mut buf, &limits()).await;
+        assert_eq!(r.unwrap_err(), ReadError::Timeout);
+        // An idle connection that never sent a byte is closed quietly.
+        let (_c, mut s) = tokio::io::duplex(1024);
+        let r = read_head(&mut s, &mut BytesMut::new(), &limits()).await;
+        assert_eq!(r.unwrap_err(), ReadError::Closed);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+    }
+}

@@ -1,0 +1,166 @@
+//! `scalestack lb`: the HTTP load balancer in front of the web tier.
+//!
+//! A strict HTTP/1.1 front end ([`http1`]) reads each client request in
+//! full (limits, timeouts, no ambiguous framing), picks a backend with the
+//! configured [`selection`] algorithm among those the health checks
+//! ([`health_check`]) and passive ejection ([`backend`]) allow, forwards it
+//! over a keep-alive pool ([`proxy`]) and streams the answer back. Backends
+//! change at runtime through the [`admin`] API.
+//!
+//! ```text
+//! client ─▶ accept (max_connections) ─▶ http1::read_head/read_body
+//!        ─▶ proxy::forward ─▶ selection::choose ─▶ pooled hyper client ─▶ backend
+//! ```
+
+pub mod admin;
+pub mod backend;
+pub mod config;
+mod health_check;
+pub mod http1;
+pub mod metrics;
+mod proxy;
+pub mod selection;
+
+pub use backend::{Backend, BackendSet, BackendStatus};
+pub use config::{Algorithm, BackendSpec, HashKey, HealthConfig, LbConfig, Limits, OutlierConfig};
+
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// State shared by every connection, the health checker and the admin API.
+pub(crate) struct Shared {
+    pub config: LbConfig,
+    pub backends: BackendSet,
+    pub selector: Box<dyn selection::Selector>,
+    pub metrics: metrics::Metrics,
+    pub upstream: proxy::Upstream,
+    pub read_limits: http1::ReadLimits,
+    /// One permit per open client connection.
+    pub connection_slots: Arc<Semaphore>,
+    /// Flips to true when shutdown starts.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// Adds a backend, probes it once right away and returns its state.
+    pub(crate) async fn add_backend(&self, spec: &BackendSpec) -> Result<Arc<Backend>, backend::SetError> {
+        let b = self
+            .backends
+            .add(Backend::new(spec, self.metrics.backend(spec.addr)))?;
+        health_check::check_and_record(&b, &self.config.health).await;
+        Ok(b)
+    }
+
+    pub(crate) fn remove_backend(&self, addr: SocketAddr) -> Result<Arc<Backend>, backend::SetError> {
+        let b = self.backends.remove(addr)?;
+        self.metrics.forget(addr);
+        Ok(b)
+    }
+}
+
+/// A load balancer bound to its ports, not yet serving.
+pub struct LoadBalancer {
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shared: Arc<Shared>,
+    stop_tx: watch::Sender<bool>,
+}
+
+impl LoadBalancer {
+    /// Validates the configuration, binds both ports and runs a first round
+    /// of health checks, so healthy backends take traffic from the start.
+    pub async fn build(config: LbConfig) -> anyhow::Result<Self> {
+        config.validate().map_err(|e| anyhow::anyhow!("invalid lb configuration: {e}"))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
+        let l = &config.limits;
+        let read_limits = http1::ReadLimits {
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            max_body_bytes: l.max_body_bytes,
+            header_timeout: Duration::from_millis(l.header_timeout_ms),
+            body_timeout: Duration::from_millis(l.body_timeout_ms),
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+        };
+        let (stop_tx, stopping) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            selector: selection::selector(config.algorithm),
+            metrics: metrics::Metrics::new(),
+            backends: BackendSet::default(),
+            upstream: proxy::Upstream::new(&config),
+            read_limits,
+            connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            stopping,
+            config,
+        });
+        for spec in &shared.config.backends {
+            shared
+                .backends
+                .add(Backend::new(spec, shared.metrics.backend(spec.addr)))
+                .map_err(|e| anyhow::anyhow!("invalid lb configuration: {e}"))?;
+        }
+        health_check::check_all(&shared).await;
+        Ok(LoadBalancer {
+            listener,
+            admin_listener,
+            shared,
+            stop_tx,
+        })
+    }
+
+    /// The public port (useful when configured as 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The admin port.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets the
+    /// requests in flight finish (up to `grace`) and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>, grace: Duration) -> anyhow::Result<()> {
+        let LoadBalancer {
+            listener,
+            admin_listener,
+            shared,
+            stop_tx,
+        } = self;
+        let health = tokio::spawn(health_check::run(shared.clone()));
+        let admin = tokio::spawn(admin::serve(admin_listener, shared.clone()));
+        tracing::info!(
+            listen = %shared.config.listen,
+            admin = %shared.config.admin_listen,
+            algorithm = ?shared.config.algorithm,
+            backends = shared.backends.snapshot().len(),
+            "load balancer started"
+        );
+        tokio::select! {
+            _ = proxy::accept_loop(listener, shared.clone()) => {}
+            _ = shutdown => {}
+        }
+        tracing::info!("load balancer stopping: no new connections, finishing requests in flight");
+        let _ = stop_tx.send(true);
+        let all = u32::try_from(shared.config.limits.max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, shared.connection_slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over with connections still open");
+        }
+        health.abort();
+        admin.abort();
+        tracing::info!("load balancer stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,583 @@
+//! The data path: accept, read a request with [`crate::http1`], choose a
+//! backend, forward over the keep-alive pool, retry when it is safe, stream
+//! the answer back.
+//!
+//! Retry rules (a request is tried on at most `1 + retries` backends):
+//! - the backend refused the connection or could not be reached: nothing
+//!   was sent, any method is retried;
+//! - it failed or timed out after the request was sent: only idempotent
+//!   methods are retried; a `POST` that reached a backend is never replayed,
+//!   the client gets 502 (or 504) and decides.
+//!
+//! Requests are read in full before forwarding (bounded by
+//! `limits.max_body_bytes`): a slow client never holds a backend connection,
+//! and a refused attempt can be replayed elsewhere.
+
+use crate::backend::{Backend, InFlight};
+use crate::config::{Algorithm, HashKey, LbConfig};
+use crate::http1::{self, BodyFraming, ReadError, RequestHead};
+use crate::selection::{self, stable_hash};
+use crate::Shared;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The pooled client to the backends.
+pub(crate) struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl Upstream {
+    pub(crate) fn new(config: &LbConfig) -> Self {
+        let timeout = Duration::from_millis(config.limits.upstream_timeout_ms);
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(2))));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1024)
+            .set_host(false)
+            .build(connector);
+        Upstream { client, timeout }
+    }
+}
+
+/// Accepts until the task is dropped; connections above the limit get 503.
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, go on.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        match shared.connection_slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, peer, &shared).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                shared.metrics.responses.with_label_values(&["503"]).inc();
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let body = br#"{"error":"too many connections"}"#;
+                    let write = http1::write_simple(&mut stream, 503, body, &[("retry-after", "1")], false);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+                });
+            }
+        }
+    }
+}
+
+/// Decrements the open-connection gauge when a connection ends.
+struct ConnectionGauge<'a>(&'a prometheus::IntGauge);
+
+impl Drop for ConnectionGauge<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Serves one client connection: requests in sequence while keep-alive
+/// holds and the load balancer is not stopping.
+async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let _ = stream.set_nodelay(true);
+    shared.metrics.connections.inc();
+    let _gauge = ConnectionGauge(&shared.metrics.connections);
+    let limits = shared.read_limits;
+    let mut stopping = shared.stopping.clone();
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    loop {
+        if *stopping.borrow() {
+            break;
+        }
+        // Between requests a stop closes the connection at once; a request
+        // that has begun to arrive is read and served.
+        let read = if buf.is_empty() {
+            tokio::select! {
+                biased;
+                r = http1::read_head(&mut stream, &mut buf, &limits) => Some(r),
+                _ = stopping.wait_for(|s| *s) => None,
+            }
+        } else {
+            Some(http1::read_head(&mut stream, &mut buf, &limits).await)
+        };
+        let read = match read {
+            Some(r) => r,
+            None if buf.is_empty() => break,
+            None => http1::read_head(&mut stream, &mut buf, &limits).await,
+        };
+        let head = match read {
+            Ok(h) => h,
+            Err(e) => return refuse(&mut stream, shared, &e).await,
+        };
+        if head.expect_continue && head.body != BodyFraming::None {
+            if matches!(head.body, BodyFraming::Length(n) if n > limits.max_body_bytes) {
+                return refuse(&mut stream, shared, &ReadError::BodyTooLarge).await;
+            }
+            if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                return;
+            }
+        }
+        let body = match http1::read_body(&mut stream, &mut buf, head.body, &limits).await {
+            Ok(b) => b,
+            Err(e) => return refuse(&mut stream, shared, &e).await,
+        };
+        // HTTP/1.0 clients get one request per connection.
+        let keep_alive = head.keep_alive && head.minor_version == 1 && !*stopping.borrow();
+        match proxy_request(shared, &mut stream, peer, head, body, keep_alive).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => break,
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Answers a request that could not be read, then closes the connection.
+async fn refuse(stream: &mut TcpStream, shared: &Shared, e: &ReadError) {
+    let Some(status) = e.status() else { return };
+    tracing::debug!(error = %e, status, "request refused");
+    shared.metrics.responses.with_label_values(&[&status.to_string()]).inc();
+    let body = serde_json::json!({ "error": e.to_string() }).to_string();
+    if http1::write_simple(stream, status, body.as_bytes(), &[], false).await.is_ok() {
+        lingering_close(stream).await;
+    }
+}
+
+/// Half-closes and discards what the client still sends for a moment, so
+/// the kernel does not reset the connection (and destroy our answer) when
+/// unread request bytes are pending.
+async fn lingering_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 8192];
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > (1 << 20) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+/// Why no backend answered.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// No available backend, or none accepted a connection.
+    Unavailable,
+    /// The backend failed after the request was sent.
+    BadGateway,
+    /// The backend did not answer within `upstream_timeout_ms`.
+    Timeout,
+}
+
+impl Failure {
+    fn status(self) -> u16 {
+        match self {
+            Failure::Unavailable => 503,
+            Failure::BadGateway => 502,
+            Failure::Timeout => 504,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Failure::Unavailable => r#"{"error":"no backend available"}"#,
+            Failure::BadGateway => r#"{"error":"bad gateway: the backend failed before answering"}"#,
+            Failure::Timeout => r#"{"error":"gateway timeout: the backend did not answer in time"}"#,
+        }
+    }
+}
+
+/// Forwards one request and writes the answer. Returns whether the client
+/// connection may carry another request.
+async fn proxy_request(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    head: RequestHead,
+    body: Bytes,
+    keep_alive: bool,
+) -> std::io::Result<bool> {
+    let started = Instant::now();
+    let RequestHead {
+        method,
+        target,
+        mut headers,
+        ..
+    } = head;
+    http1::strip_hop_by_hop(&mut headers);
+    let trusted = shared.config.trusted_proxies.contains(&peer.ip());
+    set_forwarded(&mut headers, peer.ip(), trusted);
+    let request_id = request_id(&mut headers);
+    let key = match shared.config.algorithm {
+        Algorithm::ConsistentHash => hash_key(&shared.config.hash_key, &headers, peer.ip()),
+        _ => 0,
+    };
+
+    let (result, backend) = forward(shared, &method, &target, &headers, body, key).await;
+    let (status, keep) = match result {
+        Ok((response, in_flight)) => {
+            let status = response.status();
+            let keep = write_response(stream, response, &method, keep_alive, &request_id, shared).await;
+            drop(in_flight);
+            (status.as_u16(), keep?)
+        }
+        Err(f) => {
+            let status = f.status();
+            let extra: &[(&str, &str)] = match f {
+                Failure::Unavailable => &[("retry-after", "1"), ("x-request-id", &request_id)],
+                _ => &[("x-request-id", &request_id)],
+            };
+            http1::write_simple(stream, status, f.message().as_bytes(), extra, keep_alive).await?;
+            (status, keep_alive)
+        }
+    };
+    shared.metrics.responses.with_label_values(&[status_label(status)]).inc();
+    if shared.config.access_log {
+        tracing::info!(
+            target: "scalestack::access",
+            client = %peer,
+            %method,
+            path = %target,
+            status,
+            backend = backend.map(|a| a.to_string()).unwrap_or_default(),
+            request_id = %request_id,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+    Ok(keep)
+}
+
+/// Static labels for common statuses, so the hot path does not allocate.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        202 => "202",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        409 => "409",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s if s < 200 => "1xx",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+type Forwarded = (Result<(http::Response<Incoming>, InFlight), Failure>, Option<SocketAddr>);
+
+/// Tries backends until one answers or the retry rules say stop.
+async fn forward(
+    shared: &Shared,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    key: u64,
+) -> Forwarded {
+    let attempts = 1 + shared.config.retries as usize;
+    let mut tried: Vec<SocketAddr> = Vec::with_capacity(attempts);
+    let mut last_failure = Failure::Unavailable;
+    while tried.len() < attempts {
+        let all = shared.backends.snapshot();
+        let Some(b) = selection::choose(&*shared.selector, &all, &tried, key, shared.backends.version()) else {
+            break;
+        };
+        tried.push(b.addr);
+        if tried.len() > 1 {
+            shared.metrics.retries.inc();
+        }
+        let in_flight = InFlight::new(b.clone());
+        b.metrics.requests.inc();
+        let request = match build_request(&b, method, target, headers, body.clone()) {
+            Some(r) => r,
+            None => return (Err(Failure::BadGateway), Some(b.addr)),
+        };
+        let sent = Instant::now();
+        match tokio::time::timeout(shared.upstream.timeout, shared.upstream.client.request(request)).await {
+            Ok(Ok(response)) => {
+                b.metrics.latency.observe(sent.elapsed().as_secs_f64());
+                let failed = response.status().is_server_error();
+                if failed {
+                    b.metrics.status_5xx.inc();
+                }
+                note_result(&b, failed, shared);
+                return (Ok((response, in_flight)), Some(b.addr));
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                b.metrics.connect_errors.inc();
+                note_result(&b, true, shared);
+                tracing::warn!(backend = %b.addr, error = %e, "backend unreachable; trying another");
+                last_failure = Failure::Unavailable;
+                continue;
+            }
+            Ok(Err(e)) => {
+                b.metrics.other_errors.inc();
+                note_result(&b, true, shared);
+                tracing::warn!(backend = %b.addr, error = %e, %method, "backend failed before answering");
+                last_failure = Failure::BadGateway;
+            }
+            Err(_) => {
+                b.metrics.timeouts.inc();
+                note_result(&b, true, shared);
+                tracing::warn!(backend = %b.addr, %method, "backend timed out");
+                last_failure = Failure::Timeout;
+            }
+        }
+        // The request reached the backend: only an idempotent one may go again.
+        if !is_idempotent(method) {
+            return (Err(last_failure), Some(b.addr));
+        }
+    }
+    (Err(last_failure), tried.last().copied())
+}
+
+fn note_result(b: &Backend, failed: bool, shared: &Shared) {
+    if let Some(d) = b.record_result(failed, &shared.config.outlier) {
+        tracing::warn!(backend = %b.addr, ejected_for_ms = d.as_millis() as u64, "backend ejected after consecutive failures");
+    }
+}
+
+fn build_request(
+    b: &Backend,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Option<http::Request<Full<Bytes>>> {
+    let uri: http::Uri = format!("http://{}{}", b.addr, target).parse().ok()?;
+    let mut request = http::Request::builder()
+        .method(method.clone())
+        .uri(uri)
+        .body(Full::new(body))
+        .ok()?;
+    *request.headers_mut() = headers.clone();
+    Some(request)
+}
+
+/// Streams a backend's response to the client. Returns whether the client
+/// connection stays open.
+async fn write_response(
+    stream: &mut TcpStream,
+    response: http::Response<Incoming>,
+    method: &Method,
+    keep_alive: bool,
+    request_id: &str,
+    shared: &Shared,
+) -> std::io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let mut headers = parts.headers;
+    let status = parts.status;
+    if !headers.contains_key(&X_REQUEST_ID) {
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(X_REQUEST_ID, v);
+        }
+    }
+    let declared: Option<u64> = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let bodiless = *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let chunked = !bodiless && declared.is_none();
+    let mut out = Vec::with_capacity(1024);
+    http1::encode_head(&mut out, status, &headers, declared, chunked, keep_alive);
+    if !bodiless {
+        loop {
+            let frame = match tokio::time::timeout(shared.upstream.timeout, body.frame()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(None) => break,
+                Ok(Some(Err(_))) | Err(_) => {
+                    // The backend died mid-body: the head is out, so the only
+                    // honest signal left is closing the connection.
+                    tracing::warn!(%request_id, "backend response cut short");
+                    stream.write_all(&out).await?;
+                    return Ok(false);
+                }
+            };
+            if let Ok(data) = frame.into_data() {
+                if chunked && !data.is_empty() {
+                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    out.extend_from_slice(&data);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.extend_from_slice(&data);
+                }
+            }
+            if body.is_end_stream() {
+                break;
+            }
+            // More is coming: what we have goes out now (streaming).
+            if !out.is_empty() {
+                stream.write_all(&out).await?;
+                out.clear();
+            }
+        }
+        if chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    stream.write_all(&out).await?;
+    Ok(keep_alive)
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. From a trusted proxy the
+/// client's values are kept (and the chain appended to); from anyone else
+/// they are replaced, so a client cannot forge its address.
+fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
+    let peer_s = peer.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if trusted => format!("{prev}, {peer_s}"),
+        _ => peer_s,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match headers.get(http::header::HOST).cloned() {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// Keeps a well-formed client `X-Request-Id`, otherwise generates one.
+fn request_id(headers: &mut HeaderMap) -> String {
+    let valid = |s: &str| {
+        (1..=128).contains(&s.len())
+            && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+    };
+    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        if valid(id) && headers.get_all(&X_REQUEST_ID).iter().count() == 1 {
+            return id.to_owned();
+        }
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    headers.insert(X_REQUEST_ID, HeaderValue::from_str(&id).expect("hex is a valid header value"));
+    id
+}
+
+/// The consistent-hash key of a request; the client IP when the configured
+/// cookie or header is absent.
+fn hash_key(key: &HashKey, headers: &HeaderMap, ip: IpAddr) -> u64 {
+    let by_ip = || match ip {
+        IpAddr::V4(v4) => stable_hash(&v4.octets()),
+        IpAddr::V6(v6) => stable_hash(&v6.octets()),
+    };
+    match key {
+        HashKey::ClientIp => by_ip(),
+        HashKey::Header(name) => headers.get(name).map(|v| stable_hash(v.as_bytes())).unwrap_or_else(by_ip),
+        HashKey::Cookie(name) => headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| stable_hash(v.as_bytes()))
+            .unwrap_or_else(by_ip),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers_are_not_trusted_blindly() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("app.example"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        let mut untrusted = h.clone();
+        set_forwarded(&mut untrusted, "10.0.0.1".parse().unwrap(), false);
+        assert_eq!(untrusted["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+        assert_eq!(untrusted["x-forwarded-host"], "app.example");
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true);
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "evil.example");
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_well_formed() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&mut h), "abc-123");
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("bad id with spaces"));
+        let id = request_id(&mut h);
+        assert_eq!(id.len(), 32);
+        assert_eq!(h["x-request-id"], id.as_str());
+        let mut h = HeaderMap::new();
+        let generated = request_id(&mut h);
+        assert_ne!(generated, request_id(&mut HeaderMap::new()));
+    }
+
+    #[test]
+    fn hash_key_falls_back_to_the_client_ip() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("a=1; session=xyz"));
+        let by_cookie = hash_key(&HashKey::Cookie("session".into()), &h, ip);
+        assert_eq!(by_cookie, stable_hash(b"xyz"));
+        let missing = hash_key(&HashKey::Cookie("other".into()), &h, ip);
+        assert_eq!(missing, hash_key(&HashKey::ClientIp, &h, ip));
+    }
+}

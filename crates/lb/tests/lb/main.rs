@@ -1,0 +1,478 @@
+//! The load balancer over real sockets: algorithms, health, ejection,
+//! failover, drain, limits, smuggling, admin API, graceful shutdown.
+
+mod helpers;
+
+use helpers::*;
+use lb::{Algorithm, HashKey};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn count_by_backend(c: &reqwest::Client, url: &str, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let (status, body) = get(c, url).await;
+        assert_eq!(status, 200, "{body}");
+        *counts.entry(body).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn round_robin_shares_equally() {
+    let b = [TestBackend::start(), TestBackend::start(), TestBackend::start()];
+    let lb = start_lb(config(&[&b[0], &b[1], &b[2]])).await;
+    let counts = count_by_backend(&client(), &format!("{}/who", lb.url), 300).await;
+    assert_eq!(counts.len(), 3);
+    assert!(counts.values().all(|&n| n == 100), "{counts:?}");
+}
+
+#[tokio::test]
+async fn weighted_round_robin_follows_weights() {
+    let b = [TestBackend::start(), TestBackend::start(), TestBackend::start()];
+    let mut c = config(&[&b[0], &b[1], &b[2]]);
+    c.algorithm = Algorithm::WeightedRoundRobin;
+    for (spec, w) in c.backends.iter_mut().zip([1, 2, 3]) {
+        spec.weight = w;
+    }
+    let lb = start_lb(c).await;
+    let counts = count_by_backend(&client(), &format!("{}/who", lb.url), 600).await;
+    for (backend, w) in b.iter().zip([1, 2, 3]) {
+        assert_eq!(counts[&backend.state.name], 100 * w, "{counts:?}");
+    }
+}
+
+/// With one backend holding a slow request, the load-aware algorithms send
+/// everything else to the idle one.
+#[tokio::test]
+async fn least_connections_and_power_of_two_avoid_the_busy_backend() {
+    for algorithm in [Algorithm::LeastConnections, Algorithm::PowerOfTwo] {
+        let b = [TestBackend::start(), TestBackend::start()];
+        let mut c = config(&[&b[0], &b[1]]);
+        c.algorithm = algorithm;
+        let lb = start_lb(c).await;
+        let http = client();
+        let slow = tokio::spawn({
+            let (http, url) = (http.clone(), format!("{}/slow/1500", lb.url));
+            async move { get(&http, &url).await }
+        });
+        eventually(Duration::from_secs(2), "the slow request to arrive", || async {
+            b[0].hits() + b[1].hits() == 1
+        })
+        .await;
+        let busy = if b[0].hits() == 1 { &b[0] } else { &b[1] };
+        let counts = count_by_backend(&http, &format!("{}/who", lb.url), 20).await;
+        assert_eq!(counts.get(&busy.state.name), None, "{algorithm:?}: {counts:?}");
+        assert_eq!(slow.await.unwrap().0, 200);
+    }
+}
+
+#[tokio::test]
+async fn consistent_hash_keeps_keys_and_moves_only_a_lost_backends_keys() {
+    let mut b = [TestBackend::start(), TestBackend::start(), TestBackend::start()];
+    let mut c = config(&[&b[0], &b[1], &b[2]]);
+    c.algorithm = Algorithm::ConsistentHash;
+    c.hash_key = HashKey::parse("header:x-user").unwrap();
+    let lb = start_lb(c).await;
+    let http = client();
+    let route = |user: String| {
+        let (http, url) = (http.clone(), format!("{}/who", lb.url));
+        async move {
+            let r = http.get(&url).header("x-user", user).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let mut before = HashMap::new();
+    for u in 0..200 {
+        let first = route(format!("user{u}")).await;
+        assert_eq!(route(format!("user{u}")).await, first, "a key sticks to its backend");
+        before.insert(u, first);
+    }
+    let mut spread: HashMap<&String, usize> = HashMap::new();
+    for v in before.values() {
+        *spread.entry(v).or_default() += 1;
+    }
+    assert_eq!(spread.len(), 3, "{spread:?}");
+    assert!(spread.values().all(|&n| n >= 30), "keys spread over backends: {spread:?}");
+
+    let lost = b[1].state.name.clone();
+    b[1].kill();
+    for u in 0..200 {
+        let now = route(format!("user{u}")).await;
+        if before[&u] == lost {
+            assert_ne!(now, lost);
+        } else {
+            assert_eq!(now, before[&u], "user{u} moved although its backend lives");
+        }
+    }
+}
+
+#[tokio::test]
+async fn failing_backend_is_ejected_then_returns() {
+    let b = [TestBackend::start(), TestBackend::start()];
+    let mut c = config(&[&b[0], &b[1]]);
+    c.outlier.consecutive_failures = 2;
+    c.outlier.base_ejection_ms = 600;
+    let lb = start_lb(c).await;
+    let http = client();
+    b[1].state.failing.store(true, SeqCst);
+    let url = format!("{}/who", lb.url);
+    let mut errors = 0;
+    for _ in 0..40 {
+        if get(&http, &url).await.0 == 500 {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 2, "two 5xx in a row eject the backend; the rest go elsewhere");
+    let metrics = http.get(format!("{}/metrics", lb.admin)).send().await.unwrap().text().await.unwrap();
+    let line = format!("scalestack_lb_backend_ejections_total{{backend=\"{}\"}} 1", b[1].addr);
+    assert!(metrics.contains(&line), "{metrics}");
+
+    b[1].state.failing.store(false, SeqCst);
+    let before = b[1].hits();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    count_by_backend(&http, &url, 10).await;
+    assert!(b[1].hits() > before, "the backend takes traffic again after its ejection");
+}
+
+#[tokio::test]
+async fn health_checks_take_a_backend_out_and_back() {
+    let b = [TestBackend::start(), TestBackend::start()];
+    let lb = start_lb(config(&[&b[0], &b[1]])).await;
+    let http = client();
+    let url = format!("{}/who", lb.url);
+    b[0].state.sick.store(true, SeqCst);
+    let admin = format!("{}/backends", lb.admin);
+    let healthy = |i: usize| {
+        let (http, admin, addr) = (http.clone(), admin.clone(), b[i].addr.to_string());
+        async move {
+            let list: serde_json::Value = http.get(&admin).send().await.unwrap().json().await.unwrap();
+            let me = list.as_array().unwrap().iter().find(|x| x["addr"] == addr).unwrap().clone();
+            me["healthy"].as_bool().unwrap()
+        }
+    };
+    eventually(Duration::from_secs(3), "fall after failed checks", || healthy(0).map_not()).await;
+    let counts = count_by_backend(&http, &url, 10).await;
+    assert_eq!(counts.get(&b[0].state.name), None, "{counts:?}");
+    b[0].state.sick.store(false, SeqCst);
+    eventually(Duration::from_secs(3), "rise after passed checks", || healthy(0)).await;
+    let counts = count_by_backend(&http, &url, 10).await;
+    assert_eq!(counts[&b[0].state.name], 5, "{counts:?}");
+}
+
+trait MapNot {
+    fn map_not(self) -> impl std::future::Future<Output = bool>;
+}
+impl<F: std::future::Future<Output = bool>> MapNot for F {
+    async fn map_not(self) -> bool {
+        !self.await
+    }
+}
+
+#[tokio::test]
+async fn killed_backend_loses_no_request() {
+    let mut b = [TestBackend::start(), TestBackend::start(), TestBackend::start()];
+    let lb = start_lb(config(&[&b[0], &b[1], &b[2]])).await;
+    let http = client();
+    // Warm the pool so the LB holds keep-alive connections to the victim.
+    count_by_backend(&http, &format!("{}/who", lb.url), 30).await;
+    b[0].kill();
+    let mut failed = 0;
+    for i in 0..90 {
+        let ok = if i % 2 == 0 {
+            get(&http, &format!("{}/who", lb.url)).await.0 == 200
+        } else {
+            let r = http.post(format!("{}/echo", lb.url)).body("x").send().await.unwrap();
+            r.status() == 200
+        };
+        if !ok {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "connection refusals are retried on another backend");
+    let metrics = http.get(format!("{}/metrics", lb.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("scalestack_lb_retries_total"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_post_that_reached_a_backend_is_never_replayed() {
+    let mut b = [TestBackend::start(), TestBackend::start()];
+    let lb = start_lb(config(&[&b[0], &b[1]])).await;
+    let http = client();
+    let post = tokio::spawn({
+        let (http, url) = (http.clone(), format!("{}/hang", lb.url));
+        async move { http.post(url).body("payload").send().await.unwrap().status().as_u16() }
+    });
+    eventually(Duration::from_secs(2), "the POST to arrive", || async {
+        b[0].state.posts.load(SeqCst) + b[1].state.posts.load(SeqCst) == 1
+    })
+    .await;
+    let victim = if b[0].state.posts.load(SeqCst) == 1 { 0 } else { 1 };
+    b[victim].kill();
+    assert_eq!(post.await.unwrap(), 502, "the client is told, not silently retried");
+    let total: u64 = b.iter().map(|x| x.state.posts.load(SeqCst)).sum();
+    assert_eq!(total, 1, "the POST was not replayed on the other backend");
+
+    // A GET that dies the same way is retried on the other backend.
+    let mut b = [TestBackend::start(), TestBackend::start()];
+    let lb = start_lb(config(&[&b[0], &b[1]])).await;
+    let slow = tokio::spawn({
+        let (http, url) = (http.clone(), format!("{}/slow/3000", lb.url));
+        async move { get(&http, &url).await }
+    });
+    eventually(Duration::from_secs(2), "the GET to arrive", || async {
+        b[0].hits() + b[1].hits() == 1
+    })
+    .await;
+    let victim = if b[0].hits() == 1 { 0 } else { 1 };
+    b[victim].kill();
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, b[1 - victim].state.name);
+}
+
+#[tokio::test]
+async fn drain_lets_in_flight_requests_finish_and_sends_no_new_ones() {
+    let b = [TestBackend::start(), TestBackend::start()];
+    let lb = start_lb(config(&[&b[0], &b[1]])).await;
+    let http = client();
+    let slow = tokio::spawn({
+        let (http, url) = (http.clone(), format!("{}/slow/800", lb.url));
+        async move { get(&http, &url).await }
+    });
+    eventually(Duration::from_secs(2), "the slow request to arrive", || async {
+        b[0].hits() + b[1].hits() == 1
+    })
+    .await;
+    let (busy, idle) = if b[0].hits() == 1 { (&b[0], &b[1]) } else { (&b[1], &b[0]) };
+    let r = http
+        .post(format!("{}/backends/{}/drain", lb.admin, busy.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((status["draining"].as_bool(), status["in_flight"].as_u64()), (Some(true), Some(1)));
+    let counts = count_by_backend(&http, &format!("{}/who", lb.url), 10).await;
+    assert_eq!(counts[&idle.state.name], 10);
+    let (code, body) = slow.await.unwrap();
+    assert_eq!((code, body.as_str()), (200, busy.state.name.as_str()), "in-flight request finished");
+    let r = http.delete(format!("{}/backends/{}", lb.admin, busy.addr)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let list: serde_json::Value = http.get(format!("{}/backends", lb.admin)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn admin_api_adds_and_validates() {
+    let b = [TestBackend::start(), TestBackend::start()];
+    let lb = start_lb(config(&[&b[0]])).await;
+    let http = client();
+    let backends = format!("{}/backends", lb.admin);
+    let r = http
+        .post(&backends)
+        .json(&serde_json::json!({ "addr": b[1].addr.to_string(), "weight": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let added: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(added["healthy"], true, "probed at once: {added}");
+    let counts = count_by_backend(&http, &format!("{}/who", lb.url), 10).await;
+    assert_eq!(counts[&b[1].state.name], 5, "{counts:?}");
+
+    let again = http.post(&backends).json(&serde_json::json!({ "addr": b[1].addr.to_string() })).send().await.unwrap();
+    assert_eq!(again.status(), 409);
+    for bad in [
+        serde_json::json!({ "addr": "not-an-address" }),
+        serde_json::json!({ "addr": "127.0.0.1:1", "weight": 0 }),
+        serde_json::json!({ "weight": 1 }),
+    ] {
+        let r = http.post(&backends).json(&bad).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert!(e["error"].is_string());
+    }
+    let r = http.post(format!("{backends}/nonsense/drain")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http.delete(format!("{backends}/127.0.0.1:1")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let list: serde_json::Value = http.get(&backends).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "bad requests changed nothing");
+    assert_eq!(http.get(format!("{}/readyz", lb.admin)).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn forwarded_headers_and_request_id_reach_the_backend() {
+    let b = TestBackend::start();
+    let lb = start_lb(config(&[&b])).await;
+    let http = client();
+    let r = http
+        .get(format!("{}/headers", lb.url))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-request-id", "trace-42")
+        .header("connection", "x-secret")
+        .header("x-secret", "hop")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-42");
+    let h = b.state.last_headers.lock().unwrap().clone();
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "a client cannot forge its address");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], lb.addr.to_string().as_str());
+    assert_eq!(h["x-request-id"], "trace-42");
+    assert!(h.get("x-secret").is_none(), "headers named by Connection are hop-by-hop");
+    let r = http.get(format!("{}/headers", lb.url)).send().await.unwrap();
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 32);
+    assert_eq!(b.state.last_headers.lock().unwrap()["x-request-id"], generated.as_str());
+}
+
+#[tokio::test]
+async fn limits_answer_with_their_status() {
+    let b = TestBackend::start();
+    let mut c = config(&[&b]);
+    c.limits.max_header_bytes = 2048;
+    c.limits.max_headers = 20;
+    c.limits.max_body_bytes = 1000;
+    c.limits.header_timeout_ms = 300;
+    c.limits.body_timeout_ms = 300;
+    c.limits.idle_timeout_ms = 300;
+    let lb = start_lb(c).await;
+
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(3000));
+    assert!(raw(lb.addr, big.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    let many: String = (0..30).map(|i| format!("X-{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    assert!(raw(lb.addr, many.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    let body = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n{}", "b".repeat(1001));
+    assert!(raw(lb.addr, body.as_bytes()).await.starts_with("HTTP/1.1 413"));
+    let chunked = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n{}\r\n0\r\n\r\n",
+        "c".repeat(1001)
+    );
+    assert!(raw(lb.addr, chunked.as_bytes()).await.starts_with("HTTP/1.1 413"));
+    // Slow header and slow body: 408.
+    assert!(raw(lb.addr, b"GET / HTTP/1.1\r\nHost: x\r\n").await.starts_with("HTTP/1.1 408"));
+    let slow_body = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc";
+    assert!(raw(lb.addr, slow_body).await.starts_with("HTTP/1.1 408"));
+    // An idle keep-alive connection is closed quietly after its timeout.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answer = read_all(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut byte = [0u8; 1];
+    let eof = tokio::time::timeout(Duration::from_millis(200), s.read(&mut byte)).await;
+    assert!(matches!(eof, Ok(Ok(0))), "the idle connection was closed by the LB: {eof:?}");
+    assert_eq!(b.hits(), 1, "no refused request reached the backend");
+    // A body within limits goes through, with 100-continue honoured.
+    let ok = raw(
+        lb.addr,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), "{ok}");
+    assert!(ok.ends_with(&format!("{} 3", b.state.name)), "{ok}");
+}
+
+#[tokio::test]
+async fn connections_above_the_limit_get_503() {
+    let b = TestBackend::start();
+    let mut c = config(&[&b]);
+    c.limits.max_connections = 2;
+    let lb = start_lb(c).await;
+    let _held = [TcpStream::connect(lb.addr).await.unwrap(), TcpStream::connect(lb.addr).await.unwrap()];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = raw(lb.addr, b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    drop(_held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = get(&client(), &format!("{}/who", lb.url)).await;
+    assert_eq!(status, 200, "slots are given back");
+}
+
+#[tokio::test]
+async fn smuggling_attempts_are_rejected_and_the_connection_closed() {
+    let b = TestBackend::start();
+    let lb = start_lb(config(&[&b])).await;
+    let attempts: &[&[u8]] = &[
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /who HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET /who HTTP/1.1\r\n\r\n",
+    ];
+    for a in attempts {
+        let answer = raw(lb.addr, a).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{:?} -> {answer}", String::from_utf8_lossy(a));
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "nothing smuggled behind: {answer}");
+    }
+    assert_eq!(b.hits(), 0, "no smuggling attempt reached the backend");
+}
+
+#[tokio::test]
+async fn slowloris_cannot_exhaust_the_balancer() {
+    let b = TestBackend::start();
+    let mut c = config(&[&b]);
+    c.limits.header_timeout_ms = 500;
+    let lb = start_lb(c).await;
+    // 200 connections each trickling a byte of header every 100 ms.
+    let mut tricklers = Vec::new();
+    for _ in 0..200 {
+        let addr = lb.addr;
+        tricklers.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            for byte in b"GET / HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+                if s.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            read_all(&mut s, Duration::from_secs(1)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let http = client();
+    for _ in 0..20 {
+        assert_eq!(get(&http, &format!("{}/who", lb.url)).await.0, 200);
+    }
+    for t in tricklers {
+        let answer = t.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "cut off however slowly it trickles: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_requests_in_flight() {
+    let b = TestBackend::start();
+    let mut lb = start_lb(config(&[&b])).await;
+    let http = client();
+    let slow = tokio::spawn({
+        let (http, url) = (http.clone(), format!("{}/slow/600", lb.url));
+        async move { get(&http, &url).await }
+    });
+    eventually(Duration::from_secs(2), "the slow request to arrive", || async { b.hits() == 1 }).await;
+    lb.stop();
+    assert_eq!(slow.await.unwrap().0, 200, "the request in flight finished");
+    lb.task.take().unwrap().await.unwrap().unwrap();
+    assert!(TcpStream::connect(lb.addr).await.is_err(), "no longer accepting");
+}
+
+#[tokio::test]
+async fn no_backend_gives_503_with_retry_after() {
+    let mut b = TestBackend::start();
+    let lb = start_lb(config(&[&b])).await;
+    b.kill();
+    let r = client().get(format!("{}/who", lb.url)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().contains("no backend"));
+}
