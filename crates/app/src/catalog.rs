@@ -25,6 +25,8 @@ pub struct Catalog {
     cache: Arc<dyn Cache>,
     metrics: Arc<Metrics>,
     ttl: Duration,
+    /// Zero: lists are not cached.
+    list_ttl: Duration,
 }
 
 fn photo_key(id: PhotoId) -> String {
@@ -36,13 +38,20 @@ fn generation_key(owner: UserId) -> String {
 }
 
 impl Catalog {
-    /// A catalog caching entries for `ttl`.
-    pub fn new(store: Arc<dyn Store>, cache: Arc<dyn Cache>, metrics: Arc<Metrics>, ttl: Duration) -> Self {
+    /// A catalog caching photos for `ttl` and lists for `list_ttl`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        cache: Arc<dyn Cache>,
+        metrics: Arc<Metrics>,
+        ttl: Duration,
+        list_ttl: Duration,
+    ) -> Self {
         Catalog {
             store,
             cache,
             metrics,
             ttl,
+            list_ttl,
         }
     }
 
@@ -112,12 +121,15 @@ impl Catalog {
         }
         let g = format!("{:x}", rand::random::<u64>());
         // The generation outlives the pages it names.
-        self.cache_set(&key, Bytes::from(g.clone()), self.ttl * 10).await;
+        self.cache_set(&key, Bytes::from(g.clone()), self.list_ttl * 10).await;
         g
     }
 
     /// One page of a user's photo ids, newest first.
     pub async fn user_photo_ids(&self, owner: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError> {
+        if self.list_ttl.is_zero() {
+            return self.store.user_photo_ids(owner, page).await;
+        }
         let generation = self.generation(owner).await;
         let key = format!(
             "uphotos:{}:{generation}:{}:{}",
@@ -135,7 +147,7 @@ impl Catalog {
         self.cache_set(
             &key,
             serde_json::to_vec(&raw).expect("ids serialise").into(),
-            self.ttl,
+            self.list_ttl,
         )
         .await;
         Ok(ids)

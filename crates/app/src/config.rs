@@ -43,6 +43,12 @@ pub struct WebSettings {
     /// Lifetime of cached photo metadata and lists in seconds. Default 60.
     #[serde(default = "default_cache_ttl_secs")]
     pub cache_ttl_secs: u64,
+    /// Lifetime of cached photo lists in seconds; 0 turns list caching off.
+    /// Turn it off when several web servers share an embedded (per-process)
+    /// cache: a list cached by one would not see an upload made through
+    /// another until it expires. Default 60.
+    #[serde(default = "default_cache_ttl_secs")]
+    pub list_cache_ttl_secs: u64,
     /// Argon2 memory cost in KiB. Default 19456 (OWASP's minimum for argon2id).
     #[serde(default = "default_argon2_memory_kib")]
     pub argon2_memory_kib: u32,
@@ -77,6 +83,7 @@ impl Default for WebSettings {
             cookie_secure: false,
             media_base_url: String::new(),
             cache_ttl_secs: default_cache_ttl_secs(),
+            list_cache_ttl_secs: default_cache_ttl_secs(),
             argon2_memory_kib: default_argon2_memory_kib(),
         }
     }

@@ -52,6 +52,7 @@ pub fn router(backends: Backends, settings: WebSettings) -> Router {
         backends.cache.clone(),
         metrics.clone(),
         Duration::from_secs(settings.cache_ttl_secs),
+        Duration::from_secs(settings.list_cache_ttl_secs),
     );
     let upload_limit = settings.max_body_bytes;
     let json_limit = settings.max_json_bytes;

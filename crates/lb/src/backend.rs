@@ -29,12 +29,25 @@ pub struct Backend {
 #[derive(Default)]
 struct OutlierState {
     consecutive_failures: u32,
+    /// Every failure of the current streak was a transport failure.
+    only_transport_failures: bool,
     ejections: u32,
     ejected_until: Option<Instant>,
 }
 
+/// What a request to a backend came to, for passive ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestResult {
+    Ok,
+    /// The connection was refused, or broke before an answer: the
+    /// process is likely gone (and a passing health check means it is back).
+    TransportFailed,
+    /// A 5xx or a timeout: the process is up but failing.
+    Failed,
+}
+
 /// A backend as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct BackendStatus {
     pub addr: SocketAddr,
     pub weight: u32,
@@ -94,6 +107,16 @@ impl Backend {
     pub fn record_check(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
         if passed {
             self.check_failures.store(0, Relaxed);
+            {
+                // A process that dropped connections and now passes its
+                // check has been restarted: its ejection is over. (An
+                // ejection for 5xx or timeouts stands: a passing check with
+                // failing requests is exactly what passive ejection is for.)
+                let mut o = self.lock_outlier();
+                if o.ejected_until.is_some() && o.only_transport_failures {
+                    o.ejected_until = None;
+                }
+            }
             let passes = self.check_passes.fetch_add(1, Relaxed) + 1;
             if passes >= rise && !self.healthy.swap(true, Relaxed) {
                 // A backend back from the dead starts with a clean slate:
@@ -113,15 +136,16 @@ impl Backend {
         None
     }
 
-    /// Records a request's result for passive ejection: `failed` is a
-    /// connect failure or a 5xx. Returns the ejection length if this result
-    /// ejected the backend.
-    pub fn record_result(&self, failed: bool, config: &OutlierConfig) -> Option<Duration> {
+    /// Records a request's result for passive ejection. Returns the
+    /// ejection length if this result ejected the backend.
+    pub fn record_result(&self, result: RequestResult, config: &OutlierConfig) -> Option<Duration> {
         let mut o = self.lock_outlier();
-        if !failed {
+        if result == RequestResult::Ok {
             o.consecutive_failures = 0;
             return None;
         }
+        let transport = result == RequestResult::TransportFailed;
+        o.only_transport_failures = transport && (o.consecutive_failures == 0 || o.only_transport_failures);
         o.consecutive_failures += 1;
         if o.consecutive_failures < config.consecutive_failures {
             return None;
@@ -259,18 +283,38 @@ mod tests {
             base_ejection_ms: 100,
             max_ejection_ms: 250,
         };
-        assert_eq!(b.record_result(true, &c), None);
-        assert_eq!(b.record_result(true, &c), Some(Duration::from_millis(100)));
+        assert_eq!(b.record_result(RequestResult::Failed, &c), None);
+        assert_eq!(b.record_result(RequestResult::Failed, &c), Some(Duration::from_millis(100)));
         assert!(b.is_ejected(Instant::now()));
-        assert_eq!(b.record_result(false, &c), None, "a success resets the count");
-        b.record_result(true, &c);
-        assert_eq!(b.record_result(true, &c), Some(Duration::from_millis(200)));
-        b.record_result(true, &c);
-        assert_eq!(b.record_result(true, &c), Some(Duration::from_millis(250)));
+        assert_eq!(b.record_result(RequestResult::Ok, &c), None, "a success resets the count");
+        b.record_result(RequestResult::Failed, &c);
+        assert_eq!(b.record_result(RequestResult::Failed, &c), Some(Duration::from_millis(200)));
+        b.record_result(RequestResult::Failed, &c);
+        assert_eq!(b.record_result(RequestResult::Failed, &c), Some(Duration::from_millis(250)));
         // Recovery through the active check clears the ejection.
         b.record_check(false, 1, 1);
         b.record_check(true, 1, 1);
         assert!(!b.is_ejected(Instant::now()));
+    }
+
+    #[test]
+    fn a_passing_check_ends_only_an_ejection_for_transport_failures() {
+        let c = OutlierConfig {
+            consecutive_failures: 1,
+            base_ejection_ms: 60_000,
+            max_ejection_ms: 60_000,
+        };
+        let b = backend();
+        b.record_check(true, 1, 1);
+        b.record_result(RequestResult::Failed, &c);
+        b.record_check(true, 1, 1);
+        assert!(b.is_ejected(Instant::now()), "5xx ejection stands although /readyz passes");
+        let b = backend();
+        b.record_check(true, 1, 1);
+        b.record_result(RequestResult::TransportFailed, &c);
+        assert!(b.is_ejected(Instant::now()));
+        b.record_check(true, 1, 1);
+        assert!(!b.is_ejected(Instant::now()), "restarted process is back at the next check");
     }
 
     #[test]

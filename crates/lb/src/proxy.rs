@@ -13,7 +13,7 @@
 //! `limits.max_body_bytes`): a slow client never holds a backend connection,
 //! and a refused attempt can be replayed elsewhere.
 
-use crate::backend::{Backend, InFlight};
+use crate::backend::{Backend, InFlight, RequestResult};
 use crate::config::{Algorithm, HashKey, LbConfig};
 use crate::http1::{self, BodyFraming, ReadError, RequestHead};
 use crate::selection::{self, stable_hash};
@@ -342,29 +342,31 @@ async fn forward(
         match tokio::time::timeout(shared.upstream.timeout, shared.upstream.client.request(request)).await {
             Ok(Ok(response)) => {
                 b.metrics.latency.observe(sent.elapsed().as_secs_f64());
-                let failed = response.status().is_server_error();
-                if failed {
+                let result = if response.status().is_server_error() {
                     b.metrics.status_5xx.inc();
-                }
-                note_result(&b, failed, shared);
+                    RequestResult::Failed
+                } else {
+                    RequestResult::Ok
+                };
+                note_result(&b, result, shared);
                 return (Ok((response, in_flight)), Some(b.addr));
             }
             Ok(Err(e)) if e.is_connect() => {
                 b.metrics.connect_errors.inc();
-                note_result(&b, true, shared);
+                note_result(&b, RequestResult::TransportFailed, shared);
                 tracing::warn!(backend = %b.addr, error = %e, "backend unreachable; trying another");
                 last_failure = Failure::Unavailable;
                 continue;
             }
             Ok(Err(e)) => {
                 b.metrics.other_errors.inc();
-                note_result(&b, true, shared);
+                note_result(&b, RequestResult::TransportFailed, shared);
                 tracing::warn!(backend = %b.addr, error = %e, %method, "backend failed before answering");
                 last_failure = Failure::BadGateway;
             }
             Err(_) => {
                 b.metrics.timeouts.inc();
-                note_result(&b, true, shared);
+                note_result(&b, RequestResult::Failed, shared);
                 tracing::warn!(backend = %b.addr, %method, "backend timed out");
                 last_failure = Failure::Timeout;
             }
@@ -377,8 +379,8 @@ async fn forward(
     (Err(last_failure), tried.last().copied())
 }
 
-fn note_result(b: &Backend, failed: bool, shared: &Shared) {
-    if let Some(d) = b.record_result(failed, &shared.config.outlier) {
+fn note_result(b: &Backend, result: RequestResult, shared: &Shared) {
+    if let Some(d) = b.record_result(result, &shared.config.outlier) {
         tracing::warn!(backend = %b.addr, ejected_for_ms = d.as_millis() as u64, "backend ejected after consecutive failures");
     }
 }

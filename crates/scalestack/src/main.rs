@@ -31,6 +31,60 @@ enum Command {
     Web(WebArgs),
     /// Run one job consumer (photo processing).
     Worker(WorkerArgs),
+    /// Run the HTTP load balancer in front of the web tier.
+    Lb(LbArgs),
+    /// Talk to a running `scalestack up`: ps, kill, start, scale.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args)]
+struct LbArgs {
+    /// Configuration file (TOML, the keys of a topology's `[lb]` section
+    /// plus `[[backends]]`); without it, defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides the public address.
+    #[arg(long, env = "SCALESTACK_LB_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Overrides the admin address.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Adds a backend (repeatable).
+    #[arg(long = "backend")]
+    backends: Vec<SocketAddr>,
+    /// Overrides the worker thread count (0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The orchestrator's control API.
+    #[arg(long, env = "SCALESTACK_CONTROL_URL", default_value = "http://127.0.0.1:8090")]
+    url: String,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// List the processes with their state, pid and restarts.
+    Ps,
+    /// Send a signal to a process (default KILL); it stays down until `start`.
+    Kill {
+        name: String,
+        /// KILL, TERM or INT.
+        #[arg(long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Start again a process stopped with `kill`.
+    Start { name: String },
+    /// Run N copies of a role: `scale web=5` (new web servers join the load
+    /// balancer; removed ones are drained first).
+    Scale {
+        /// ROLE=COUNT, e.g. web=5 or worker=2.
+        target: String,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -96,11 +150,72 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// A multi-threaded runtime with `threads` workers (0: one per core).
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build().context("starting the async runtime")
+}
+
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    match cli.command.unwrap_or(Command::Up(UpArgs::default())) {
+    let command = cli.command.unwrap_or(Command::Up(UpArgs::default()));
+    // The load balancer sizes its own runtime; every other role takes one
+    // worker thread per core.
+    if let Command::Lb(args) = &command {
+        let config = lb_config(args)?;
+        return runtime(config.threads)?.block_on(run_lb(config));
+    }
+    runtime(0)?.block_on(run(command))
+}
+
+fn lb_config(args: &LbArgs) -> anyhow::Result<lb::LbConfig> {
+    let mut config: lb::LbConfig = read_config(args.config.as_ref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(admin) = args.admin_listen {
+        config.admin_listen = admin;
+    }
+    if let Some(threads) = args.threads {
+        config.threads = threads;
+    }
+    config
+        .backends
+        .extend(args.backends.iter().map(|&addr| lb::BackendSpec { addr, weight: 1 }));
+    Ok(config)
+}
+
+async fn run_lb(config: lb::LbConfig) -> anyhow::Result<()> {
+    let balancer = lb::LoadBalancer::build(config).await?;
+    balancer
+        .run_until_stopped(shutdown_signal(), std::time::Duration::from_secs(30))
+        .await
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Lb(_) => unreachable!("the load balancer runs on its own runtime"),
+        Command::Ctl(args) => {
+            let command = match args.command {
+                CtlCommand::Ps => up::ctl::CtlCommand::Ps,
+                CtlCommand::Kill { name, signal } => {
+                    if up::control::parse_signal(&signal).is_none() {
+                        anyhow::bail!("--signal must be KILL, TERM or INT, not {signal:?}");
+                    }
+                    up::ctl::CtlCommand::Kill { name, signal }
+                }
+                CtlCommand::Start { name } => up::ctl::CtlCommand::Start { name },
+                CtlCommand::Scale { target } => {
+                    let (role, count) = up::ctl::parse_scale(&target)?;
+                    up::ctl::CtlCommand::Scale { role, count }
+                }
+            };
+            up::ctl::run(&args.url, command).await
+        }
         Command::Up(args) => {
             let mut topology = match &args.topology {
                 Some(path) => up::Topology::load(path)?,

@@ -5,6 +5,7 @@
 
 use app::{WebConfig, WebSettings};
 use backends::{BackendsConfig, BlobsTier, CacheTier, QueueTier, SessionsTier, SqlTier};
+use lb::LbConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,33 @@ pub struct Topology {
     pub queue: QueueTier,
     #[serde(default)]
     pub blobs: BlobsTier,
+    /// `[lb]`: a load balancer in front of the web tier. Absent: the first
+    /// web server is the public address (the single-server stage).
+    #[serde(default)]
+    pub lb: Option<LbConfig>,
+    #[serde(default)]
+    pub control: ControlSection,
+}
+
+/// `[control]`: the orchestrator's dashboard and control API (`ctl`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Default 127.0.0.1:8090; keep it on loopback.
+    #[serde(default = "default_control_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_control_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8090))
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            listen: default_control_listen(),
+        }
+    }
 }
 
 /// `[data]`: where embedded state lives.
@@ -156,7 +184,7 @@ impl Default for WorkerTier {
 }
 
 /// The address of copy `index` (0-based) of a tier starting at `first`.
-fn nth(first: SocketAddr, index: usize) -> SocketAddr {
+pub fn nth(first: SocketAddr, index: usize) -> SocketAddr {
     let mut a = first;
     a.set_port(first.port() + index as u16);
     a
@@ -208,6 +236,22 @@ impl Topology {
             !web.iter().any(|a| a.port() != 0 && workers.contains(a)),
             "web and worker addresses overlap"
         );
+        let mut singles = vec![("control.listen", self.control.listen)];
+        if let Some(lb) = &self.lb {
+            anyhow::ensure!(
+                lb.backends.is_empty(),
+                "lb.backends is not set by hand: the web servers of [web] are the backends"
+            );
+            lb.validate().map_err(|e| anyhow::anyhow!("[lb]: {e}"))?;
+            singles.push(("lb.listen", lb.listen));
+            singles.push(("lb.admin_listen", lb.admin_listen));
+        }
+        for (i, (name, addr)) in singles.iter().enumerate() {
+            let clash = web.contains(addr)
+                || workers.contains(addr)
+                || singles[..i].iter().any(|(_, other)| other == addr);
+            anyhow::ensure!(addr.port() == 0 || !clash, "{name} {addr} overlaps another address");
+        }
         Ok(())
     }
 
@@ -228,42 +272,57 @@ impl Topology {
         (0..self.web.count).map(|i| nth(self.web.listen, i))
     }
 
-    /// The address users open.
+    /// The address users open: the load balancer's, or the web server's.
     pub fn public_url(&self) -> String {
-        format!("http://{}", self.web.listen)
+        match &self.lb {
+            Some(lb) => format!("http://{}", lb.listen),
+            None => format!("http://{}", self.web.listen),
+        }
+    }
+
+    /// The configuration of the load balancer, with the web servers as
+    /// backends.
+    pub fn lb_config(&self) -> Option<LbConfig> {
+        let mut c = self.lb.clone()?;
+        c.backends = self
+            .web_addrs()
+            .map(|addr| lb::BackendSpec { addr, weight: 1 })
+            .collect();
+        Some(c)
+    }
+
+    /// The configuration of web copy `index` (0-based).
+    pub fn web_config(&self, index: usize, backends: &BackendsConfig) -> (String, WebConfig) {
+        (
+            format!("web-{}", index + 1),
+            WebConfig {
+                listen: nth(self.web.listen, index),
+                settings: self.web.settings.clone(),
+                backends: backends.clone(),
+            },
+        )
+    }
+
+    /// The configuration of worker copy `index` (0-based).
+    pub fn worker_config(&self, index: usize, backends: &BackendsConfig) -> (String, WorkerConfig) {
+        (
+            format!("worker-{}", index + 1),
+            WorkerConfig {
+                metrics_listen: nth(self.worker.metrics_listen, index),
+                settings: self.worker.settings.clone(),
+                backends: backends.clone(),
+            },
+        )
     }
 
     /// Name and configuration of every web copy.
     pub fn web_configs(&self, backends: &BackendsConfig) -> Vec<(String, WebConfig)> {
-        self.web_addrs()
-            .enumerate()
-            .map(|(i, listen)| {
-                (
-                    format!("web-{}", i + 1),
-                    WebConfig {
-                        listen,
-                        settings: self.web.settings.clone(),
-                        backends: backends.clone(),
-                    },
-                )
-            })
-            .collect()
+        (0..self.web.count).map(|i| self.web_config(i, backends)).collect()
     }
 
     /// Name and configuration of every worker copy.
     pub fn worker_configs(&self, backends: &BackendsConfig) -> Vec<(String, WorkerConfig)> {
-        (0..self.worker.count)
-            .map(|i| {
-                (
-                    format!("worker-{}", i + 1),
-                    WorkerConfig {
-                        metrics_listen: nth(self.worker.metrics_listen, i),
-                        settings: self.worker.settings.clone(),
-                        backends: backends.clone(),
-                    },
-                )
-            })
-            .collect()
+        (0..self.worker.count).map(|i| self.worker_config(i, backends)).collect()
     }
 }
 
@@ -272,11 +331,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_default_is_the_built_in_default() {
-        let t = Topology::parse(crate::DEFAULT_TOPOLOGY).unwrap();
+    fn the_single_server_file_is_the_format_default() {
+        let text = include_str!("../../../topologies/single-server.toml");
+        let t = Topology::parse(text).unwrap();
         assert_eq!(t, Topology::parse("").unwrap());
         assert_eq!(t.public_url(), "http://127.0.0.1:8080");
         assert_eq!(t.web_configs(&t.backends(Path::new("/d"))).len(), 1);
+        assert!(t.lb_config().is_none());
+    }
+
+    #[test]
+    fn the_default_is_the_web_tier_behind_the_lb() {
+        let t = Topology::parse(crate::DEFAULT_TOPOLOGY).unwrap();
+        assert_eq!(t.public_url(), "http://127.0.0.1:8080");
+        let lb = t.lb_config().unwrap();
+        let ports: Vec<_> = lb.backends.iter().map(|b| b.addr.port()).collect();
+        assert_eq!(ports, [9101, 9102, 9103]);
+        assert_eq!(lb.admin_listen.port(), 8091);
+        assert_eq!(t.control.listen.port(), 8090);
     }
 
     #[test]
@@ -311,6 +383,11 @@ mod tests {
             ("[queue]\nkind = \"embedded\"\nmax_attempt = 5", "max_attempt"),
             ("[web]\nlisten = \"127.0.0.1:9201\"", "overlap"),
             ("[web]\ncount = 2\nlisten = \"127.0.0.1:0\"", "port 0"),
+            ("[lb]\nalgorithm = \"random\"", "random"),
+            ("[lb]\n[[lb.backends]]\naddr = \"127.0.0.1:1\"", "lb.backends"),
+            ("[lb]\nlisten = \"127.0.0.1:8080\"", "overlaps"),
+            ("[lb]\n[lb.health]\nfall = 0", "fall"),
+            ("[control]\nlisten = \"127.0.0.1:9201\"", "overlaps"),
         ] {
             let e = Topology::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} gave {e:?}");

@@ -142,7 +142,7 @@ mod tests {
             consecutive_failures: 1,
             ..Default::default()
         };
-        all[0].record_result(true, &c);
+        all[0].record_result(crate::backend::RequestResult::Failed, &c);
         assert!(all[0].is_ejected(Instant::now()));
         assert_eq!(choose(&RoundRobin::default(), &all, &[], 0, 1).unwrap().addr, all[0].addr);
     }

@@ -16,23 +16,67 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` consecutive ports that were free a moment ago.
+pub fn free_ports(n: u16) -> u16 {
+    loop {
+        let base = free_port();
+        if base as u32 + n as u32 > 65535 {
+            continue;
+        }
+        let held: Vec<_> = (1..n)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == n as usize - 1 {
+            return base;
+        }
+    }
+}
+
 /// A running `scalestack up` in its own temporary working directory.
 pub struct Up {
     pub child: Child,
     pub dir: tempfile::TempDir,
+    /// The public address: the load balancer's, or the single web server's.
     pub web: String,
     pub worker_metrics: String,
+    /// The orchestrator's control API.
+    pub control: String,
+    /// The load balancer's admin API, when there is one.
+    pub lb_admin: Option<String>,
+    /// The web servers' addresses.
+    pub webs: Vec<String>,
 }
 
 impl Up {
-    /// Starts `up` with a topology on free ports (plus `extra` TOML lines).
+    /// The single-server stage on free ports (plus `extra` TOML lines).
     pub fn start(extra: &str) -> Up {
-        let dir = tempfile::tempdir().unwrap();
         let web_port = free_port();
-        let worker_port = free_port();
+        let topology = format!("[web]\nlisten = \"127.0.0.1:{web_port}\"\nargon2_memory_kib = 1024\n{extra}");
+        Self::launch(topology, None, vec![web_port])
+    }
+
+    /// The web tier: a load balancer in front of `webs` web servers, health
+    /// checks every `interval_ms`.
+    pub fn web_tier(webs: u16, interval_ms: u64, extra: &str) -> Up {
+        // Room for `ctl scale` up to 8 web servers.
+        let web_port = free_ports(8);
+        let (lb, admin) = (free_port(), free_port());
         let topology = format!(
-            "[web]\nlisten = \"127.0.0.1:{web_port}\"\nargon2_memory_kib = 1024\n\
-             [worker]\nmetrics_listen = \"127.0.0.1:{worker_port}\"\npoll_ms = 20\n{extra}"
+            "[lb]\nlisten = \"127.0.0.1:{lb}\"\nadmin_listen = \"127.0.0.1:{admin}\"\naccess_log = false\n\
+             [lb.health]\ninterval_ms = {interval_ms}\n\
+             [web]\ncount = {webs}\nlisten = \"127.0.0.1:{web_port}\"\nargon2_memory_kib = 1024\n\
+             list_cache_ttl_secs = 0\n{extra}"
+        );
+        Self::launch(topology, Some((lb, admin)), (web_port..web_port + webs).collect())
+    }
+
+    fn launch(web_section: String, lb: Option<(u16, u16)>, web_ports: Vec<u16>) -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let worker_port = free_port();
+        let control_port = free_port();
+        let topology = format!(
+            "[control]\nlisten = \"127.0.0.1:{control_port}\"\n\
+             [worker]\nmetrics_listen = \"127.0.0.1:{worker_port}\"\npoll_ms = 20\n{web_section}"
         );
         std::fs::write(dir.path().join("topology.toml"), topology).unwrap();
         let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
@@ -43,11 +87,31 @@ impl Up {
             .stderr(log)
             .spawn()
             .unwrap();
+        let public = lb.map_or(web_ports[0], |(l, _)| l);
         Up {
             child,
             dir,
-            web: format!("http://127.0.0.1:{web_port}"),
+            web: format!("http://127.0.0.1:{public}"),
             worker_metrics: format!("http://127.0.0.1:{worker_port}"),
+            control: format!("http://127.0.0.1:{control_port}"),
+            lb_admin: lb.map(|(_, a)| format!("http://127.0.0.1:{a}")),
+            webs: web_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(),
+        }
+    }
+
+    /// Runs `scalestack ctl ARGS` against this orchestrator.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["ctl", "--url", &self.control];
+        all.extend_from_slice(args);
+        run(&all, self.dir.path())
+    }
+
+    /// Waits until `up` printed that everything is ready.
+    pub async fn wait_up(&self, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.log().contains("scalestack is up") {
+            assert!(Instant::now() < deadline, "not up after {secs} s; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

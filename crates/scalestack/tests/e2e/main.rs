@@ -1,6 +1,7 @@
 //! End to end: the built binary, started as a user starts it.
 
 mod helpers;
+mod web_tier;
 
 use helpers::{alive, run, signal, Up};
 use nix::sys::signal::Signal;

@@ -1,0 +1,144 @@
+//! The orchestrator's dashboard and control API (default
+//! http://127.0.0.1:8090), which `scalestack ctl` talks to:
+//!
+//! | request | effect |
+//! |---|---|
+//! | `GET /` | dashboard: the processes, refreshed every second |
+//! | `GET /api/ps` | every process: name, role, address, state, pid, restarts |
+//! | `POST /api/processes/{name}/kill?signal=KILL` | send a signal (`KILL`, `TERM`, `INT`); it stays down |
+//! | `POST /api/processes/{name}/start` | start again a process stopped with kill |
+//! | `POST /api/scale {"role": "web", "count": 5}` | start or drain-and-stop copies |
+//! | `GET /healthz` | alive |
+//!
+//! Errors are `{"error": "..."}` with 400 (bad input) or 404 (unknown name).
+
+use crate::supervisor::SupervisorError;
+use crate::{Orchestrator, ScaleError};
+use axum::extract::{rejection::JsonRejection, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+type AppState = Arc<Orchestrator>;
+
+pub(crate) async fn serve(listener: TcpListener, orchestrator: Arc<Orchestrator>) {
+    let router = Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/api/ps", get(ps))
+        .route("/api/processes/{name}/kill", post(kill))
+        .route("/api/processes/{name}/start", post(start))
+        .route("/api/scale", post(scale))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(orchestrator);
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::error!(error = %e, "control API stopped");
+    }
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(serde_json::json!({ "error": message.to_string() }))).into_response()
+}
+
+fn supervisor_error(e: SupervisorError) -> Response {
+    match e {
+        SupervisorError::Unknown(_) => error(StatusCode::NOT_FOUND, e),
+        SupervisorError::Exists(_) => error(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn ps(State(o): State<AppState>) -> Response {
+    Json(o.ps()).into_response()
+}
+
+#[derive(Deserialize)]
+struct KillQuery {
+    signal: Option<String>,
+}
+
+/// Parses `KILL`, `SIGKILL`, `9` and the like; only signals that stop a process.
+pub fn parse_signal(s: &str) -> Option<Signal> {
+    let s = s.trim().to_ascii_uppercase();
+    match s.strip_prefix("SIG").unwrap_or(&s) {
+        "KILL" | "9" => Some(Signal::SIGKILL),
+        "TERM" | "15" => Some(Signal::SIGTERM),
+        "INT" | "2" => Some(Signal::SIGINT),
+        _ => None,
+    }
+}
+
+async fn kill(State(o): State<AppState>, Path(name): Path<String>, Query(q): Query<KillQuery>) -> Response {
+    let signal = match q.signal.as_deref().map(parse_signal) {
+        None => Signal::SIGKILL,
+        Some(Some(s)) => s,
+        Some(None) => return error(StatusCode::BAD_REQUEST, "signal must be KILL, TERM or INT"),
+    };
+    match o.supervisor().kill(&name, signal) {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => supervisor_error(e),
+    }
+}
+
+async fn start(State(o): State<AppState>, Path(name): Path<String>) -> Response {
+    match o.supervisor().resume(&name) {
+        Ok(()) => Json(o.ps().into_iter().find(|c| c.name == name)).into_response(),
+        Err(e) => supervisor_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleRequest {
+    role: String,
+    count: usize,
+}
+
+async fn scale(State(o): State<AppState>, body: Result<Json<ScaleRequest>, JsonRejection>) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match o.scale(&req.role, req.count).await {
+        Ok(ps) => Json(ps).into_response(),
+        Err(e @ ScaleError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ ScaleError::Failed(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+const DASHBOARD: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>scalestack</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
+table{border-collapse:collapse}td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}
+.running{color:#070}.stopped,.exited{color:#a00}.restarting,.starting{color:#a60}
+button{margin-right:.3rem}
+</style></head><body>
+<h1>scalestack</h1>
+<p>Processes of this topology. <code>scalestack ctl</code> does the same from a terminal.</p>
+<table><thead><tr><th>name</th><th>role</th><th>address</th><th>state</th><th>pid</th><th>restarts</th><th></th></tr></thead>
+<tbody id="ps"></tbody></table>
+<p><label>web servers <input id="n" type="number" min="1" max="64" style="width:4rem"></label>
+<button onclick="scale()">scale</button> <span id="msg"></span></p>
+<script>
+async function refresh(){
+  const r = await fetch('/api/ps'); const ps = await r.json();
+  const rows = ps.map(c => `<tr><td>${c.name}</td><td>${c.role}</td><td>${c.addr??''}</td>
+    <td class="${c.state}">${c.state}</td><td>${c.pid??''}</td><td>${c.restarts}</td>
+    <td><button onclick="act('${c.name}','kill')">kill -9</button><button onclick="act('${c.name}','start')">start</button></td></tr>`);
+  document.getElementById('ps').innerHTML = rows.join('');
+  const n = document.getElementById('n'); if (!n.value) n.value = ps.filter(c => c.role==='web').length;
+}
+async function act(name, what){ await fetch(`/api/processes/${name}/${what}`, {method:'POST'}); refresh(); }
+async function scale(){
+  const msg = document.getElementById('msg'); msg.textContent = 'scaling…';
+  const r = await fetch('/api/scale', {method:'POST', headers:{'content-type':'application/json'},
+    body: JSON.stringify({role:'web', count: Number(document.getElementById('n').value)})});
+  msg.textContent = r.ok ? 'done' : (await r.json()).error; refresh();
+}
+refresh(); setInterval(refresh, 1000);
+</script></body></html>
+"#;

@@ -1,0 +1,104 @@
+//! `scalestack ctl`: a client of the orchestrator's control API.
+
+use crate::supervisor::ChildStatus;
+use anyhow::{bail, Context};
+use std::time::Duration;
+
+/// What `ctl` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CtlCommand {
+    Ps,
+    Kill { name: String, signal: String },
+    Start { name: String },
+    Scale { role: String, count: usize },
+}
+
+/// Parses `ROLE=N` of `ctl scale`.
+pub fn parse_scale(s: &str) -> anyhow::Result<(String, usize)> {
+    let Some((role, n)) = s.split_once('=') else {
+        bail!("expected ROLE=COUNT, like web=5, not {s:?}");
+    };
+    let n: usize = n.trim().parse().with_context(|| format!("{n:?} is not a count"))?;
+    Ok((role.trim().to_owned(), n))
+}
+
+/// Runs one command against the control API at `url` and prints the result.
+pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
+    let url = url.trim_end_matches('/');
+    let http = reqwest::Client::builder()
+        // A scale drains servers, which waits for their requests in flight.
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let request = match &command {
+        CtlCommand::Ps => http.get(format!("{url}/api/ps")),
+        CtlCommand::Kill { name, signal } => http
+            .post(format!("{url}/api/processes/{name}/kill"))
+            .query(&[("signal", signal)]),
+        CtlCommand::Start { name } => http.post(format!("{url}/api/processes/{name}/start")),
+        CtlCommand::Scale { role, count } => http
+            .post(format!("{url}/api/scale"))
+            .json(&serde_json::json!({ "role": role, "count": count })),
+    };
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the orchestrator at {url}; is `scalestack up` running?"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        bail!("{message}");
+    }
+    match command {
+        CtlCommand::Ps | CtlCommand::Scale { .. } => {
+            let ps: Vec<ChildStatus> = serde_json::from_str(&text).context("unexpected answer")?;
+            print!("{}", table(&ps));
+        }
+        CtlCommand::Kill { name, signal } => println!("sent SIG{signal} to {name}; it stays down until `ctl start {name}`"),
+        CtlCommand::Start { name } => println!("{name} starting"),
+    }
+    Ok(())
+}
+
+/// `ps` output: one line per process.
+pub fn table(ps: &[ChildStatus]) -> String {
+    let mut out = format!("{:<12} {:<8} {:<22} {:<11} {:>8} {:>8}\n", "NAME", "ROLE", "ADDRESS", "STATE", "PID", "RESTARTS");
+    for c in ps {
+        out += &format!(
+            "{:<12} {:<8} {:<22} {:<11} {:>8} {:>8}\n",
+            c.name,
+            c.role,
+            c.addr.map(|a| a.to_string()).unwrap_or_default(),
+            c.state,
+            c.pid.map(|p| p.to_string()).unwrap_or_default(),
+            c.restarts
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_arguments() {
+        assert_eq!(parse_scale("web=5").unwrap(), ("web".into(), 5));
+        assert!(parse_scale("web").is_err());
+        assert!(parse_scale("web=-1").is_err());
+        assert!(parse_scale("web=many").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        use crate::control::parse_signal;
+        use nix::sys::signal::Signal;
+        assert_eq!(parse_signal("kill"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("SIGTERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("HUP"), None);
+    }
+}
