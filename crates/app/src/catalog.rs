@@ -121,7 +121,8 @@ impl Catalog {
         }
         let g = format!("{:x}", rand::random::<u64>());
         // The generation outlives the pages it names.
-        self.cache_set(&key, Bytes::from(g.clone()), self.list_ttl * 10).await;
+        self.cache_set(&key, Bytes::from(g.clone()), self.list_ttl * 10)
+            .await;
         g
     }
 

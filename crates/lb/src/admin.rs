@@ -52,9 +52,11 @@ fn set_error(e: SetError) -> Response {
     }
 }
 
-fn parse_addr(s: &str) -> Result<SocketAddr, Response> {
-    s.parse()
-        .map_err(|_| error(StatusCode::BAD_REQUEST, format!("{s:?} is not an address like 127.0.0.1:9101")))
+fn parse_addr(s: &str) -> Result<SocketAddr, Box<Response>> {
+    s.parse().map_err(|_| {
+        let message = format!("{s:?} is not an address like 127.0.0.1:9101");
+        Box::new(error(StatusCode::BAD_REQUEST, message))
+    })
 }
 
 async fn list(State(s): State<AppState>) -> Json<Vec<BackendStatus>> {
@@ -81,7 +83,7 @@ async fn add(State(s): State<AppState>, body: Result<Json<BackendSpec>, JsonReje
 async fn drain(State(s): State<AppState>, Path(addr): Path<String>) -> Response {
     let addr = match parse_addr(&addr) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match s.backends.get(addr) {
         Some(b) => {
@@ -96,7 +98,7 @@ async fn drain(State(s): State<AppState>, Path(addr): Path<String>) -> Response 
 async fn remove(State(s): State<AppState>, Path(addr): Path<String>) -> Response {
     let addr = match parse_addr(&addr) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match s.remove_backend(addr) {
         Ok(b) => {
@@ -109,7 +111,11 @@ async fn remove(State(s): State<AppState>, Path(addr): Path<String>) -> Response
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let text = s.metrics.render(&s.backends.snapshot());
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
 }
 
 async fn ready(State(s): State<AppState>) -> Response {

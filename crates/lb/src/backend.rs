@@ -152,7 +152,10 @@ impl Backend {
         }
         o.consecutive_failures = 0;
         let factor = 1u64 << o.ejections.min(20);
-        let ms = config.base_ejection_ms.saturating_mul(factor).min(config.max_ejection_ms);
+        let ms = config
+            .base_ejection_ms
+            .saturating_mul(factor)
+            .min(config.max_ejection_ms);
         o.ejections += 1;
         o.ejected_until = Some(Instant::now() + Duration::from_millis(ms));
         self.metrics.ejections.inc();
@@ -242,7 +245,10 @@ impl BackendSet {
     /// Removes a backend; requests already sent to it finish normally.
     pub fn remove(&self, addr: SocketAddr) -> Result<Arc<Backend>, SetError> {
         let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let pos = guard.iter().position(|b| b.addr == addr).ok_or(SetError::Unknown(addr))?;
+        let pos = guard
+            .iter()
+            .position(|b| b.addr == addr)
+            .ok_or(SetError::Unknown(addr))?;
         let mut next = (**guard).clone();
         let removed = next.remove(pos);
         *guard = Arc::new(next);
@@ -270,7 +276,11 @@ mod tests {
         assert_eq!(b.record_check(true, 2, 2), None);
         assert_eq!(b.record_check(true, 2, 2), Some(true));
         assert_eq!(b.record_check(false, 2, 2), None);
-        assert_eq!(b.record_check(true, 2, 2), None, "a pass resets the failure count");
+        assert_eq!(
+            b.record_check(true, 2, 2),
+            None,
+            "a pass resets the failure count"
+        );
         assert_eq!(b.record_check(false, 2, 2), None);
         assert_eq!(b.record_check(false, 2, 2), Some(false));
     }
@@ -284,13 +294,26 @@ mod tests {
             max_ejection_ms: 250,
         };
         assert_eq!(b.record_result(RequestResult::Failed, &c), None);
-        assert_eq!(b.record_result(RequestResult::Failed, &c), Some(Duration::from_millis(100)));
+        assert_eq!(
+            b.record_result(RequestResult::Failed, &c),
+            Some(Duration::from_millis(100))
+        );
         assert!(b.is_ejected(Instant::now()));
-        assert_eq!(b.record_result(RequestResult::Ok, &c), None, "a success resets the count");
+        assert_eq!(
+            b.record_result(RequestResult::Ok, &c),
+            None,
+            "a success resets the count"
+        );
         b.record_result(RequestResult::Failed, &c);
-        assert_eq!(b.record_result(RequestResult::Failed, &c), Some(Duration::from_millis(200)));
+        assert_eq!(
+            b.record_result(RequestResult::Failed, &c),
+            Some(Duration::from_millis(200))
+        );
         b.record_result(RequestResult::Failed, &c);
-        assert_eq!(b.record_result(RequestResult::Failed, &c), Some(Duration::from_millis(250)));
+        assert_eq!(
+            b.record_result(RequestResult::Failed, &c),
+            Some(Duration::from_millis(250))
+        );
         // Recovery through the active check clears the ejection.
         b.record_check(false, 1, 1);
         b.record_check(true, 1, 1);
@@ -308,13 +331,19 @@ mod tests {
         b.record_check(true, 1, 1);
         b.record_result(RequestResult::Failed, &c);
         b.record_check(true, 1, 1);
-        assert!(b.is_ejected(Instant::now()), "5xx ejection stands although /readyz passes");
+        assert!(
+            b.is_ejected(Instant::now()),
+            "5xx ejection stands although /readyz passes"
+        );
         let b = backend();
         b.record_check(true, 1, 1);
         b.record_result(RequestResult::TransportFailed, &c);
         assert!(b.is_ejected(Instant::now()));
         b.record_check(true, 1, 1);
-        assert!(!b.is_ejected(Instant::now()), "restarted process is back at the next check");
+        assert!(
+            !b.is_ejected(Instant::now()),
+            "restarted process is back at the next check"
+        );
     }
 
     #[test]

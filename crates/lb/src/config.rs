@@ -334,8 +334,14 @@ mod tests {
     #[test]
     fn hash_keys() {
         assert_eq!(HashKey::parse("client_ip").unwrap(), HashKey::ClientIp);
-        assert_eq!(HashKey::parse("cookie:sid").unwrap(), HashKey::Cookie("sid".into()));
-        assert!(matches!(HashKey::parse("header:x-user").unwrap(), HashKey::Header(_)));
+        assert_eq!(
+            HashKey::parse("cookie:sid").unwrap(),
+            HashKey::Cookie("sid".into())
+        );
+        assert!(matches!(
+            HashKey::parse("header:x-user").unwrap(),
+            HashKey::Header(_)
+        ));
         assert!(HashKey::parse("cookie:").is_err());
         assert!(HashKey::parse("header:bad header").is_err());
         assert!(HashKey::parse("ip").is_err());

@@ -14,7 +14,8 @@ use tokio::net::TcpStream;
 /// Probes every backend once, concurrently.
 pub(crate) async fn check_all(shared: &Shared) {
     let mut set = tokio::task::JoinSet::new();
-    for b in shared.backends.snapshot().iter().cloned() {
+    for b in shared.backends.snapshot().iter() {
+        let b = b.clone();
         let config = shared.config.health.clone();
         set.spawn(async move { check_and_record(&b, &config).await });
     }

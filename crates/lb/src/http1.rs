@@ -77,7 +77,11 @@ pub struct ReadLimits {
 }
 
 /// Reads with a deadline; `Ok(0)` is EOF.
-async fn read_more<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut, deadline: Instant) -> Result<usize, ReadError> {
+async fn read_more<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> Result<usize, ReadError> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
     }
@@ -146,8 +150,10 @@ fn parse_head(buf: &[u8], limits: &ReadLimits) -> Result<Option<(RequestHead, us
     let minor_version = req.version.unwrap_or(1);
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ReadError::BadRequest("invalid header name"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| ReadError::BadRequest("invalid header value"))?;
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ReadError::BadRequest("invalid header name"))?;
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|_| ReadError::BadRequest("invalid header value"))?;
         headers.append(name, value);
     }
     let body = framing(&headers, minor_version)?;
@@ -195,7 +201,9 @@ fn framing(headers: &HeaderMap, minor_version: u8) -> Result<BodyFraming, ReadEr
             return Err(ReadError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
         }
         if te.len() != 1 || !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err(ReadError::BadRequest("only a lone chunked transfer coding is accepted"));
+            return Err(ReadError::BadRequest(
+                "only a lone chunked transfer coding is accepted",
+            ));
         }
         return Ok(BodyFraming::Chunked);
     }
@@ -210,7 +218,11 @@ fn framing(headers: &HeaderMap, minor_version: u8) -> Result<BodyFraming, ReadEr
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .ok_or(ReadError::BadRequest("invalid Content-Length"))?;
-            Ok(if n == 0 { BodyFraming::None } else { BodyFraming::Length(n) })
+            Ok(if n == 0 {
+                BodyFraming::None
+            } else {
+                BodyFraming::Length(n)
+            })
         }
         _ => Err(ReadError::BadRequest("several Content-Length headers")),
     }
@@ -395,14 +407,24 @@ pub async fn write_simple<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut headers = HeaderMap::new();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     for (k, v) in extra {
         if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
             headers.insert(k, v);
         }
     }
     let mut out = Vec::with_capacity(256 + body.len());
-    encode_head(&mut out, status, &headers, Some(body.len() as u64), false, keep_alive);
+    encode_head(
+        &mut out,
+        status,
+        &headers,
+        Some(body.len() as u64),
+        false,
+        keep_alive,
+    );
     out.extend_from_slice(body);
     io.write_all(&out).await?;
     io.flush().await
@@ -434,9 +456,14 @@ mod tests {
     #[tokio::test]
     async fn plain_requests() {
         let (h, b) = read(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        assert_eq!((h.method, h.target.as_str(), h.keep_alive), (Method::GET, "/a?b=1", true));
+        assert_eq!(
+            (h.method, h.target.as_str(), h.keep_alive),
+            (Method::GET, "/a?b=1", true)
+        );
         assert!(b.is_empty());
-        let (h, b) = read(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc").await.unwrap();
+        let (h, b) = read(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
+            .await
+            .unwrap();
         assert_eq!((&b[..], h.keep_alive), (&b"abc"[..], false));
         let (h, _) = read(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
         assert!(!h.keep_alive);
@@ -494,7 +521,10 @@ mod tests {
         assert_eq!(r.unwrap_err(), ReadError::HeadersTooLarge);
         let r = read(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65\r\n\r\n").await;
         assert_eq!(r.unwrap_err(), ReadError::BodyTooLarge);
-        let chunk = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n{}\r\n0\r\n\r\n", "a".repeat(65));
+        let chunk = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n{}\r\n0\r\n\r\n",
+            "a".repeat(65)
+        );
         assert_eq!(read(chunk.as_bytes()).await.unwrap_err(), ReadError::BodyTooLarge);
     }
 

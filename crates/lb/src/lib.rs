@@ -75,7 +75,9 @@ impl LoadBalancer {
     /// Validates the configuration, binds both ports and runs a first round
     /// of health checks, so healthy backends take traffic from the start.
     pub async fn build(config: LbConfig) -> anyhow::Result<Self> {
-        config.validate().map_err(|e| anyhow::anyhow!("invalid lb configuration: {e}"))?;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid lb configuration: {e}"))?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -129,7 +131,11 @@ impl LoadBalancer {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets the
     /// requests in flight finish (up to `grace`) and returns.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>, grace: Duration) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
         let LoadBalancer {
             listener,
             admin_listener,

@@ -54,13 +54,17 @@ impl Metrics {
         };
         let backend_requests = by_backend("backend_requests_total", "Requests sent to each backend");
         let backend_errors = IntCounterVec::new(
-            Opts::new("backend_errors_total", "Backend failures by kind (connect, timeout, 5xx, other)"),
+            Opts::new(
+                "backend_errors_total",
+                "Backend failures by kind (connect, timeout, 5xx, other)",
+            ),
             &["backend", "kind"],
         )
         .expect("valid metric");
         let backend_latency = HistogramVec::new(
-            HistogramOpts::new("backend_latency_seconds", "Time to a backend's response head")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new("backend_latency_seconds", "Time to a backend's response head").buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["backend"],
         )
         .expect("valid metric");
@@ -80,7 +84,8 @@ impl Metrics {
             &["status"],
         )
         .expect("valid metric");
-        let retries = IntCounter::new("retries_total", "Requests retried on another backend").expect("valid metric");
+        let retries =
+            IntCounter::new("retries_total", "Requests retried on another backend").expect("valid metric");
         let connections = IntGauge::new("connections", "Open client connections").expect("valid metric");
         for c in [
             Box::new(backend_requests.clone()) as Box<dyn prometheus::core::Collector>,

@@ -158,9 +158,16 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
 async fn refuse(stream: &mut TcpStream, shared: &Shared, e: &ReadError) {
     let Some(status) = e.status() else { return };
     tracing::debug!(error = %e, status, "request refused");
-    shared.metrics.responses.with_label_values(&[&status.to_string()]).inc();
+    shared
+        .metrics
+        .responses
+        .with_label_values(&[&status.to_string()])
+        .inc();
     let body = serde_json::json!({ "error": e.to_string() }).to_string();
-    if http1::write_simple(stream, status, body.as_bytes(), &[], false).await.is_ok() {
+    if http1::write_simple(stream, status, body.as_bytes(), &[], false)
+        .await
+        .is_ok()
+    {
         lingering_close(stream).await;
     }
 }
@@ -256,7 +263,11 @@ async fn proxy_request(
             (status, keep_alive)
         }
     };
-    shared.metrics.responses.with_label_values(&[status_label(status)]).inc();
+    shared
+        .metrics
+        .responses
+        .with_label_values(&[status_label(status)])
+        .inc();
     if shared.config.access_log {
         tracing::info!(
             target: "scalestack::access",
@@ -309,7 +320,10 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-type Forwarded = (Result<(http::Response<Incoming>, InFlight), Failure>, Option<SocketAddr>);
+type Forwarded = (
+    Result<(http::Response<Incoming>, InFlight), Failure>,
+    Option<SocketAddr>,
+);
 
 /// Tries backends until one answers or the retry rules say stop.
 async fn forward(
@@ -325,7 +339,8 @@ async fn forward(
     let mut last_failure = Failure::Unavailable;
     while tried.len() < attempts {
         let all = shared.backends.snapshot();
-        let Some(b) = selection::choose(&*shared.selector, &all, &tried, key, shared.backends.version()) else {
+        let Some(b) = selection::choose(&*shared.selector, &all, &tried, key, shared.backends.version())
+        else {
             break;
         };
         tried.push(b.addr);
@@ -501,7 +516,8 @@ fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
 fn request_id(headers: &mut HeaderMap) -> String {
     let valid = |s: &str| {
         (1..=128).contains(&s.len())
-            && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
     };
     if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         if valid(id) && headers.get_all(&X_REQUEST_ID).iter().count() == 1 {
@@ -509,7 +525,10 @@ fn request_id(headers: &mut HeaderMap) -> String {
         }
     }
     let id = format!("{:032x}", rand::random::<u128>());
-    headers.insert(X_REQUEST_ID, HeaderValue::from_str(&id).expect("hex is a valid header value"));
+    headers.insert(
+        X_REQUEST_ID,
+        HeaderValue::from_str(&id).expect("hex is a valid header value"),
+    );
     id
 }
 
@@ -522,7 +541,10 @@ fn hash_key(key: &HashKey, headers: &HeaderMap, ip: IpAddr) -> u64 {
     };
     match key {
         HashKey::ClientIp => by_ip(),
-        HashKey::Header(name) => headers.get(name).map(|v| stable_hash(v.as_bytes())).unwrap_or_else(by_ip),
+        HashKey::Header(name) => headers
+            .get(name)
+            .map(|v| stable_hash(v.as_bytes()))
+            .unwrap_or_else(by_ip),
         HashKey::Cookie(name) => headers
             .get_all(http::header::COOKIE)
             .iter()

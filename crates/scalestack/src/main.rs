@@ -183,9 +183,11 @@ fn lb_config(args: &LbArgs) -> anyhow::Result<lb::LbConfig> {
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
-    config
-        .backends
-        .extend(args.backends.iter().map(|&addr| lb::BackendSpec { addr, weight: 1 }));
+    config.backends.extend(
+        args.backends
+            .iter()
+            .map(|&addr| lb::BackendSpec { addr, weight: 1 }),
+    );
     Ok(config)
 }
 

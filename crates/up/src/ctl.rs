@@ -18,7 +18,10 @@ pub fn parse_scale(s: &str) -> anyhow::Result<(String, usize)> {
     let Some((role, n)) = s.split_once('=') else {
         bail!("expected ROLE=COUNT, like web=5, not {s:?}");
     };
-    let n: usize = n.trim().parse().with_context(|| format!("{n:?} is not a count"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .with_context(|| format!("{n:?} is not a count"))?;
     Ok((role.trim().to_owned(), n))
 }
 
@@ -57,7 +60,9 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             let ps: Vec<ChildStatus> = serde_json::from_str(&text).context("unexpected answer")?;
             print!("{}", table(&ps));
         }
-        CtlCommand::Kill { name, signal } => println!("sent SIG{signal} to {name}; it stays down until `ctl start {name}`"),
+        CtlCommand::Kill { name, signal } => {
+            println!("sent SIG{signal} to {name}; it stays down until `ctl start {name}`")
+        }
         CtlCommand::Start { name } => println!("{name} starting"),
     }
     Ok(())
@@ -65,7 +70,10 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
 
 /// `ps` output: one line per process.
 pub fn table(ps: &[ChildStatus]) -> String {
-    let mut out = format!("{:<12} {:<8} {:<22} {:<11} {:>8} {:>8}\n", "NAME", "ROLE", "ADDRESS", "STATE", "PID", "RESTARTS");
+    let mut out = format!(
+        "{:<12} {:<8} {:<22} {:<11} {:>8} {:>8}\n",
+        "NAME", "ROLE", "ADDRESS", "STATE", "PID", "RESTARTS"
+    );
     for c in ps {
         out += &format!(
             "{:<12} {:<8} {:<22} {:<11} {:>8} {:>8}\n",

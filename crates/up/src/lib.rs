@@ -62,7 +62,11 @@ impl Orchestrator {
         let (min, start_port) = match role {
             "web" => (1, self.topology.web.listen),
             "worker" => (0, self.topology.worker.metrics_listen),
-            _ => return Err(ScaleError::Invalid(format!("cannot scale {role:?}: only web and worker"))),
+            _ => {
+                return Err(ScaleError::Invalid(format!(
+                    "cannot scale {role:?}: only web and worker"
+                )))
+            }
         };
         if count < min || count > 64 {
             return Err(ScaleError::Invalid(format!("{role} count must be {min} to 64")));
@@ -87,14 +91,21 @@ impl Orchestrator {
             "web" => {
                 let (name, config) = self.topology.web_config(index, &self.backends);
                 if taken.contains(&config.listen) || self.reserved().contains(&config.listen) {
-                    return Err(ScaleError::Invalid(format!("{} is already in use", config.listen)));
+                    return Err(ScaleError::Invalid(format!(
+                        "{} is already in use",
+                        config.listen
+                    )));
                 }
                 web_spec(&self.run_dir, &name, &config).map_err(|e| ScaleError::Failed(e.to_string()))?
             }
             _ => {
                 let (name, config) = self.topology.worker_config(index, &self.backends);
-                if taken.contains(&config.metrics_listen) || self.reserved().contains(&config.metrics_listen) {
-                    return Err(ScaleError::Invalid(format!("{} is already in use", config.metrics_listen)));
+                if taken.contains(&config.metrics_listen) || self.reserved().contains(&config.metrics_listen)
+                {
+                    return Err(ScaleError::Invalid(format!(
+                        "{} is already in use",
+                        config.metrics_listen
+                    )));
                 }
                 worker_spec(&self.run_dir, &name, &config).map_err(|e| ScaleError::Failed(e.to_string()))?
             }
@@ -118,7 +129,11 @@ impl Orchestrator {
             let r = self.http.post(&url).json(&body).send().await;
             match r {
                 Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT => {}
-                other => return Err(ScaleError::Failed(format!("adding {addr} to the lb failed: {other:?}"))),
+                other => {
+                    return Err(ScaleError::Failed(format!(
+                        "adding {addr} to the lb failed: {other:?}"
+                    )))
+                }
             }
         }
         Ok(())
@@ -126,7 +141,11 @@ impl Orchestrator {
 
     async fn stop_copy(&self, role: &str, index: usize) -> Result<(), ScaleError> {
         let name = format!("{role}-{}", index + 1);
-        let addr = self.ps().into_iter().find(|c| c.name == name).and_then(|c| c.addr);
+        let addr = self
+            .ps()
+            .into_iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.addr);
         if let (Some(lb), Some(addr), "web") = (&self.topology.lb, addr, role) {
             self.drain_from_lb(lb.admin_listen, addr).await?;
         }
@@ -182,7 +201,9 @@ impl Orchestrator {
     /// Rewrites `lb.toml` with the current web servers, so a restarted LB
     /// starts with the backends of now, not those of the topology file.
     fn write_lb_config(&self) -> Result<(), ScaleError> {
-        let Some(mut config) = self.topology.lb_config() else { return Ok(()) };
+        let Some(mut config) = self.topology.lb_config() else {
+            return Ok(());
+        };
         config.backends = self
             .ps()
             .iter()

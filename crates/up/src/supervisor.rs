@@ -136,7 +136,14 @@ impl Supervisor {
             rx,
             status.clone(),
         ));
-        children.insert(name, Child { desired, status, task });
+        children.insert(
+            name,
+            Child {
+                desired,
+                status,
+                task,
+            },
+        );
         Ok(())
     }
 
@@ -150,13 +157,19 @@ impl Supervisor {
 
     /// Names of the children of a role, in order.
     pub fn names_of(&self, role: &str) -> Vec<String> {
-        self.ps().into_iter().filter(|c| c.role == role).map(|c| c.name).collect()
+        self.ps()
+            .into_iter()
+            .filter(|c| c.role == role)
+            .map(|c| c.name)
+            .collect()
     }
 
     /// Sends `signal` to a child and keeps it down until [`Self::resume`].
     pub fn kill(&self, name: &str, signal: Signal) -> Result<ChildStatus, SupervisorError> {
         let children = self.lock();
-        let child = children.get(name).ok_or_else(|| SupervisorError::Unknown(name.into()))?;
+        let child = children
+            .get(name)
+            .ok_or_else(|| SupervisorError::Unknown(name.into()))?;
         child.desired.send_replace(Desired::Stopped);
         let status = child.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(pid) = status.pid {
@@ -169,7 +182,9 @@ impl Supervisor {
     /// Starts again a child stopped with [`Self::kill`].
     pub fn resume(&self, name: &str) -> Result<(), SupervisorError> {
         let children = self.lock();
-        let child = children.get(name).ok_or_else(|| SupervisorError::Unknown(name.into()))?;
+        let child = children
+            .get(name)
+            .ok_or_else(|| SupervisorError::Unknown(name.into()))?;
         child.desired.send_replace(Desired::Run);
         Ok(())
     }
@@ -221,7 +236,10 @@ fn set(status: &Mutex<ChildStatus>, f: impl FnOnce(&mut ChildStatus)) {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 async fn supervise(

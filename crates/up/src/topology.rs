@@ -250,7 +250,10 @@ impl Topology {
             let clash = web.contains(addr)
                 || workers.contains(addr)
                 || singles[..i].iter().any(|(_, other)| other == addr);
-            anyhow::ensure!(addr.port() == 0 || !clash, "{name} {addr} overlaps another address");
+            anyhow::ensure!(
+                addr.port() == 0 || !clash,
+                "{name} {addr} overlaps another address"
+            );
         }
         Ok(())
     }
@@ -317,12 +320,16 @@ impl Topology {
 
     /// Name and configuration of every web copy.
     pub fn web_configs(&self, backends: &BackendsConfig) -> Vec<(String, WebConfig)> {
-        (0..self.web.count).map(|i| self.web_config(i, backends)).collect()
+        (0..self.web.count)
+            .map(|i| self.web_config(i, backends))
+            .collect()
     }
 
     /// Name and configuration of every worker copy.
     pub fn worker_configs(&self, backends: &BackendsConfig) -> Vec<(String, WorkerConfig)> {
-        (0..self.worker.count).map(|i| self.worker_config(i, backends)).collect()
+        (0..self.worker.count)
+            .map(|i| self.worker_config(i, backends))
+            .collect()
     }
 }
 

@@ -20,7 +20,8 @@ fn build(all: &[Arc<Backend>]) -> Vec<(u64, SocketAddr)> {
     let mut ring: Vec<(u64, SocketAddr)> = all
         .iter()
         .flat_map(|b| {
-            (0..POINTS_PER_WEIGHT * b.weight).map(move |i| (stable_hash(format!("{}#{i}", b.addr).as_bytes()), b.addr))
+            (0..POINTS_PER_WEIGHT * b.weight)
+                .map(move |i| (stable_hash(format!("{}#{i}", b.addr).as_bytes()), b.addr))
         })
         .collect();
     ring.sort_unstable();
@@ -28,7 +29,13 @@ fn build(all: &[Arc<Backend>]) -> Vec<(u64, SocketAddr)> {
 }
 
 impl Selector for ConsistentHash {
-    fn pick(&self, candidates: &[&Arc<Backend>], all: &[Arc<Backend>], key: u64, version: u64) -> Option<Arc<Backend>> {
+    fn pick(
+        &self,
+        candidates: &[&Arc<Backend>],
+        all: &[Arc<Backend>],
+        key: u64,
+        version: u64,
+    ) -> Option<Arc<Backend>> {
         {
             let r = self.ring.read().unwrap_or_else(|e| e.into_inner());
             if r.0 != version || r.1.is_empty() {
@@ -74,9 +81,15 @@ mod tests {
         let all = backends(&[1, 1, 1]);
         let sel = ConsistentHash::default();
         let keys: Vec<u64> = (0..2000u64).map(|k| stable_hash(&k.to_le_bytes())).collect();
-        let before: Vec<_> = keys.iter().map(|&k| choose(&sel, &all, &[], k, 1).unwrap().addr).collect();
+        let before: Vec<_> = keys
+            .iter()
+            .map(|&k| choose(&sel, &all, &[], k, 1).unwrap().addr)
+            .collect();
         all[1].drain();
-        let after: Vec<_> = keys.iter().map(|&k| choose(&sel, &all, &[], k, 1).unwrap().addr).collect();
+        let after: Vec<_> = keys
+            .iter()
+            .map(|&k| choose(&sel, &all, &[], k, 1).unwrap().addr)
+            .collect();
         for (b, a) in before.iter().zip(&after) {
             if *b != all[1].addr {
                 assert_eq!(a, b, "a key of a surviving backend moved");

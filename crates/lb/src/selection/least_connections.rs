@@ -23,7 +23,7 @@ impl Selector for LeastConnections {
                 let lb = b.in_flight.load(Relaxed) as u128 * a.weight as u128;
                 la.cmp(&lb)
             })
-            .map(|b| Arc::clone(b))
+            .map(Arc::clone)
     }
 }
 
@@ -40,7 +40,10 @@ mod tests {
         let _b = InFlight::new(all[1].clone());
         let sel = LeastConnections::default();
         for _ in 0..5 {
-            assert_eq!(super::super::choose(&sel, &all, &[], 0, 1).unwrap().addr, all[2].addr);
+            assert_eq!(
+                super::super::choose(&sel, &all, &[], 0, 1).unwrap().addr,
+                all[2].addr
+            );
         }
     }
 

@@ -28,8 +28,13 @@ pub trait Selector: Send + Sync {
     /// Chooses among `candidates` (already filtered); `key` is the request's
     /// hash key for algorithms that use one; `version` identifies the
     /// backend set (for caches such as the hash ring).
-    fn pick(&self, candidates: &[&Arc<Backend>], all: &[Arc<Backend>], key: u64, version: u64)
-        -> Option<Arc<Backend>>;
+    fn pick(
+        &self,
+        candidates: &[&Arc<Backend>],
+        all: &[Arc<Backend>],
+        key: u64,
+        version: u64,
+    ) -> Option<Arc<Backend>>;
 }
 
 /// The selector of an algorithm.
@@ -144,6 +149,9 @@ mod tests {
         };
         all[0].record_result(crate::backend::RequestResult::Failed, &c);
         assert!(all[0].is_ejected(Instant::now()));
-        assert_eq!(choose(&RoundRobin::default(), &all, &[], 0, 1).unwrap().addr, all[0].addr);
+        assert_eq!(
+            choose(&RoundRobin::default(), &all, &[], 0, 1).unwrap().addr,
+            all[0].addr
+        );
     }
 }

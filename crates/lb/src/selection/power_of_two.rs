@@ -37,7 +37,10 @@ mod tests {
         let all = backends(&[1, 1]);
         let _busy: Vec<_> = (0..5).map(|_| InFlight::new(all[0].clone())).collect();
         for _ in 0..50 {
-            assert_eq!(super::super::choose(&PowerOfTwo, &all, &[], 0, 1).unwrap().addr, all[1].addr);
+            assert_eq!(
+                super::super::choose(&PowerOfTwo, &all, &[], 0, 1).unwrap().addr,
+                all[1].addr
+            );
         }
     }
 

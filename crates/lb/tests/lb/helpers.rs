@@ -200,7 +200,10 @@ impl TestLb {
 
 /// A client without connection reuse surprises: a fresh pool per test.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 /// GET through the LB; returns (status, body).
@@ -239,7 +242,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

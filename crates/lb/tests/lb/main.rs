@@ -89,7 +89,11 @@ async fn consistent_hash_keeps_keys_and_moves_only_a_lost_backends_keys() {
     let mut before = HashMap::new();
     for u in 0..200 {
         let first = route(format!("user{u}")).await;
-        assert_eq!(route(format!("user{u}")).await, first, "a key sticks to its backend");
+        assert_eq!(
+            route(format!("user{u}")).await,
+            first,
+            "a key sticks to its backend"
+        );
         before.insert(u, first);
     }
     let mut spread: HashMap<&String, usize> = HashMap::new();
@@ -97,7 +101,10 @@ async fn consistent_hash_keeps_keys_and_moves_only_a_lost_backends_keys() {
         *spread.entry(v).or_default() += 1;
     }
     assert_eq!(spread.len(), 3, "{spread:?}");
-    assert!(spread.values().all(|&n| n >= 30), "keys spread over backends: {spread:?}");
+    assert!(
+        spread.values().all(|&n| n >= 30),
+        "keys spread over backends: {spread:?}"
+    );
 
     let lost = b[1].state.name.clone();
     b[1].kill();
@@ -127,16 +134,32 @@ async fn failing_backend_is_ejected_then_returns() {
             errors += 1;
         }
     }
-    assert_eq!(errors, 2, "two 5xx in a row eject the backend; the rest go elsewhere");
-    let metrics = http.get(format!("{}/metrics", lb.admin)).send().await.unwrap().text().await.unwrap();
-    let line = format!("scalestack_lb_backend_ejections_total{{backend=\"{}\"}} 1", b[1].addr);
+    assert_eq!(
+        errors, 2,
+        "two 5xx in a row eject the backend; the rest go elsewhere"
+    );
+    let metrics = http
+        .get(format!("{}/metrics", lb.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!(
+        "scalestack_lb_backend_ejections_total{{backend=\"{}\"}} 1",
+        b[1].addr
+    );
     assert!(metrics.contains(&line), "{metrics}");
 
     b[1].state.failing.store(false, SeqCst);
     let before = b[1].hits();
     tokio::time::sleep(Duration::from_millis(700)).await;
     count_by_backend(&http, &url, 10).await;
-    assert!(b[1].hits() > before, "the backend takes traffic again after its ejection");
+    assert!(
+        b[1].hits() > before,
+        "the backend takes traffic again after its ejection"
+    );
 }
 
 #[tokio::test]
@@ -151,11 +174,20 @@ async fn health_checks_take_a_backend_out_and_back() {
         let (http, admin, addr) = (http.clone(), admin.clone(), b[i].addr.to_string());
         async move {
             let list: serde_json::Value = http.get(&admin).send().await.unwrap().json().await.unwrap();
-            let me = list.as_array().unwrap().iter().find(|x| x["addr"] == addr).unwrap().clone();
+            let me = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["addr"] == addr)
+                .unwrap()
+                .clone();
             me["healthy"].as_bool().unwrap()
         }
     };
-    eventually(Duration::from_secs(3), "fall after failed checks", || healthy(0).map_not()).await;
+    eventually(Duration::from_secs(3), "fall after failed checks", || {
+        healthy(0).map_not()
+    })
+    .await;
     let counts = count_by_backend(&http, &url, 10).await;
     assert_eq!(counts.get(&b[0].state.name), None, "{counts:?}");
     b[0].state.sick.store(false, SeqCst);
@@ -186,7 +218,12 @@ async fn killed_backend_loses_no_request() {
         let ok = if i % 2 == 0 {
             get(&http, &format!("{}/who", lb.url)).await.0 == 200
         } else {
-            let r = http.post(format!("{}/echo", lb.url)).body("x").send().await.unwrap();
+            let r = http
+                .post(format!("{}/echo", lb.url))
+                .body("x")
+                .send()
+                .await
+                .unwrap();
             r.status() == 200
         };
         if !ok {
@@ -194,7 +231,14 @@ async fn killed_backend_loses_no_request() {
         }
     }
     assert_eq!(failed, 0, "connection refusals are retried on another backend");
-    let metrics = http.get(format!("{}/metrics", lb.admin)).send().await.unwrap().text().await.unwrap();
+    let metrics = http
+        .get(format!("{}/metrics", lb.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("scalestack_lb_retries_total"), "{metrics}");
 }
 
@@ -205,7 +249,15 @@ async fn a_post_that_reached_a_backend_is_never_replayed() {
     let http = client();
     let post = tokio::spawn({
         let (http, url) = (http.clone(), format!("{}/hang", lb.url));
-        async move { http.post(url).body("payload").send().await.unwrap().status().as_u16() }
+        async move {
+            http.post(url)
+                .body("payload")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
     });
     eventually(Duration::from_secs(2), "the POST to arrive", || async {
         b[0].state.posts.load(SeqCst) + b[1].state.posts.load(SeqCst) == 1
@@ -213,7 +265,11 @@ async fn a_post_that_reached_a_backend_is_never_replayed() {
     .await;
     let victim = if b[0].state.posts.load(SeqCst) == 1 { 0 } else { 1 };
     b[victim].kill();
-    assert_eq!(post.await.unwrap(), 502, "the client is told, not silently retried");
+    assert_eq!(
+        post.await.unwrap(),
+        502,
+        "the client is told, not silently retried"
+    );
     let total: u64 = b.iter().map(|x| x.state.posts.load(SeqCst)).sum();
     assert_eq!(total, 1, "the POST was not replayed on the other backend");
 
@@ -248,7 +304,11 @@ async fn drain_lets_in_flight_requests_finish_and_sends_no_new_ones() {
         b[0].hits() + b[1].hits() == 1
     })
     .await;
-    let (busy, idle) = if b[0].hits() == 1 { (&b[0], &b[1]) } else { (&b[1], &b[0]) };
+    let (busy, idle) = if b[0].hits() == 1 {
+        (&b[0], &b[1])
+    } else {
+        (&b[1], &b[0])
+    };
     let r = http
         .post(format!("{}/backends/{}/drain", lb.admin, busy.addr))
         .send()
@@ -256,14 +316,32 @@ async fn drain_lets_in_flight_requests_finish_and_sends_no_new_ones() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let status: serde_json::Value = r.json().await.unwrap();
-    assert_eq!((status["draining"].as_bool(), status["in_flight"].as_u64()), (Some(true), Some(1)));
+    assert_eq!(
+        (status["draining"].as_bool(), status["in_flight"].as_u64()),
+        (Some(true), Some(1))
+    );
     let counts = count_by_backend(&http, &format!("{}/who", lb.url), 10).await;
     assert_eq!(counts[&idle.state.name], 10);
     let (code, body) = slow.await.unwrap();
-    assert_eq!((code, body.as_str()), (200, busy.state.name.as_str()), "in-flight request finished");
-    let r = http.delete(format!("{}/backends/{}", lb.admin, busy.addr)).send().await.unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (200, busy.state.name.as_str()),
+        "in-flight request finished"
+    );
+    let r = http
+        .delete(format!("{}/backends/{}", lb.admin, busy.addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let list: serde_json::Value = http.get(format!("{}/backends", lb.admin)).send().await.unwrap().json().await.unwrap();
+    let list: serde_json::Value = http
+        .get(format!("{}/backends", lb.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
 
@@ -285,7 +363,12 @@ async fn admin_api_adds_and_validates() {
     let counts = count_by_backend(&http, &format!("{}/who", lb.url), 10).await;
     assert_eq!(counts[&b[1].state.name], 5, "{counts:?}");
 
-    let again = http.post(&backends).json(&serde_json::json!({ "addr": b[1].addr.to_string() })).send().await.unwrap();
+    let again = http
+        .post(&backends)
+        .json(&serde_json::json!({ "addr": b[1].addr.to_string() }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 409);
     for bad in [
         serde_json::json!({ "addr": "not-an-address" }),
@@ -297,13 +380,28 @@ async fn admin_api_adds_and_validates() {
         let e: serde_json::Value = r.json().await.unwrap();
         assert!(e["error"].is_string());
     }
-    let r = http.post(format!("{backends}/nonsense/drain")).send().await.unwrap();
+    let r = http
+        .post(format!("{backends}/nonsense/drain"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = http.delete(format!("{backends}/127.0.0.1:1")).send().await.unwrap();
+    let r = http
+        .delete(format!("{backends}/127.0.0.1:1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let list: serde_json::Value = http.get(&backends).send().await.unwrap().json().await.unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2, "bad requests changed nothing");
-    assert_eq!(http.get(format!("{}/readyz", lb.admin)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(format!("{}/readyz", lb.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -322,15 +420,24 @@ async fn forwarded_headers_and_request_id_reach_the_backend() {
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "trace-42");
     let h = b.state.last_headers.lock().unwrap().clone();
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "a client cannot forge its address");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "a client cannot forge its address"
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], lb.addr.to_string().as_str());
     assert_eq!(h["x-request-id"], "trace-42");
-    assert!(h.get("x-secret").is_none(), "headers named by Connection are hop-by-hop");
+    assert!(
+        h.get("x-secret").is_none(),
+        "headers named by Connection are hop-by-hop"
+    );
     let r = http.get(format!("{}/headers", lb.url)).send().await.unwrap();
     let generated = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(generated.len(), 32);
-    assert_eq!(b.state.last_headers.lock().unwrap()["x-request-id"], generated.as_str());
+    assert_eq!(
+        b.state.last_headers.lock().unwrap()["x-request-id"],
+        generated.as_str()
+    );
 }
 
 #[tokio::test]
@@ -350,7 +457,10 @@ async fn limits_answer_with_their_status() {
     let many: String = (0..30).map(|i| format!("X-{i}: v\r\n")).collect();
     let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
     assert!(raw(lb.addr, many.as_bytes()).await.starts_with("HTTP/1.1 431"));
-    let body = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n{}", "b".repeat(1001));
+    let body = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n{}",
+        "b".repeat(1001)
+    );
     assert!(raw(lb.addr, body.as_bytes()).await.starts_with("HTTP/1.1 413"));
     let chunked = format!(
         "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n{}\r\n0\r\n\r\n",
@@ -358,17 +468,24 @@ async fn limits_answer_with_their_status() {
     );
     assert!(raw(lb.addr, chunked.as_bytes()).await.starts_with("HTTP/1.1 413"));
     // Slow header and slow body: 408.
-    assert!(raw(lb.addr, b"GET / HTTP/1.1\r\nHost: x\r\n").await.starts_with("HTTP/1.1 408"));
+    assert!(raw(lb.addr, b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .starts_with("HTTP/1.1 408"));
     let slow_body = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc";
     assert!(raw(lb.addr, slow_body).await.starts_with("HTTP/1.1 408"));
     // An idle keep-alive connection is closed quietly after its timeout.
     let mut s = TcpStream::connect(lb.addr).await.unwrap();
-    s.write_all(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let answer = read_all(&mut s, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let mut byte = [0u8; 1];
     let eof = tokio::time::timeout(Duration::from_millis(200), s.read(&mut byte)).await;
-    assert!(matches!(eof, Ok(Ok(0))), "the idle connection was closed by the LB: {eof:?}");
+    assert!(
+        matches!(eof, Ok(Ok(0))),
+        "the idle connection was closed by the LB: {eof:?}"
+    );
     assert_eq!(b.hits(), 1, "no refused request reached the backend");
     // A body within limits goes through, with 100-continue honoured.
     let ok = raw(
@@ -376,7 +493,10 @@ async fn limits_answer_with_their_status() {
         b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
     )
     .await;
-    assert!(ok.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), "{ok}");
+    assert!(
+        ok.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"),
+        "{ok}"
+    );
     assert!(ok.ends_with(&format!("{} 3", b.state.name)), "{ok}");
 }
 
@@ -386,7 +506,10 @@ async fn connections_above_the_limit_get_503() {
     let mut c = config(&[&b]);
     c.limits.max_connections = 2;
     let lb = start_lb(c).await;
-    let _held = [TcpStream::connect(lb.addr).await.unwrap(), TcpStream::connect(lb.addr).await.unwrap()];
+    let _held = [
+        TcpStream::connect(lb.addr).await.unwrap(),
+        TcpStream::connect(lb.addr).await.unwrap(),
+    ];
     tokio::time::sleep(Duration::from_millis(100)).await;
     let answer = raw(lb.addr, b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
@@ -410,9 +533,17 @@ async fn smuggling_attempts_are_rejected_and_the_connection_closed() {
     ];
     for a in attempts {
         let answer = raw(lb.addr, a).await;
-        assert!(answer.starts_with("HTTP/1.1 400"), "{:?} -> {answer}", String::from_utf8_lossy(a));
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{:?} -> {answer}",
+            String::from_utf8_lossy(a)
+        );
         assert!(answer.contains("connection: close"), "{answer}");
-        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "nothing smuggled behind: {answer}");
+        assert_eq!(
+            answer.matches("HTTP/1.1").count(),
+            1,
+            "nothing smuggled behind: {answer}"
+        );
     }
     assert_eq!(b.hits(), 0, "no smuggling attempt reached the backend");
 }
@@ -445,7 +576,10 @@ async fn slowloris_cannot_exhaust_the_balancer() {
     }
     for t in tricklers {
         let answer = t.await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 408"), "cut off however slowly it trickles: {answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "cut off however slowly it trickles: {answer}"
+        );
     }
 }
 
@@ -458,7 +592,10 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
         let (http, url) = (http.clone(), format!("{}/slow/600", lb.url));
         async move { get(&http, &url).await }
     });
-    eventually(Duration::from_secs(2), "the slow request to arrive", || async { b.hits() == 1 }).await;
+    eventually(Duration::from_secs(2), "the slow request to arrive", || async {
+        b.hits() == 1
+    })
+    .await;
     lb.stop();
     assert_eq!(slow.await.unwrap().0, 200, "the request in flight finished");
     lb.task.take().unwrap().await.unwrap().unwrap();

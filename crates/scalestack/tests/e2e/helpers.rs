@@ -95,7 +95,10 @@ impl Up {
             worker_metrics: format!("http://127.0.0.1:{worker_port}"),
             control: format!("http://127.0.0.1:{control_port}"),
             lb_admin: lb.map(|(_, a)| format!("http://127.0.0.1:{a}")),
-            webs: web_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(),
+            webs: web_ports
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
         }
     }
 
@@ -110,7 +113,11 @@ impl Up {
     pub async fn wait_up(&self, secs: u64) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !self.log().contains("scalestack is up") {
-            assert!(Instant::now() < deadline, "not up after {secs} s; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "not up after {secs} s; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -45,7 +45,12 @@ async fn users(url: &str, prefix: &str, n: usize) -> Vec<(String, reqwest::Clien
 
 /// Every user loops over reads (`me`, a photo list, the feed) and writes
 /// (follow / unfollow) until `stop` is set.
-fn load(url: &str, users: Vec<(String, reqwest::Client)>, stop: Arc<AtomicBool>, tally: Arc<Tally>) -> Vec<tokio::task::JoinHandle<()>> {
+fn load(
+    url: &str,
+    users: Vec<(String, reqwest::Client)>,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let names: Vec<String> = users.iter().map(|(n, _)| n.clone()).collect();
     users
         .into_iter()
@@ -91,7 +96,12 @@ fn load(url: &str, users: Vec<(String, reqwest::Client)>, stop: Arc<AtomicBool>,
 
 async fn backends(up: &Up) -> Vec<Value> {
     let admin = up.lb_admin.as_ref().unwrap();
-    let list: Value = reqwest::get(format!("{admin}/backends")).await.unwrap().json().await.unwrap();
+    let list: Value = reqwest::get(format!("{admin}/backends"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     list.as_array().unwrap().clone()
 }
 
@@ -139,12 +149,22 @@ async fn the_app_runs_through_the_load_balancer_on_stateless_web_servers() {
             .unwrap();
         assert_eq!(list["photos"].as_array().unwrap().len(), 1, "{list}");
     }
-    let served: Vec<u64> = backends(&up).await.iter().map(|b| b["requests"].as_u64().unwrap()).collect();
+    let served: Vec<u64> = backends(&up)
+        .await
+        .iter()
+        .map(|b| b["requests"].as_u64().unwrap())
+        .collect();
     assert_eq!(served.len(), 3);
-    assert!(served.iter().all(|&n| n > 0), "every web server took requests: {served:?}");
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "every web server took requests: {served:?}"
+    );
     let ps = ctl_ok(&up, &["ps"]);
     for name in ["lb", "web-1", "web-2", "web-3", "worker-1"] {
-        assert!(ps.lines().any(|l| l.starts_with(name) && l.contains("running")), "{ps}");
+        assert!(
+            ps.lines().any(|l| l.starts_with(name) && l.contains("running")),
+            "{ps}"
+        );
     }
     let (status, log) = up.stop();
     assert!(status.success(), "{log}");
@@ -187,7 +207,11 @@ async fn killing_a_web_server_under_load_loses_no_get_and_no_session() {
         if served(&backends(&up).await) > count_at_ready {
             break;
         }
-        assert!(Instant::now() < deadline, "restarted web-2 gets no traffic:\n{}", up.log());
+        assert!(
+            Instant::now() < deadline,
+            "restarted web-2 gets no traffic:\n{}",
+            up.log()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let back_after = ready_at.elapsed();
@@ -223,7 +247,13 @@ async fn ctl_scales_kills_and_starts_without_failed_requests() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let ps = ctl_ok(&up, &["scale", "web=5"]);
-    assert_eq!(ps.lines().filter(|l| l.starts_with("web-") && l.contains("running")).count(), 5, "{ps}");
+    assert_eq!(
+        ps.lines()
+            .filter(|l| l.starts_with("web-") && l.contains("running"))
+            .count(),
+        5,
+        "{ps}"
+    );
     let list = backends(&up).await;
     assert_eq!(list.len(), 5);
     assert!(list.iter().all(|b| b["healthy"] == true), "{list:?}");
@@ -248,7 +278,10 @@ async fn ctl_scales_kills_and_starts_without_failed_requests() {
     let out = ctl_ok(&up, &["kill", "web-1"]);
     assert!(out.contains("web-1"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !ctl_ok(&up, &["ps"]).lines().any(|l| l.starts_with("web-1") && l.contains("stopped")) {
+    while !ctl_ok(&up, &["ps"])
+        .lines()
+        .any(|l| l.starts_with("web-1") && l.contains("stopped"))
+    {
         assert!(Instant::now() < deadline, "web-1 not stopped");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -270,7 +303,10 @@ async fn ctl_scales_kills_and_starts_without_failed_requests() {
     ] {
         let out = up.ctl(args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(needle), "ctl {args:?}: {err}");
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "ctl {args:?}: {err}"
+        );
     }
     assert_eq!(backends(&up).await.len(), 2);
     let (status, log) = up.stop();
