@@ -35,6 +35,9 @@ enum Command {
     Lb(LbArgs),
     /// Talk to a running `scalestack up`: ps, kill, start, scale.
     Ctl(CtlArgs),
+    /// Load generator with latency histograms (no coordinated omission),
+    /// and a minimal backend to benchmark proxies against.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -165,11 +168,15 @@ fn main() -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Up(UpArgs::default()));
     // The load balancer sizes its own runtime; every other role takes one
     // worker thread per core.
-    if let Command::Lb(args) = &command {
-        let config = lb_config(args)?;
-        return runtime(config.threads)?.block_on(run_lb(config));
+    match command {
+        Command::Lb(args) => {
+            let config = lb_config(&args)?;
+            runtime(config.threads)?.block_on(run_lb(config))
+        }
+        // The load generator sizes its own runtimes.
+        Command::Bench(args) => bench::run(args),
+        command => runtime(0)?.block_on(run(command)),
     }
-    runtime(0)?.block_on(run(command))
 }
 
 fn lb_config(args: &LbArgs) -> anyhow::Result<lb::LbConfig> {
@@ -200,7 +207,7 @@ async fn run_lb(config: lb::LbConfig) -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Lb(_) => unreachable!("the load balancer runs on its own runtime"),
+        Command::Lb(_) | Command::Bench(_) => unreachable!("these run on runtimes of their own"),
         Command::Ctl(args) => {
             let command = match args.command {
                 CtlCommand::Ps => up::ctl::CtlCommand::Ps,
