@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks the scalestack HTTP load balancer against nginx and HAProxy on
-# loopback, in one go, with the load generator and backend of `scalestack bench`.
+# Benchmarks the scalestack HTTP load balancer against nginx, HAProxy and (when
+# built) a minimal pingora proxy on loopback, in one go, with the load
+# generator and backend of `scalestack bench`.
 #
 # For THREADS in 1 and 2 it starts `scalestack bench serve` (2 threads) on
 # 127.0.0.1:9500, then in turn each proxy on its own port, proxying to that
@@ -8,6 +9,7 @@
 #   lb       scalestack lb   127.0.0.1:9600 (admin 9690)
 #   nginx    nginx           127.0.0.1:9601  (worker_processes THREADS)
 #   haproxy  haproxy         127.0.0.1:9602  (nbthread THREADS)
+#   pingora  pingora-lb      127.0.0.1:9603  (threads THREADS; only when built)
 # and, as a baseline, the backend directly (no proxy). Each target gets a
 # closed-loop run (64 connections) and an open-loop run at RATE req/s, both
 # 10 s after a 2 s warmup, and the script prints a markdown table with ratios
@@ -19,7 +21,17 @@
 # Environment (defaults): BIN (target/release/scalestack), RATE (10000),
 # DURATION (10s), WARMUP (2s), CONNECTIONS (64), LOAD_THREADS (1: threads of
 # the load generator), THREADS_LIST ("1 2"), KEEP (unset: set to keep the
-# working directory with configs, logs and raw JSON results).
+# working directory with configs, logs and raw JSON results), PINGORA_BIN
+# (${CARGO_TARGET_DIR:-benches/pingora-lb/target}/release/pingora-lb).
+#
+# pingora-lb is the pingora reverse proxy of benches/pingora-lb, a standalone
+# cargo project outside the workspace (its dependencies are heavy and only
+# this script uses it). Build it once, then run the script:
+#   (cd benches/pingora-lb && cargo build --release)
+#   (cd benches/pingora-lb && CARGO_TARGET_DIR=/elsewhere cargo build --release)
+#       then PINGORA_BIN=/elsewhere/release/pingora-lb scripts/bench-lb.sh
+# (a relative CARGO_TARGET_DIR is taken from the repository root here). When
+# the binary is missing, the script says how to build it and skips pingora.
 #
 # Everything shares the machine's cores, the load generator included, so the
 # numbers compare proxies on equal terms rather than measure their ceilings.
@@ -34,10 +46,11 @@ WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 LOAD_THREADS=${LOAD_THREADS:-1}
 THREADS_LIST=${THREADS_LIST:-"1 2"}
+PINGORA_BIN=${PINGORA_BIN:-${CARGO_TARGET_DIR:-benches/pingora-lb/target}/release/pingora-lb}
 
 BACKEND_ADDR=127.0.0.1:9500
 BACKEND_THREADS=2
-declare -A PORT=([direct]=9500 [lb]=9600 [nginx]=9601 [haproxy]=9602)
+declare -A PORT=([direct]=9500 [lb]=9600 [nginx]=9601 [haproxy]=9602 [pingora]=9603)
 LB_ADMIN_ADDR=127.0.0.1:9690
 PROXIES=(lb nginx haproxy)
 
@@ -61,6 +74,14 @@ if [[ -z $NGINX || -z $HAPROXY ]]; then
     die "nginx and haproxy are needed: run 'scripts/setup.sh --bench' to install them"
 fi
 
+# pingora is optional: its proxy is a separate cargo project, built by hand.
+if [[ -x $PINGORA_BIN ]]; then
+    PROXIES+=(pingora)
+else
+    echo "bench-lb: $PINGORA_BIN not found, skipping pingora; build it with" \
+        "'(cd benches/pingora-lb && cargo build --release)' (or set PINGORA_BIN)" >&2
+fi
+
 # Succeeds when something accepts connections on 127.0.0.1:$1.
 port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -76,9 +97,12 @@ answers_200() {
     ) 2>/dev/null
 }
 
-for port in "${PORT[@]}" "${LB_ADMIN_ADDR##*:}"; do
+for target in direct "${PROXIES[@]}"; do
+    port=${PORT[$target]}
     ! port_open "$port" || die "port $port is already in use on 127.0.0.1; stop whatever listens there"
 done
+! port_open "${LB_ADMIN_ADDR##*:}" ||
+    die "port ${LB_ADMIN_ADDR##*:} is already in use on 127.0.0.1; stop whatever listens there"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-lb.XXXXXX")
 RESULTS=$WORK/results.tsv
@@ -247,6 +271,12 @@ start_proxy() {
             write_haproxy_config "$threads" "$dir/haproxy.cfg"
             start "$dir/haproxy.log" "$HAPROXY" -f "$dir/haproxy.cfg"
             ;;
+        pingora)
+            # Round robin over the one backend, pingora's keep-alive upstream
+            # pool, no access log, no health check (see benches/pingora-lb).
+            start "$dir/pingora.log" "$PINGORA_BIN" --listen "127.0.0.1:${PORT[pingora]}" \
+                --backend "$BACKEND_ADDR" --threads "$threads"
+            ;;
     esac
 }
 
@@ -283,6 +313,10 @@ echo
 echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "- machine: $(nproc) CPUs, ${cpu:-unknown CPU}, kernel $(uname -r)"
 echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), HAProxy: $("$HAPROXY" -v 2>&1 | awk 'NR == 1 {print $3}')"
+if [[ " ${PROXIES[*]} " == *" pingora "* ]]; then
+    pingora_version=$(sed -n '/^name = "pingora"$/{n;s/^version = "\(.*\)"$/\1/p;}' benches/pingora-lb/Cargo.lock 2>/dev/null || true)
+    echo "- pingora: ${pingora_version:-unknown version} (benches/pingora-lb, $PINGORA_BIN)"
+fi
 echo "- load: $CONNECTIONS connections, $DURATION after $WARMUP warmup, open loop at $RATE req/s," \
     "load generator on $LOAD_THREADS thread(s), backend on $BACKEND_THREADS thread(s), all on loopback"
 echo
