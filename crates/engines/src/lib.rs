@@ -1,0 +1,1 @@
+//! Managed engines started from the installed binaries (work in progress).

@@ -1,0 +1,1 @@
+//! PostgreSQL adapters (work in progress).
