@@ -24,6 +24,8 @@ pub struct Backend {
     /// Smooth weighted round robin's running weight.
     pub(crate) current_weight: AtomicI64,
     pub metrics: BackendMetrics,
+    /// Keep-alive connections to this backend, most recent last.
+    idle: Mutex<Vec<crate::upstream::IdleConn>>,
 }
 
 #[derive(Default)]
@@ -74,6 +76,7 @@ impl Backend {
             outlier: Mutex::new(OutlierState::default()),
             current_weight: AtomicI64::new(0),
             metrics,
+            idle: Mutex::new(Vec::new()),
         }
     }
 
@@ -160,6 +163,19 @@ impl Backend {
         o.ejected_until = Some(Instant::now() + Duration::from_millis(ms));
         self.metrics.ejections.inc();
         Some(Duration::from_millis(ms))
+    }
+
+    /// The most recently used idle connection, if any.
+    pub(crate) fn take_idle(&self) -> Option<crate::upstream::IdleConn> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Gives a connection back to the pool (dropped when the pool is full).
+    pub(crate) fn put_idle(&self, conn: crate::upstream::IdleConn, max: usize) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < max {
+            idle.push(conn);
+        }
     }
 
     /// What the admin API shows.

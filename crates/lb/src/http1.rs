@@ -124,10 +124,20 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
+const STACK_HEADERS: usize = 128;
+
 fn parse_head(buf: &[u8], limits: &ReadLimits) -> Result<Option<(RequestHead, usize)>, ReadError> {
-    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut slots);
-    let used = match req.parse(buf) {
+    // Header slots on the stack, uninitialised: this runs once per request.
+    let mut stack = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut heap = Vec::new();
+    let slots = if limits.max_headers <= STACK_HEADERS {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap.resize_with(limits.max_headers, std::mem::MaybeUninit::uninit);
+        &mut heap[..]
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let used = match req.parse_with_uninit_headers(buf, slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(ReadError::HeadersTooLarge),

@@ -4,12 +4,12 @@
 //! full (limits, timeouts, no ambiguous framing), picks a backend with the
 //! configured [`selection`] algorithm among those the health checks
 //! ([`health_check`]) and passive ejection ([`backend`]) allow, forwards it
-//! over a keep-alive pool ([`proxy`]) and streams the answer back. Backends
+//! over a keep-alive pool ([`upstream`]) and streams the answer back. Backends
 //! change at runtime through the [`admin`] API.
 //!
 //! ```text
 //! client ─▶ accept (max_connections) ─▶ http1::read_head/read_body
-//!        ─▶ proxy::forward ─▶ selection::choose ─▶ pooled hyper client ─▶ backend
+//!        ─▶ proxy::forward ─▶ selection::choose ─▶ upstream::send (pooled) ─▶ backend
 //! ```
 
 pub mod admin;
@@ -20,6 +20,7 @@ pub mod http1;
 pub mod metrics;
 mod proxy;
 pub mod selection;
+mod upstream;
 
 pub use backend::{Backend, BackendSet, BackendStatus};
 pub use config::{Algorithm, BackendSpec, HashKey, HealthConfig, LbConfig, Limits, OutlierConfig};
@@ -38,7 +39,7 @@ pub(crate) struct Shared {
     pub backends: BackendSet,
     pub selector: Box<dyn selection::Selector>,
     pub metrics: metrics::Metrics,
-    pub upstream: proxy::Upstream,
+    pub upstream: upstream::Upstream,
     pub read_limits: http1::ReadLimits,
     /// One permit per open client connection.
     pub connection_slots: Arc<Semaphore>,
@@ -98,7 +99,7 @@ impl LoadBalancer {
             selector: selection::selector(config.algorithm),
             metrics: metrics::Metrics::new(),
             backends: BackendSet::default(),
-            upstream: proxy::Upstream::new(&config),
+            upstream: upstream::Upstream::new(&config),
             read_limits,
             connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             stopping,

@@ -14,16 +14,13 @@
 //! and a refused attempt can be replayed elsewhere.
 
 use crate::backend::{Backend, InFlight, RequestResult};
-use crate::config::{Algorithm, HashKey, LbConfig};
+use crate::config::{Algorithm, HashKey};
 use crate::http1::{self, BodyFraming, ReadError, RequestHead};
 use crate::selection::{self, stable_hash};
+use crate::upstream::{self, ClientSide, SendError};
 use crate::Shared;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Incoming};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,28 +31,6 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// The pooled client to the backends.
-pub(crate) struct Upstream {
-    client: Client<HttpConnector, Full<Bytes>>,
-    timeout: Duration,
-}
-
-impl Upstream {
-    pub(crate) fn new(config: &LbConfig) -> Self {
-        let timeout = Duration::from_millis(config.limits.upstream_timeout_ms);
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(2))));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .set_host(false)
-            .build(connector);
-        Upstream { client, timeout }
-    }
-}
 
 /// Accepts until the task is dropped; connections above the limit get 503.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -234,6 +209,7 @@ async fn proxy_request(
         method,
         target,
         mut headers,
+        minor_version,
         ..
     } = head;
     http1::strip_hop_by_hop(&mut headers);
@@ -245,13 +221,22 @@ async fn proxy_request(
         _ => 0,
     };
 
-    let (result, backend) = forward(shared, &method, &target, &headers, body, key).await;
+    let request = upstream::encode_request(&method, &target, &headers, &body);
+    let (result, backend) = forward(shared, &method, &request, key).await;
     let (status, keep) = match result {
         Ok((response, in_flight)) => {
-            let status = response.status();
-            let keep = write_response(stream, response, &method, keep_alive, &request_id, shared).await;
+            let status = response.status;
+            let side = ClientSide {
+                method: &method,
+                http11: minor_version == 1,
+                keep_alive,
+                request_id: &request_id,
+            };
+            let keep = response
+                .relay(stream, &side, &shared.upstream, &in_flight.0)
+                .await;
             drop(in_flight);
-            (status.as_u16(), keep?)
+            (status, keep?)
         }
         Err(f) => {
             let status = f.status();
@@ -321,19 +306,12 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 type Forwarded = (
-    Result<(http::Response<Incoming>, InFlight), Failure>,
+    Result<(upstream::Response, InFlight), Failure>,
     Option<SocketAddr>,
 );
 
 /// Tries backends until one answers or the retry rules say stop.
-async fn forward(
-    shared: &Shared,
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-    key: u64,
-) -> Forwarded {
+async fn forward(shared: &Shared, method: &Method, request: &[u8], key: u64) -> Forwarded {
     let attempts = 1 + shared.config.retries as usize;
     let mut tried: Vec<SocketAddr> = Vec::with_capacity(attempts);
     let mut last_failure = Failure::Unavailable;
@@ -349,15 +327,11 @@ async fn forward(
         }
         let in_flight = InFlight::new(b.clone());
         b.metrics.requests.inc();
-        let request = match build_request(&b, method, target, headers, body.clone()) {
-            Some(r) => r,
-            None => return (Err(Failure::BadGateway), Some(b.addr)),
-        };
         let sent = Instant::now();
-        match tokio::time::timeout(shared.upstream.timeout, shared.upstream.client.request(request)).await {
-            Ok(Ok(response)) => {
+        match shared.upstream.send(&b, request, method).await {
+            Ok(response) => {
                 b.metrics.latency.observe(sent.elapsed().as_secs_f64());
-                let result = if response.status().is_server_error() {
+                let result = if response.status >= 500 {
                     b.metrics.status_5xx.inc();
                     RequestResult::Failed
                 } else {
@@ -366,20 +340,27 @@ async fn forward(
                 note_result(&b, result, shared);
                 return (Ok((response, in_flight)), Some(b.addr));
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Err(SendError::Connect(e)) => {
+                // Nothing was sent: any method may go elsewhere.
                 b.metrics.connect_errors.inc();
                 note_result(&b, RequestResult::TransportFailed, shared);
                 tracing::warn!(backend = %b.addr, error = %e, "backend unreachable; trying another");
                 last_failure = Failure::Unavailable;
                 continue;
             }
-            Ok(Err(e)) => {
+            Err(SendError::Broken(e)) => {
                 b.metrics.other_errors.inc();
                 note_result(&b, RequestResult::TransportFailed, shared);
                 tracing::warn!(backend = %b.addr, error = %e, %method, "backend failed before answering");
                 last_failure = Failure::BadGateway;
             }
-            Err(_) => {
+            Err(SendError::BadResponse(why)) => {
+                b.metrics.other_errors.inc();
+                note_result(&b, RequestResult::Failed, shared);
+                tracing::warn!(backend = %b.addr, why, %method, "backend sent an invalid response");
+                last_failure = Failure::BadGateway;
+            }
+            Err(SendError::Timeout) => {
                 b.metrics.timeouts.inc();
                 note_result(&b, RequestResult::Failed, shared);
                 tracing::warn!(backend = %b.addr, %method, "backend timed out");
@@ -398,91 +379,6 @@ fn note_result(b: &Backend, result: RequestResult, shared: &Shared) {
     if let Some(d) = b.record_result(result, &shared.config.outlier) {
         tracing::warn!(backend = %b.addr, ejected_for_ms = d.as_millis() as u64, "backend ejected after consecutive failures");
     }
-}
-
-fn build_request(
-    b: &Backend,
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Option<http::Request<Full<Bytes>>> {
-    let uri: http::Uri = format!("http://{}{}", b.addr, target).parse().ok()?;
-    let mut request = http::Request::builder()
-        .method(method.clone())
-        .uri(uri)
-        .body(Full::new(body))
-        .ok()?;
-    *request.headers_mut() = headers.clone();
-    Some(request)
-}
-
-/// Streams a backend's response to the client. Returns whether the client
-/// connection stays open.
-async fn write_response(
-    stream: &mut TcpStream,
-    response: http::Response<Incoming>,
-    method: &Method,
-    keep_alive: bool,
-    request_id: &str,
-    shared: &Shared,
-) -> std::io::Result<bool> {
-    let (parts, mut body) = response.into_parts();
-    let mut headers = parts.headers;
-    let status = parts.status;
-    if !headers.contains_key(&X_REQUEST_ID) {
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert(X_REQUEST_ID, v);
-        }
-    }
-    let declared: Option<u64> = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let bodiless = *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let chunked = !bodiless && declared.is_none();
-    let mut out = Vec::with_capacity(1024);
-    http1::encode_head(&mut out, status, &headers, declared, chunked, keep_alive);
-    if !bodiless {
-        loop {
-            let frame = match tokio::time::timeout(shared.upstream.timeout, body.frame()).await {
-                Ok(Some(Ok(frame))) => frame,
-                Ok(None) => break,
-                Ok(Some(Err(_))) | Err(_) => {
-                    // The backend died mid-body: the head is out, so the only
-                    // honest signal left is closing the connection.
-                    tracing::warn!(%request_id, "backend response cut short");
-                    stream.write_all(&out).await?;
-                    return Ok(false);
-                }
-            };
-            if let Ok(data) = frame.into_data() {
-                if chunked && !data.is_empty() {
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    out.extend_from_slice(&data);
-                    out.extend_from_slice(b"\r\n");
-                } else {
-                    out.extend_from_slice(&data);
-                }
-            }
-            if body.is_end_stream() {
-                break;
-            }
-            // More is coming: what we have goes out now (streaming).
-            if !out.is_empty() {
-                stream.write_all(&out).await?;
-                out.clear();
-            }
-        }
-        if chunked {
-            out.extend_from_slice(b"0\r\n\r\n");
-        }
-    }
-    stream.write_all(&out).await?;
-    Ok(keep_alive)
 }
 
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host`. From a trusted proxy the
