@@ -396,7 +396,7 @@ pub fn encode_head(
     }
     if let Some(n) = length {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(n.to_string().as_bytes());
+        crate::upstream::push_decimal(out, n);
         out.extend_from_slice(b"\r\n");
     } else if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");

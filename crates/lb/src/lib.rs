@@ -79,8 +79,7 @@ impl LoadBalancer {
         config
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid lb configuration: {e}"))?;
-        let listener = TcpListener::bind(config.listen)
-            .await
+        let listener = reuseport_listener(config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let admin_listener = TcpListener::bind(config.admin_listen)
             .await
@@ -132,6 +131,13 @@ impl LoadBalancer {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets the
     /// requests in flight finish (up to `grace`) and returns.
+    ///
+    /// Thread per core, as nginx's workers: besides the caller's runtime,
+    /// `threads - 1` OS threads (0 = one per core) each run a single-threaded
+    /// runtime with their own `SO_REUSEPORT` listener on the same address;
+    /// the kernel spreads new connections over them and a connection lives
+    /// on one thread, so the data path never crosses threads. The caller's
+    /// runtime is best single-threaded too (`scalestack lb` makes it so).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()>,
@@ -143,13 +149,38 @@ impl LoadBalancer {
             shared,
             stop_tx,
         } = self;
+        let addr = listener.local_addr()?;
+        let threads = match shared.config.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let mut workers = Vec::new();
+        for i in 1..threads {
+            let listener = reuseport_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
+            let shared = shared.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("lb-worker-{i}"))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        proxy::accept_loop(listener, shared.clone()).await;
+                        wait_for_connections(&shared, grace).await;
+                    });
+                    std::io::Result::Ok(())
+                })
+                .context("starting a worker thread")?;
+            workers.push(worker);
+        }
         let health = tokio::spawn(health_check::run(shared.clone()));
         let admin = tokio::spawn(admin::serve(admin_listener, shared.clone()));
         tracing::info!(
-            listen = %shared.config.listen,
+            listen = %addr,
             admin = %shared.config.admin_listen,
             algorithm = ?shared.config.algorithm,
             backends = shared.backends.snapshot().len(),
+            threads,
             "load balancer started"
         );
         tokio::select! {
@@ -158,16 +189,42 @@ impl LoadBalancer {
         }
         tracing::info!("load balancer stopping: no new connections, finishing requests in flight");
         let _ = stop_tx.send(true);
-        let all = u32::try_from(shared.config.limits.max_connections).unwrap_or(u32::MAX);
-        if tokio::time::timeout(grace, shared.connection_slots.acquire_many(all))
-            .await
-            .is_err()
-        {
+        if !wait_for_connections(&shared, grace).await {
             tracing::warn!("grace period over with connections still open");
+        }
+        for w in workers {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
         health.abort();
         admin.abort();
         tracing::info!("load balancer stopped");
         Ok(())
     }
+}
+
+/// A listener other threads can share the address of.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Waits until every client connection has closed (all permits are back),
+/// at most `grace`. True when they all did.
+async fn wait_for_connections(shared: &Shared, grace: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + grace;
+    while shared.connection_slots.available_permits() < shared.config.limits.max_connections {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }

@@ -39,7 +39,10 @@ pub struct Metrics {
     backend_in_flight: IntGaugeVec,
     backend_ejections: IntCounterVec,
     /// Responses to clients by status.
-    pub responses: IntCounterVec,
+    responses: IntCounterVec,
+    /// Resolved handles of `responses`, by status code (no label lookup on
+    /// the hot path).
+    by_status: Vec<std::sync::OnceLock<IntCounter>>,
     /// Requests retried on another backend.
     pub retries: IntCounter,
     /// Open client connections.
@@ -109,8 +112,20 @@ impl Metrics {
             backend_in_flight,
             backend_ejections,
             responses,
+            by_status: (0..600).map(|_| std::sync::OnceLock::new()).collect(),
             retries,
             connections,
+        }
+    }
+
+    /// Counts a response sent to a client.
+    pub fn count_response(&self, status: u16) {
+        let label = |s: u16| s.to_string();
+        match self.by_status.get(status as usize) {
+            Some(slot) => slot
+                .get_or_init(|| self.responses.with_label_values(&[&label(status)]))
+                .inc(),
+            None => self.responses.with_label_values(&["other"]).inc(),
         }
     }
 

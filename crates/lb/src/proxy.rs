@@ -32,10 +32,16 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Accepts until the task is dropped; connections above the limit get 503.
+/// Accepts until the load balancer stops (or the task is dropped);
+/// connections above the limit get 503.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut stopping = shared.stopping.clone();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopping.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: back off, go on.
@@ -53,7 +59,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 });
             }
             Err(_) => {
-                shared.metrics.responses.with_label_values(&["503"]).inc();
+                shared.metrics.count_response(503);
                 tokio::spawn(async move {
                     let mut stream = stream;
                     let body = br#"{"error":"too many connections"}"#;
@@ -133,11 +139,7 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
 async fn refuse(stream: &mut TcpStream, shared: &Shared, e: &ReadError) {
     let Some(status) = e.status() else { return };
     tracing::debug!(error = %e, status, "request refused");
-    shared
-        .metrics
-        .responses
-        .with_label_values(&[&status.to_string()])
-        .inc();
+    shared.metrics.count_response(status);
     let body = serde_json::json!({ "error": e.to_string() }).to_string();
     if http1::write_simple(stream, status, body.as_bytes(), &[], false)
         .await
@@ -204,7 +206,7 @@ async fn proxy_request(
     body: Bytes,
     keep_alive: bool,
 ) -> std::io::Result<bool> {
-    let started = Instant::now();
+    let started = shared.config.access_log.then(Instant::now);
     let RequestHead {
         method,
         target,
@@ -248,11 +250,7 @@ async fn proxy_request(
             (status, keep_alive)
         }
     };
-    shared
-        .metrics
-        .responses
-        .with_label_values(&[status_label(status)])
-        .inc();
+    shared.metrics.count_response(status);
     if shared.config.access_log {
         tracing::info!(
             target: "scalestack::access",
@@ -262,40 +260,10 @@ async fn proxy_request(
             status,
             backend = backend.map(|a| a.to_string()).unwrap_or_default(),
             request_id = %request_id,
-            ms = started.elapsed().as_secs_f64() * 1000.0,
+            ms = started.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0),
         );
     }
     Ok(keep)
-}
-
-/// Static labels for common statuses, so the hot path does not allocate.
-fn status_label(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        201 => "201",
-        202 => "202",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        409 => "409",
-        413 => "413",
-        415 => "415",
-        422 => "422",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        s if s < 200 => "1xx",
-        s if s < 300 => "2xx",
-        s if s < 400 => "3xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
-    }
 }
 
 fn is_idempotent(m: &Method) -> bool {

@@ -12,7 +12,6 @@
 //! the connection are passed on and close the client connection too.
 
 use crate::backend::Backend;
-use crate::http1::is_hop_by_hop;
 use bytes::{Buf, BytesMut};
 use http::{HeaderMap, Method};
 use std::io;
@@ -404,10 +403,8 @@ impl Response {
             if named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
                 continue;
             }
-            match http::HeaderName::from_bytes(name) {
-                Ok(h) if is_hop_by_hop(&h) => continue,
-                Ok(_) => {}
-                Err(_) => continue,
+            if is_hop_by_hop_bytes(name) {
+                continue;
             }
             has_request_id |= name.eq_ignore_ascii_case(b"x-request-id");
             out.extend_from_slice(name);
@@ -423,7 +420,7 @@ impl Response {
         match self.framing {
             Framing::Length(n) => {
                 out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(n.to_string().as_bytes());
+                push_decimal(out, n);
                 out.extend_from_slice(b"\r\n");
             }
             // HEAD: the length the GET would have.
@@ -442,6 +439,37 @@ impl Response {
         }
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends `n` in decimal without going through `fmt`.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// [`is_hop_by_hop`] on a raw header name, without parsing it.
+fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 9] = [
+        b"connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"keep-alive",
+        b"proxy-connection",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 fn itoa3(n: u16) -> [u8; 3] {
@@ -471,7 +499,7 @@ pub(crate) fn encode_request(method: &Method, target: &str, headers: &HeaderMap,
     }
     if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
+        push_decimal(&mut out, body.len() as u64);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -670,6 +698,26 @@ mod tests {
         let mut bad =
             BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n"[..]);
         assert!(parse_response(&mut bad, &Method::GET).is_err());
+    }
+
+    #[test]
+    fn decimals_and_hop_by_hop_names() {
+        for n in [0u64, 7, 10, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        for name in [
+            "connection",
+            "Transfer-Encoding",
+            "te",
+            "keep-alive",
+            "proxy-connection",
+        ] {
+            let parsed = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(is_hop_by_hop_bytes(name.as_bytes()) && crate::http1::is_hop_by_hop(&parsed));
+        }
+        assert!(!is_hop_by_hop_bytes(b"content-type"));
     }
 
     #[test]

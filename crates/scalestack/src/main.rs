@@ -182,8 +182,10 @@ fn main() -> anyhow::Result<()> {
     // worker thread per core.
     match command {
         Command::Lb(args) => {
+            // Single-threaded here; the balancer adds a thread per core of
+            // its own, each with its own listener (see `lb::LoadBalancer`).
             let config = lb_config(&args)?;
-            runtime(config.threads)?.block_on(run_lb(config))
+            runtime(1)?.block_on(run_lb(config))
         }
         // The load generator sizes its own runtimes.
         Command::Bench(args) => bench::run(args),
