@@ -333,6 +333,9 @@ for threads in $THREADS_LIST; do
         proxy_pid=$STARTED
         wait_ready "$proxy" "$proxy_pid" "${PORT[$proxy]}" "$WORK/$proxy-$threads/$proxy.log"
         measure "$proxy" "$threads"
+        # Resident memory of the proxy and its children (nginx's workers), after the load.
+        rss=$(ps -o rss= --pid "$proxy_pid" --ppid "$proxy_pid" | awk '{s += $1} END {print s}')
+        printf '%s\t%s\t%s\n' "$proxy" "$threads" "$rss" >>"$WORK/rss.tsv"
         stop "$proxy_pid"
     done
 
@@ -356,6 +359,12 @@ awk -F'\t' '
                 name, f[2], f[3], f[4], f[5] / 1000, f[6] / 1000, f[7] / 1000, f[8], f[9], rr, pr
         }
     }' "$RESULTS"
+echo
+echo "Resident memory after the runs (proxy process and its children), MiB:"
+echo
+echo "| proxy | threads | RSS MiB |"
+echo "|---|---:|---:|"
+awk -F'\t' '{ printf "| %s | %s | %.1f |\n", $1, $2, $3 / 1024 }' "$WORK/rss.tsv"
 echo
 echo "Closed loop: each connection sends its next request when the previous answer is read." \
     "Open loop: $RATE req/s on a fixed schedule, latency from each request's intended start."

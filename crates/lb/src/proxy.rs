@@ -71,6 +71,25 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// The client of a connection, worked out once per connection.
+struct Peer {
+    addr: SocketAddr,
+    /// `addr`'s IP as a header value, for `X-Forwarded-For`.
+    ip_value: HeaderValue,
+    /// A trusted proxy: its `X-Forwarded-*` headers are kept.
+    trusted: bool,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr, trusted_proxies: &[IpAddr]) -> Self {
+        Peer {
+            addr,
+            ip_value: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP is a valid header value"),
+            trusted: trusted_proxies.contains(&addr.ip()),
+        }
+    }
+}
+
 /// Decrements the open-connection gauge when a connection ends.
 struct ConnectionGauge<'a>(&'a prometheus::IntGauge);
 
@@ -89,6 +108,7 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
     let limits = shared.read_limits;
     let mut stopping = shared.stopping.clone();
     let mut buf = BytesMut::with_capacity(8 * 1024);
+    let client = Peer::new(peer, &shared.config.trusted_proxies);
     loop {
         if *stopping.borrow() {
             break;
@@ -127,7 +147,7 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         };
         // HTTP/1.0 clients get one request per connection.
         let keep_alive = head.keep_alive && head.minor_version == 1 && !*stopping.borrow();
-        match proxy_request(shared, &mut stream, peer, head, body, keep_alive).await {
+        match proxy_request(shared, &mut stream, &client, head, body, keep_alive).await {
             Ok(true) => {}
             Ok(false) | Err(_) => break,
         }
@@ -201,7 +221,7 @@ impl Failure {
 async fn proxy_request(
     shared: &Shared,
     stream: &mut TcpStream,
-    peer: SocketAddr,
+    peer: &Peer,
     head: RequestHead,
     body: Bytes,
     keep_alive: bool,
@@ -215,11 +235,10 @@ async fn proxy_request(
         ..
     } = head;
     http1::strip_hop_by_hop(&mut headers);
-    let trusted = shared.config.trusted_proxies.contains(&peer.ip());
-    set_forwarded(&mut headers, peer.ip(), trusted);
+    set_forwarded(&mut headers, peer);
     let request_id = request_id(&mut headers);
     let key = match shared.config.algorithm {
-        Algorithm::ConsistentHash => hash_key(&shared.config.hash_key, &headers, peer.ip()),
+        Algorithm::ConsistentHash => hash_key(&shared.config.hash_key, &headers, peer.addr.ip()),
         _ => 0,
     };
 
@@ -254,7 +273,7 @@ async fn proxy_request(
     if shared.config.access_log {
         tracing::info!(
             target: "scalestack::access",
-            client = %peer,
+            client = %peer.addr,
             %method,
             path = %target,
             status,
@@ -352,15 +371,13 @@ fn note_result(b: &Backend, result: RequestResult, shared: &Shared) {
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host`. From a trusted proxy the
 /// client's values are kept (and the chain appended to); from anyone else
 /// they are replaced, so a client cannot forge its address.
-fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
-    let peer_s = peer.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trusted => format!("{prev}, {peer_s}"),
-        _ => peer_s,
+fn set_forwarded(headers: &mut HeaderMap, peer: &Peer) {
+    let trusted = peer.trusted;
+    let chained = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if trusted => HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok(),
+        _ => None,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    headers.insert(X_FORWARDED_FOR, chained.unwrap_or_else(|| peer.ip_value.clone()));
     if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
@@ -433,11 +450,14 @@ mod tests {
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
         let mut untrusted = h.clone();
-        set_forwarded(&mut untrusted, "10.0.0.1".parse().unwrap(), false);
+        set_forwarded(&mut untrusted, &Peer::new("10.0.0.1:5".parse().unwrap(), &[]));
         assert_eq!(untrusted["x-forwarded-for"], "10.0.0.1");
         assert_eq!(untrusted["x-forwarded-proto"], "http");
         assert_eq!(untrusted["x-forwarded-host"], "app.example");
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true);
+        set_forwarded(
+            &mut h,
+            &Peer::new("10.0.0.1:5".parse().unwrap(), &["10.0.0.1".parse().unwrap()]),
+        );
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "evil.example");
