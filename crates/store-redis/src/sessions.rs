@@ -1,0 +1,132 @@
+//! The session store port on Redis. Tokens are 256 random bits; only their
+//! SHA-256 is stored, under `<prefix>session:<hex>`, and Redis expires the
+//! key with the session.
+
+use crate::breaker::RedisStats;
+use crate::client::Client;
+use async_trait::async_trait;
+use domain::ports::SessionStore;
+use domain::{now_millis, BackendError, Session, SessionToken, UserId};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Sessions in Redis. Unlike the cache, its errors are real errors: the
+/// caller decides whether a request without a readable session proceeds.
+#[derive(Clone)]
+pub struct RedisSessionStore {
+    client: Arc<Client>,
+    prefix: String,
+}
+
+/// What is stored under a session key.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    user_id: i64,
+    expires_at_ms: i64,
+}
+
+/// A fresh token: 32 bytes from the OS-seeded CSPRNG, hex-encoded (the same
+/// scheme as the SQL session store, so tokens look alike whatever the engine).
+fn generate_token() -> SessionToken {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    SessionToken::from_generated(hex::encode(bytes))
+}
+
+/// What the store keeps of a token.
+fn token_hash(token: &SessionToken) -> String {
+    hex::encode(Sha256::digest(token.expose().as_bytes()))
+}
+
+impl RedisSessionStore {
+    pub(crate) fn new(client: Arc<Client>, prefix: &str) -> Self {
+        RedisSessionStore {
+            client,
+            prefix: format!("{prefix}session:"),
+        }
+    }
+
+    /// The Redis key of a token.
+    fn key(&self, token: &SessionToken) -> String {
+        format!("{}{}", self.prefix, token_hash(token))
+    }
+
+    /// Counters of the connection, shared with the cache made by the same
+    /// [`connect`](crate::connect).
+    pub fn stats(&self) -> RedisStats {
+        self.client.stats()
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisSessionStore {
+    async fn create(&self, user: UserId, ttl: Duration) -> Result<SessionToken, BackendError> {
+        let token = generate_token();
+        // Redis refuses an expiry of 0; a 1 ms session is as good as dead.
+        let px = (ttl.as_millis().min(i64::MAX as u128 / 2) as i64).max(1);
+        let record = Record {
+            user_id: user.0,
+            expires_at_ms: now_millis().saturating_add(px),
+        };
+        let json = serde_json::to_vec(&record).expect("a record serialises");
+        // NX: a (2^-256 unlikely) token collision fails rather than hijacks.
+        let reply: redis::Value = self
+            .client
+            .run(
+                redis::cmd("SET")
+                    .arg(self.key(&token))
+                    .arg(json)
+                    .arg("PX")
+                    .arg(px)
+                    .arg("NX"),
+            )
+            .await?;
+        match reply {
+            redis::Value::Nil => Err(BackendError::Unavailable("session token collision".into())),
+            _ => Ok(token),
+        }
+    }
+
+    async fn get(&self, token: &SessionToken) -> Result<Option<Session>, BackendError> {
+        let value: Option<Vec<u8>> = self.client.run(redis::cmd("GET").arg(self.key(token))).await?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let record: Record = serde_json::from_slice(&value)
+            .map_err(|e| BackendError::Unavailable(format!("corrupt session record: {e}")))?;
+        // Redis expires the key itself; this guards against its clock being
+        // behind ours.
+        if record.expires_at_ms <= now_millis() {
+            return Ok(None);
+        }
+        Ok(Some(Session {
+            user_id: UserId(record.user_id),
+            expires_at_ms: record.expires_at_ms,
+        }))
+    }
+
+    async fn delete(&self, token: &SessionToken) -> Result<(), BackendError> {
+        self.client
+            .run::<()>(redis::cmd("DEL").arg(self.key(token)))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_256_bit_hex_and_keys_hide_them() {
+        let t = generate_token();
+        assert_eq!(t.expose().len(), 64);
+        assert!(SessionToken::parse(t.expose()).is_some());
+        assert_ne!(t.expose(), generate_token().expose());
+        let h = token_hash(&t);
+        assert_eq!(h.len(), 64);
+        assert_ne!(h, t.expose());
+    }
+}

@@ -1,0 +1,233 @@
+//! The Redis adapters against a real, private redis-server.
+
+mod helpers;
+
+use bytes::Bytes;
+use domain::ports::{Cache, SessionStore};
+use domain::{SessionToken, UserId};
+use helpers::{eventually, RedisServer};
+use nix::sys::signal::Signal;
+use std::time::Duration;
+use store_redis::connect;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn b(s: &'static str) -> Bytes {
+    Bytes::from_static(s.as_bytes())
+}
+
+/// Every key in the server.
+async fn keys(server: &RedisServer) -> Vec<String> {
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut server.raw().await)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn cache_set_get_delete_round_trip() {
+    let server = RedisServer::start().await;
+    let (cache, _) = connect(&server.config("t:")).unwrap();
+    cache.ping().await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), None);
+    cache.set("k", b("v1"), MINUTE).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), Some(b("v1")));
+    cache.set("k", b("v2"), MINUTE).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), Some(b("v2")));
+    // Binary values survive untouched.
+    let binary = Bytes::from((0..=255u8).collect::<Vec<u8>>());
+    cache.set("bin", binary.clone(), MINUTE).await.unwrap();
+    assert_eq!(cache.get("bin").await.unwrap(), Some(binary));
+    assert_eq!(keys(&server).await, ["t:cache:bin", "t:cache:k"]);
+    cache.delete("k").await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), None);
+    // Deleting a missing key is not an error.
+    cache.delete("k").await.unwrap();
+    let stats = cache.stats();
+    assert_eq!((stats.failures, stats.skips, stats.open), (0, 0, false));
+}
+
+#[tokio::test]
+async fn cache_entries_expire_with_a_jittered_ttl() {
+    let server = RedisServer::start().await;
+    let (cache, _) = connect(&server.config("t:")).unwrap();
+    cache
+        .set("short", b("v"), Duration::from_millis(50))
+        .await
+        .unwrap();
+    eventually("the short entry expires", || async {
+        cache.get("short").await.unwrap().is_none().then_some(())
+    })
+    .await;
+
+    // The expiry Redis holds is the TTL ± 10 %, and not the same for all.
+    let mut pttls = Vec::new();
+    for i in 0..20 {
+        let key = format!("long{i}");
+        cache.set(&key, b("v"), Duration::from_secs(100)).await.unwrap();
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(format!("t:cache:{key}"))
+            .query_async(&mut server.raw().await)
+            .await
+            .unwrap();
+        pttls.push(pttl);
+    }
+    // Below by at most the 10 s of slack a slow machine could need.
+    assert!(
+        pttls.iter().all(|ms| (80_000..=110_000).contains(ms)),
+        "{pttls:?}"
+    );
+    pttls.sort();
+    pttls.dedup();
+    assert!(pttls.len() > 1, "no jitter: {pttls:?}");
+}
+
+#[tokio::test]
+async fn prefixes_isolate_deployments() {
+    let server = RedisServer::start().await;
+    let (a, sessions_a) = connect(&server.config("a:")).unwrap();
+    let (b_, sessions_b) = connect(&server.config("b:")).unwrap();
+    a.set("k", b("from a"), MINUTE).await.unwrap();
+    assert_eq!(b_.get("k").await.unwrap(), None);
+    b_.set("k", b("from b"), MINUTE).await.unwrap();
+    b_.delete("k").await.unwrap();
+    assert_eq!(a.get("k").await.unwrap(), Some(b("from a")));
+
+    let token = sessions_a.create(UserId(1), MINUTE).await.unwrap();
+    assert!(sessions_b.get(&token).await.unwrap().is_none());
+    assert!(sessions_a.get(&token).await.unwrap().is_some());
+
+    let all = keys(&server).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0], "a:cache:k");
+    assert!(all[1].starts_with("a:session:"));
+}
+
+#[tokio::test]
+async fn sessions_live_expire_and_die() {
+    let server = RedisServer::start().await;
+    let (_, sessions) = connect(&server.config("t:")).unwrap();
+    let alice = UserId(7);
+    let before = domain::now_millis();
+    let t = sessions.create(alice, MINUTE).await.unwrap();
+    assert_eq!(t.expose().len(), 64);
+    let s = sessions.get(&t).await.unwrap().unwrap();
+    assert_eq!(s.user_id, alice);
+    assert!(s.expires_at_ms >= before + 60_000 && s.expires_at_ms <= domain::now_millis() + 60_000);
+
+    let t2 = sessions.create(alice, MINUTE).await.unwrap();
+    assert_ne!(t, t2);
+    sessions.delete(&t).await.unwrap();
+    assert!(sessions.get(&t).await.unwrap().is_none());
+    assert!(sessions.get(&t2).await.unwrap().is_some());
+    // Deleting twice, or a token never issued, is not an error.
+    sessions.delete(&t).await.unwrap();
+    let never = SessionToken::parse(&"ab".repeat(32)).unwrap();
+    assert!(sessions.get(&never).await.unwrap().is_none());
+
+    // Redis holds the session's expiry itself.
+    let all = keys(&server).await;
+    assert_eq!(all.len(), 1);
+    let mut raw = server.raw().await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&all[0])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!((1..=60_000).contains(&pttl), "{pttl}");
+    // The raw token is nowhere: not in the key, not in the value.
+    let hash = all[0].strip_prefix("t:session:").unwrap();
+    assert_eq!(hash.len(), 64);
+    assert!(hash.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(hash, t2.expose());
+    let value: Vec<u8> = redis::cmd("GET")
+        .arg(&all[0])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&value).contains(t2.expose()));
+
+    let short = sessions.create(alice, Duration::from_millis(50)).await.unwrap();
+    eventually("the short session expires", || async {
+        sessions.get(&short).await.unwrap().is_none().then_some(())
+    })
+    .await;
+}
+
+/// Awaits a call that must give up on its own (its timeout) rather than
+/// hang; the 30 s here only turns a hang into a failure, it measures nothing.
+async fn no_hang<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the call hung instead of timing out")
+}
+
+/// Redis dies (SIGKILL): calls fail instead of hanging, then fail fast
+/// while the breaker is open; Redis comes back on the same port: calls
+/// succeed again after the back-off, with the (unpersisted) data gone.
+#[tokio::test]
+async fn cache_survives_redis_being_killed_and_restarted() {
+    let mut server = RedisServer::start().await;
+    let (cache, sessions) = connect(&server.config("t:")).unwrap();
+    cache.set("k", b("v"), MINUTE).await.unwrap();
+    let token = sessions.create(UserId(1), MINUTE).await.unwrap();
+
+    server.kill().await;
+    assert!(no_hang(cache.get("k")).await.is_err());
+    let stats = cache.stats();
+    assert!(stats.open);
+    assert_eq!(stats.failures, 1);
+
+    // While open, calls are refused without touching the network; session
+    // errors are errors too (not "no session").
+    assert!(cache.set("k", b("v"), MINUTE).await.is_err());
+    assert!(cache.delete("k").await.is_err());
+    assert!(sessions.get(&token).await.is_err());
+    let stats = cache.stats();
+    assert_eq!(stats.skips, 3, "{stats:?}");
+    assert_eq!(sessions.stats(), stats);
+
+    // Still down after the first back-off: the probe fails, the breaker
+    // stays open, and no call ever takes longer than the deadline.
+    eventually("a probe fails", || async {
+        assert!(no_hang(cache.get("k")).await.is_err());
+        (cache.stats().failures > 1).then_some(())
+    })
+    .await;
+    assert!(cache.stats().open);
+
+    server.restart().await;
+    let value = eventually("the cache recovers", || async { cache.get("k").await.ok() }).await;
+    // The data did not survive (no persistence): a miss, as a cache may.
+    assert_eq!(value, None);
+    assert!(!cache.stats().open);
+    cache.set("k", b("again"), MINUTE).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap(), Some(b("again")));
+    assert!(sessions.get(&token).await.unwrap().is_none());
+    let stats = cache.stats();
+    assert!(stats.skips >= 3 && stats.failures >= 2, "{stats:?}");
+}
+
+/// Redis hangs (SIGSTOP: the kernel still accepts connections, nothing
+/// answers): calls time out instead of hanging, then fail fast; once Redis
+/// resumes, calls succeed again and the data is still there.
+#[tokio::test]
+async fn cache_times_out_on_a_hung_redis() {
+    let server = RedisServer::start().await;
+    let (cache, _) = connect(&server.config("t:")).unwrap();
+    cache.set("k", b("v"), MINUTE).await.unwrap();
+
+    server.signal(Signal::SIGSTOP);
+    assert!(no_hang(cache.get("k")).await.is_err());
+    assert!(cache.stats().open);
+    assert!(cache.get("k").await.is_err());
+    assert_eq!(cache.stats().skips, 1);
+
+    server.signal(Signal::SIGCONT);
+    let value = eventually("the cache recovers", || async { cache.get("k").await.ok() }).await;
+    assert_eq!(value, Some(b("v")));
+    assert!(!cache.stats().open);
+}
