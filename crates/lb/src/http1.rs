@@ -246,6 +246,9 @@ pub async fn read_body<R: AsyncRead + Unpin>(
     framing: BodyFraming,
     limits: &ReadLimits,
 ) -> Result<Bytes, ReadError> {
+    if framing == BodyFraming::None {
+        return Ok(Bytes::new());
+    }
     let deadline = Instant::now() + limits.body_timeout;
     match framing {
         BodyFraming::None => Ok(Bytes::new()),

@@ -109,6 +109,8 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
     let mut stopping = shared.stopping.clone();
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let client = Peer::new(peer, &shared.config.trusted_proxies);
+    // Per-connection scratch space: the encoded request, the response out.
+    let mut scratch = (Vec::with_capacity(1024), Vec::with_capacity(1024));
     loop {
         if *stopping.borrow() {
             break;
@@ -147,7 +149,7 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         };
         // HTTP/1.0 clients get one request per connection.
         let keep_alive = head.keep_alive && head.minor_version == 1 && !*stopping.borrow();
-        match proxy_request(shared, &mut stream, &client, head, body, keep_alive).await {
+        match proxy_request(shared, &mut stream, &client, &mut scratch, head, body, keep_alive).await {
             Ok(true) => {}
             Ok(false) | Err(_) => break,
         }
@@ -222,6 +224,7 @@ async fn proxy_request(
     shared: &Shared,
     stream: &mut TcpStream,
     peer: &Peer,
+    (request, out): &mut (Vec<u8>, Vec<u8>),
     head: RequestHead,
     body: Bytes,
     keep_alive: bool,
@@ -242,8 +245,8 @@ async fn proxy_request(
         _ => 0,
     };
 
-    let request = upstream::encode_request(&method, &target, &headers, &body);
-    let (result, backend) = forward(shared, &method, &request, key).await;
+    upstream::encode_request(request, &method, &target, &headers, &body);
+    let (result, backend) = forward(shared, &method, request, key).await;
     let (status, keep) = match result {
         Ok((response, in_flight)) => {
             let status = response.status;
@@ -254,7 +257,7 @@ async fn proxy_request(
                 request_id: &request_id,
             };
             let keep = response
-                .relay(stream, &side, &shared.upstream, &in_flight.0)
+                .relay(stream, out, &side, &shared.upstream, &in_flight.0)
                 .await;
             drop(in_flight);
             (status, keep?)

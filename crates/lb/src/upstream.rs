@@ -35,6 +35,8 @@ pub(crate) struct Upstream {
 /// A pooled connection.
 pub(crate) struct IdleConn {
     stream: TcpStream,
+    /// Its read buffer, empty, kept to save an allocation per request.
+    buf: BytesMut,
     since: Instant,
 }
 
@@ -64,14 +66,15 @@ enum Framing {
 /// A response head, with the connection it arrived on.
 pub(crate) struct Response {
     pub status: u16,
-    head: BytesMut,
+    /// `buf[..head_len]` is the response head (the ranges below point into
+    /// it); what follows is body read along with it.
+    head_len: usize,
     reason: Range<usize>,
     headers: Vec<(Range<usize>, Range<usize>)>,
     framing: Framing,
     /// Whether the backend allows another request on this connection.
     reusable: bool,
     conn: TcpStream,
-    /// Body bytes read along with the head.
     buf: BytesMut,
 }
 
@@ -86,12 +89,11 @@ impl Upstream {
         }
     }
 
-    /// Takes a live pooled connection, or opens one. The boolean says
-    /// whether it was reused.
-    async fn connection(&self, b: &Backend) -> Result<(TcpStream, bool), SendError> {
+    /// Takes a live pooled connection (with its buffer), or opens one.
+    async fn connection(&self, b: &Backend) -> Result<(TcpStream, BytesMut), SendError> {
         while let Some(idle) = b.take_idle() {
             if idle.since.elapsed() < self.idle_timeout && is_open(&idle.stream) {
-                return Ok((idle.stream, true));
+                return Ok((idle.stream, idle.buf));
             }
         }
         let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(b.addr)).await {
@@ -105,7 +107,7 @@ impl Upstream {
             }
         };
         let _ = stream.set_nodelay(true);
-        Ok((stream, false))
+        Ok((stream, BytesMut::with_capacity(8 * 1024)))
     }
 
     /// Sends a request (head and body encoded in `request`) and reads the
@@ -116,12 +118,11 @@ impl Upstream {
         request: &[u8],
         method: &Method,
     ) -> Result<Response, SendError> {
-        let (mut conn, _reused) = self.connection(b).await?;
+        let (mut conn, mut buf) = self.connection(b).await?;
         if let Err(e) = conn.write_all(request).await {
             return Err(SendError::Broken(e));
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut buf = BytesMut::with_capacity(8 * 1024);
         loop {
             match tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)).await {
                 Err(_) => return Err(SendError::Timeout),
@@ -144,7 +145,7 @@ impl Upstream {
                 Parsed::Complete(parts) => {
                     let ResponseParts {
                         status,
-                        head,
+                        head_len,
                         reason,
                         headers,
                         framing,
@@ -152,7 +153,7 @@ impl Upstream {
                     } = parts;
                     return Ok(Response {
                         status,
-                        head,
+                        head_len,
                         reason,
                         headers,
                         framing,
@@ -182,7 +183,7 @@ enum Parsed {
 
 struct ResponseParts {
     status: u16,
-    head: BytesMut,
+    head_len: usize,
     reason: Range<usize>,
     headers: Vec<(Range<usize>, Range<usize>)>,
     framing: Framing,
@@ -194,6 +195,8 @@ fn offset(base: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
+/// Parses a response head at the start of `buf`; a 1xx is consumed, a
+/// complete head is left in place (its ranges point into `buf`).
 fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, SendError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut r = httparse::Response::new(&mut slots);
@@ -259,10 +262,9 @@ fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, SendErr
         Framing::UntilClose
     };
     let reusable = !close && framing != Framing::UntilClose;
-    let head = buf.split_to(used);
     Ok(Parsed::Complete(ResponseParts {
         status,
-        head,
+        head_len: used,
         reason,
         headers,
         framing,
@@ -287,14 +289,16 @@ impl Response {
     pub(crate) async fn relay<W: AsyncWrite + Unpin>(
         mut self,
         client: &mut W,
+        out: &mut Vec<u8>,
         side: &ClientSide<'_>,
         upstream: &Upstream,
         b: &Backend,
     ) -> io::Result<bool> {
         let decode = self.framing == Framing::Chunked && !side.http11;
         let mut keep = side.keep_alive && self.framing != Framing::UntilClose && !decode;
-        let mut out = Vec::with_capacity(512 + self.buf.len().min(64 * 1024));
-        self.encode_head(&mut out, side, keep);
+        out.clear();
+        self.encode_head(out, side, keep);
+        self.buf.advance(self.head_len);
 
         let mut remaining = match self.framing {
             Framing::Length(n) => n,
@@ -335,7 +339,7 @@ impl Response {
                 break;
             }
             if !out.is_empty() {
-                client.write_all(&out).await?;
+                client.write_all(out).await?;
                 out.clear();
             }
             let read = tokio::time::timeout(upstream.timeout, self.conn.read_buf(&mut self.buf)).await;
@@ -346,7 +350,7 @@ impl Response {
                     // honest signal left is closing the client connection.
                     tracing::warn!(request_id = side.request_id, backend = %b.addr, "backend response cut short");
                     b.metrics.other_errors.inc();
-                    client.write_all(&out).await?;
+                    client.write_all(out).await?;
                     return Ok(false);
                 }
                 Ok(Ok(_)) => {}
@@ -356,11 +360,13 @@ impl Response {
             // Close-delimited towards an HTTP/1.0 client.
             keep = false;
         }
-        client.write_all(&out).await?;
+        client.write_all(out).await?;
+        out.clear();
         if self.reusable && self.buf.is_empty() {
             b.put_idle(
                 IdleConn {
                     stream: self.conn,
+                    buf: self.buf,
                     since: Instant::now(),
                 },
                 upstream.max_idle_per_backend,
@@ -370,7 +376,7 @@ impl Response {
     }
 
     fn encode_head(&self, out: &mut Vec<u8>, side: &ClientSide<'_>, keep: bool) {
-        let head = &self.head[..];
+        let head = &self.buf[..self.head_len];
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(itoa3(self.status).as_slice());
         out.push(b' ');
@@ -482,8 +488,14 @@ fn itoa3(n: u16) -> [u8; 3] {
 
 /// Encodes a request for a backend. `headers` are the client's minus
 /// hop-by-hop ones, plus the forwarding headers; the body is complete.
-pub(crate) fn encode_request(method: &Method, target: &str, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + headers.len() * 48 + body.len());
+pub(crate) fn encode_request(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -499,12 +511,11 @@ pub(crate) fn encode_request(method: &Method, target: &str, headers: &HeaderMap,
     }
     if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         out.extend_from_slice(b"content-length: ");
-        push_decimal(&mut out, body.len() as u64);
+        push_decimal(out, body.len() as u64);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-    out
 }
 
 /// Follows chunked framing to find where a message ends.
@@ -726,9 +737,10 @@ mod tests {
         h.insert("host", "x".parse().unwrap());
         h.insert("content-length", "999".parse().unwrap());
         h.insert("expect", "100-continue".parse().unwrap());
-        let r = encode_request(&Method::POST, "/a", &h, b"abc");
+        let mut r = Vec::new();
+        encode_request(&mut r, &Method::POST, "/a", &h, b"abc");
         assert_eq!(r, b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc");
-        let r = encode_request(&Method::GET, "/", &HeaderMap::new(), b"");
+        encode_request(&mut r, &Method::GET, "/", &HeaderMap::new(), b"");
         assert_eq!(r, b"GET / HTTP/1.1\r\n\r\n");
     }
 }
