@@ -10,9 +10,13 @@
 //!   unreachable at once without enumerating them.
 //! - A cache error counts as a miss and is logged: the cache is never a
 //!   single point of failure.
+//! - Misses are single-flight: when many requests miss one key at once (a
+//!   hot entry expiring), one queries the store and the others share its
+//!   answer.
 
 use crate::metrics::Metrics;
 use bytes::Bytes;
+use cache::SingleFlight;
 use domain::ports::{Cache, Store};
 use domain::{Page, Photo, PhotoId, PhotoStatus, StoreError, UserId};
 use std::sync::Arc;
@@ -27,6 +31,9 @@ pub struct Catalog {
     ttl: Duration,
     /// Zero: lists are not cached.
     list_ttl: Duration,
+    /// One store query per missing key, however many requests miss it at once.
+    photo_loads: Arc<SingleFlight<Result<Option<Photo>, StoreError>>>,
+    list_loads: Arc<SingleFlight<Result<Vec<PhotoId>, StoreError>>>,
 }
 
 fn photo_key(id: PhotoId) -> String {
@@ -52,6 +59,8 @@ impl Catalog {
             metrics,
             ttl,
             list_ttl,
+            photo_loads: Arc::default(),
+            list_loads: Arc::default(),
         }
     }
 
@@ -93,14 +102,18 @@ impl Catalog {
                 return Ok(Some(photo));
             }
         }
-        let photo = self.store.photo(id).await?;
-        if let Some(p) = &photo {
-            if p.status != PhotoStatus::Processing {
-                let bytes = serde_json::to_vec(p).expect("photo serialises");
-                self.cache_set(&key, bytes.into(), self.ttl).await;
-            }
-        }
-        Ok(photo)
+        self.photo_loads
+            .run(&key, || async {
+                let photo = self.store.photo(id).await?;
+                if let Some(p) = &photo {
+                    if p.status != PhotoStatus::Processing {
+                        let bytes = serde_json::to_vec(p).expect("photo serialises");
+                        self.cache_set(&key, bytes.into(), self.ttl).await;
+                    }
+                }
+                Ok(photo)
+            })
+            .await
     }
 
     /// Several photos in order, skipping any that vanished meanwhile.
@@ -143,15 +156,15 @@ impl Catalog {
                 return Ok(ids.into_iter().map(PhotoId).collect());
             }
         }
-        let ids = self.store.user_photo_ids(owner, page).await?;
-        let raw: Vec<i64> = ids.iter().map(|p| p.0).collect();
-        self.cache_set(
-            &key,
-            serde_json::to_vec(&raw).expect("ids serialise").into(),
-            self.list_ttl,
-        )
-        .await;
-        Ok(ids)
+        self.list_loads
+            .run(&key, || async {
+                let ids = self.store.user_photo_ids(owner, page).await?;
+                let raw: Vec<i64> = ids.iter().map(|p| p.0).collect();
+                let bytes = serde_json::to_vec(&raw).expect("ids serialise");
+                self.cache_set(&key, bytes.into(), self.list_ttl).await;
+                Ok(ids)
+            })
+            .await
     }
 
     /// Invalidates what a change to one photo of `owner` makes stale.

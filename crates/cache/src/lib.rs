@@ -10,9 +10,13 @@
 //! Expired entries are dropped when touched and before any live entry is
 //! evicted, so a TTL never costs a live entry its place.
 
+mod near;
 mod policy;
+mod single_flight;
 
+pub use near::NearCache;
 pub use policy::EvictionPolicy;
+pub use single_flight::SingleFlight;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -2,7 +2,7 @@
 //! HTTP edge can pick a status without knowing which engine is behind a port.
 
 /// Failure of the SQL store port.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A unique constraint was violated (for example a taken username).
     #[error("already exists")]
@@ -16,7 +16,7 @@ pub enum StoreError {
 }
 
 /// Failure of a non-SQL port (cache, session store, queue, blobs).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
     /// The input was refused by the adapter (bad key, oversized value).
     #[error("invalid input: {0}")]

@@ -2,6 +2,7 @@
 //! worker and embedded backends in a temporary directory.
 
 mod helpers;
+mod stampede;
 
 use helpers::{new_client, spawn_app, TEST_MAX_BODY};
 use imaging::samples;

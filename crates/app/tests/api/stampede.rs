@@ -1,0 +1,121 @@
+//! Single flight through the HTTP API: many requests missing one cache key
+//! at once make one store query.
+
+use crate::helpers::spawn_app;
+use async_trait::async_trait;
+use domain::ports::Store;
+use domain::*;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The real store, counting `photo` lookups and holding each one a moment
+/// so concurrent requests overlap.
+struct CountingStore {
+    inner: Arc<dyn Store>,
+    photo_reads: AtomicUsize,
+}
+
+#[async_trait]
+impl Store for CountingStore {
+    async fn create_user(&self, u: &Username, h: &str) -> Result<UserId, StoreError> {
+        self.inner.create_user(u, h).await
+    }
+    async fn user_by_name(&self, u: &Username) -> Result<Option<User>, StoreError> {
+        self.inner.user_by_name(u).await
+    }
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.inner.user_by_id(id).await
+    }
+    async fn profile(&self, id: UserId) -> Result<Option<Profile>, StoreError> {
+        self.inner.profile(id).await
+    }
+    async fn create_photo(&self, p: &NewPhoto) -> Result<Photo, StoreError> {
+        self.inner.create_photo(p).await
+    }
+    async fn delete_photo(&self, id: PhotoId) -> Result<(), StoreError> {
+        self.inner.delete_photo(id).await
+    }
+    async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
+        self.photo_reads.fetch_add(1, SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.inner.photo(id).await
+    }
+    async fn set_photo_status(&self, id: PhotoId, s: PhotoStatus) -> Result<(), StoreError> {
+        self.inner.set_photo_status(id, s).await
+    }
+    async fn user_photo_ids(&self, o: UserId, p: Page) -> Result<Vec<PhotoId>, StoreError> {
+        self.inner.user_photo_ids(o, p).await
+    }
+    async fn follow(&self, a: UserId, b: UserId) -> Result<(), StoreError> {
+        self.inner.follow(a, b).await
+    }
+    async fn unfollow(&self, a: UserId, b: UserId) -> Result<(), StoreError> {
+        self.inner.unfollow(a, b).await
+    }
+    async fn is_following(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+        self.inner.is_following(a, b).await
+    }
+    async fn feed_ids(&self, u: UserId, p: Page) -> Result<Vec<PhotoId>, StoreError> {
+        self.inner.feed_ids(u, p).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn a_stampede_on_one_missing_key_makes_one_store_query() {
+    let app = spawn_app().await;
+    let c = app.user("celebrity").await;
+    let r = app.upload(&c, imaging::samples::png(64, 64), "p.png", None).await;
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(app.wait_processed(&c, id).await["status"], "ready");
+
+    // A second web server over the same store, with an empty cache.
+    let store = Arc::new(CountingStore {
+        inner: app.backends.store.clone(),
+        photo_reads: AtomicUsize::new(0),
+    });
+    let mut backends = app.backends.clone();
+    backends.store = store.clone();
+    backends.cache = Arc::new(cache::InProcessCache::new(cache::CacheConfig::default()));
+    let settings = app::WebSettings {
+        argon2_memory_kib: 1024,
+        ..Default::default()
+    };
+    let web = app::Application::build_with("127.0.0.1:0".parse().unwrap(), backends, settings)
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}/api/photos/{id}", web.port());
+    tokio::spawn(web.run_until_stopped(std::future::pending()));
+
+    let http = reqwest::Client::new();
+    let requests: Vec<_> = (0..50).map(|_| http.get(&url).send()).collect();
+    for r in futures_join(requests).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    assert_eq!(
+        store.photo_reads.load(SeqCst),
+        1,
+        "50 concurrent misses, one store query"
+    );
+    // Afterwards the entry is cached: no further query.
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(store.photo_reads.load(SeqCst), 1);
+}
+
+async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
