@@ -98,7 +98,7 @@ mod tests {
         let flights = Arc::new(SingleFlight::<u32>::default());
         let first = tokio::spawn({
             let flights = flights.clone();
-            async move { flights.run("k", || std::future::pending::<u32>()).await }
+            async move { flights.run("k", std::future::pending::<u32>).await }
         });
         while flights.in_flight() == 0 {
             tokio::task::yield_now().await;
