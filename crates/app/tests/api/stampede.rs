@@ -107,9 +107,9 @@ async fn a_stampede_on_one_missing_key_makes_one_store_query() {
     assert_eq!(store.photo_reads.load(SeqCst), 1);
 }
 
-async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output>
+async fn futures_join<F>(fs: Vec<F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
