@@ -217,6 +217,22 @@ impl Orchestrator {
     }
 }
 
+/// The managed Redis: `redis-server` with a generated configuration under
+/// `<data>/redis`, supervised like any other child.
+fn redis_spec(topology: &Topology, data_dir: &Path) -> anyhow::Result<ChildSpec> {
+    let dir = data_dir.join("redis");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let conf = dir.join("redis.conf");
+    let listen = topology.redis.addr();
+    std::fs::write(
+        &conf,
+        engines::redis::server_conf(listen.port(), &dir, &dir.join("redis.log")),
+    )
+    .with_context(|| format!("writing {}", conf.display()))?;
+    Ok(ChildSpec::new("redis", "redis", Some(listen), vec![conf.into()])
+        .program(engines::redis::locate_server()?))
+}
+
 fn web_spec(run_dir: &Path, name: &str, config: &app::WebConfig) -> anyhow::Result<ChildSpec> {
     let path = write_config(run_dir, name, config)?;
     Ok(ChildSpec::new(
@@ -260,6 +276,9 @@ pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output 
     }
     for (name, config) in topology.worker_configs(&backends) {
         specs.push(worker_spec(&run_dir, &name, &config)?);
+    }
+    if topology.needs_managed_redis() {
+        specs.insert(0, redis_spec(&topology, &data_dir)?);
     }
     if let Some(config) = topology.lb_config() {
         let path = write_config(&run_dir, "lb", &config)?;

@@ -35,6 +35,8 @@ pub struct ChildSpec {
     pub role: String,
     /// Where it serves, for `ps`.
     pub addr: Option<std::net::SocketAddr>,
+    /// The program; `None` is the scalestack binary itself.
+    pub program: Option<PathBuf>,
     pub args: Vec<OsString>,
 }
 
@@ -45,8 +47,15 @@ impl ChildSpec {
             name: name.to_owned(),
             role: role.to_owned(),
             addr,
+            program: None,
             args,
         }
+    }
+
+    /// The same, running another program (an engine such as redis-server).
+    pub fn program(mut self, program: PathBuf) -> Self {
+        self.program = Some(program);
+        self
     }
 }
 
@@ -213,7 +222,7 @@ impl Supervisor {
 }
 
 fn command(exe: &PathBuf, spec: &ChildSpec) -> Command {
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(spec.program.as_ref().unwrap_or(exe));
     cmd.args(&spec.args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -37,6 +37,39 @@ pub struct Topology {
     pub lb: Option<LbConfig>,
     #[serde(default)]
     pub control: ControlSection,
+    /// `[redis]`: the Redis `up` starts when a tier is `kind = "redis"`
+    /// without a `url`.
+    #[serde(default)]
+    pub redis: ManagedRedis,
+}
+
+/// `[redis]`: a Redis server started and supervised by `up` (a cache: no
+/// persistence), under `<data>/redis`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedRedis {
+    /// Port on 127.0.0.1. Default 6390 (not Redis's usual 6379, which a
+    /// system Redis may hold).
+    #[serde(default = "default_redis_port")]
+    pub port: u16,
+}
+
+fn default_redis_port() -> u16 {
+    6390
+}
+
+impl Default for ManagedRedis {
+    fn default() -> Self {
+        ManagedRedis {
+            port: default_redis_port(),
+        }
+    }
+}
+
+impl ManagedRedis {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
 }
 
 /// `[control]`: the orchestrator's dashboard and control API (`ctl`).
@@ -237,6 +270,9 @@ impl Topology {
             "web and worker addresses overlap"
         );
         let mut singles = vec![("control.listen", self.control.listen)];
+        if self.needs_managed_redis() {
+            singles.push(("redis.port", self.redis.addr()));
+        }
         if let Some(lb) = &self.lb {
             anyhow::ensure!(
                 lb.backends.is_empty(),
@@ -258,12 +294,23 @@ impl Topology {
         Ok(())
     }
 
-    /// Where the shared tiers live, with the data directory resolved.
+    /// Whether `up` must start a Redis: a Redis tier without a `url`.
+    pub fn needs_managed_redis(&self) -> bool {
+        matches!(&self.cache, CacheTier::Redis(t) if t.url.is_none())
+    }
+
+    /// Where the shared tiers live, with the data directory resolved and
+    /// managed engines' addresses filled in.
     pub fn backends(&self, data_dir: &Path) -> BackendsConfig {
+        let mut cache = self.cache.clone();
+        if let CacheTier::Redis(t) = &mut cache {
+            t.url
+                .get_or_insert_with(|| format!("redis://{}", self.redis.addr()));
+        }
         BackendsConfig {
             data_dir: data_dir.to_path_buf(),
             sql: self.sql.clone(),
-            cache: self.cache.clone(),
+            cache,
             sessions: self.sessions.clone(),
             queue: self.queue.clone(),
             blobs: self.blobs.clone(),
@@ -348,6 +395,16 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_tier_without_url_is_managed_by_up() {
+        let t = Topology::parse("[cache]\nkind = \"redis\"").unwrap();
+        assert!(t.needs_managed_redis());
+        let b = t.backends(Path::new("/d"));
+        assert!(matches!(b.cache, CacheTier::Redis(r) if r.url.as_deref() == Some("redis://127.0.0.1:6390")));
+        let t = Topology::parse("[cache]\nkind = \"redis\"\nurl = \"redis://10.0.0.5:6379\"").unwrap();
+        assert!(!t.needs_managed_redis());
+    }
+
+    #[test]
     fn the_default_is_the_web_tier_behind_the_lb() {
         let t = Topology::parse(crate::DEFAULT_TOPOLOGY).unwrap();
         assert_eq!(t.public_url(), "http://127.0.0.1:8080");
@@ -395,6 +452,9 @@ mod tests {
             ("[lb]\nlisten = \"127.0.0.1:8080\"", "overlaps"),
             ("[lb]\n[lb.health]\nfall = 0", "fall"),
             ("[control]\nlisten = \"127.0.0.1:9201\"", "overlaps"),
+            ("[cache]\nkind = \"redis\"\n[redis]\nport = 8090", "overlaps"),
+            ("[cache]\nkind = \"redis\"\nnear_ttl = 5", "near_ttl"),
+            ("[redis]\nlisten = 5", "listen"),
         ] {
             let e = Topology::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} gave {e:?}");

@@ -1,5 +1,6 @@
 //! End to end: the built binary, started as a user starts it.
 
+mod cache_tier;
 mod helpers;
 mod web_tier;
 

@@ -1,0 +1,104 @@
+//! The shared cache on a Redis that `up` starts and supervises: it serves
+//! the web tier, and killing it under load fails no request (the cache is
+//! never a single point of failure); `up` restarts it and hits resume.
+
+use crate::helpers::{free_port, signal, Up};
+use crate::{signup, upload_and_wait};
+use nix::sys::signal::Signal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Sum of `scalestack_cache_requests_total{cache="photo",result=...}` over the web servers.
+async fn photo_cache(up: &Up, result: &str) -> u64 {
+    let mut total = 0;
+    for web in &up.webs {
+        let text = reqwest::get(format!("{web}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        total += text
+            .lines()
+            .filter(|l| l.starts_with("scalestack_cache_requests_total"))
+            .filter(|l| l.contains("cache=\"photo\"") && l.contains(&format!("result=\"{result}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+    }
+    total
+}
+
+#[tokio::test]
+async fn the_redis_cache_can_die_under_load_without_a_failed_request() {
+    let redis_port = free_port();
+    let up = Up::web_tier(
+        3,
+        500,
+        &format!("[cache]\nkind = \"redis\"\nnear_ttl_ms = 100\n[redis]\nport = {redis_port}\n"),
+    );
+    up.wait_up(90).await;
+    let c = signup(&up.web, "popular").await;
+    let photo = upload_and_wait(&up.web, &c).await;
+    assert_eq!(photo["status"], "ready");
+    let url = format!("{}/api/photos/{}", up.web, photo["id"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let (url, stop, ok, failed) = (url.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                while !stop.load(SeqCst) {
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, SeqCst),
+                        other => {
+                            eprintln!("read failed: {other:?}");
+                            failed.fetch_add(1, SeqCst)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hits_before = photo_cache(&up, "hit").await;
+    assert!(hits_before > 0, "photos are served from the cache");
+
+    let redis = up.pid("redis").expect("up runs the managed redis");
+    signal(redis, Signal::SIGKILL);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while up.pid("redis").is_none_or(|p| p == redis) {
+        assert!(Instant::now() < deadline, "redis not restarted:\n{}", up.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Hits resume once the restarted (empty) Redis is filled again.
+    let hits_after_restart = photo_cache(&up, "hit").await;
+    loop {
+        if photo_cache(&up, "hit").await > hits_after_restart + 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cache hits after redis restarted:\n{}",
+            up.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, SeqCst);
+    for r in readers {
+        r.await.unwrap();
+    }
+    let errors = photo_cache(&up, "error").await;
+    println!(
+        "redis killed under load: {} reads ok, {} failed, {errors} cache errors served from the store",
+        ok.load(SeqCst),
+        failed.load(SeqCst)
+    );
+    assert_eq!(failed.load(SeqCst), 0);
+    assert!(errors > 0, "the outage was seen (and absorbed)");
+    let (status, log) = up.stop();
+    assert!(status.success(), "{log}");
+}
