@@ -1,1 +1,134 @@
-//! Test harness for real engines (work in progress).
+//! Test harness for real engines: private PostgreSQL clusters (a primary
+//! and streaming replicas) and Redis servers, each on free ports in its own
+//! temporary directory, stopped and deleted when its handle drops. Never
+//! the machine's default instances.
+//!
+//! Every constructor panics with a clear message when the engine's
+//! binaries are missing: run `scripts/setup.sh`.
+
+use engines::postgres::{PgBinaries, PgNode, PgOptions};
+use engines::redis::RedisNode;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// Until every replica of a new [`TestPg`] streams.
+const STREAMING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then
+/// released), never one this process handed out before.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("binding 127.0.0.1:0");
+        let port = listener.local_addr().expect("local address").port();
+        if HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// A private PostgreSQL cluster: a primary named `primary` and replicas
+/// named `replica1`, `replica2`, ..., streaming from it through slots of the
+/// same names, each on a free port. Dropping it stops every server and
+/// deletes the directory.
+pub struct TestPg {
+    pub primary: PgNode,
+    pub replicas: Vec<PgNode>,
+    _dir: TempDir,
+}
+
+impl TestPg {
+    /// A primary and `replicas` asynchronous replicas, all streaming when
+    /// this returns.
+    pub async fn start(replicas: usize) -> TestPg {
+        TestPg::start_with(replicas, false).await
+    }
+
+    /// Like [`TestPg::start`]; with `sync`, the primary's
+    /// `synchronous_standby_names` is `ANY 1 (replica1, ...)`: a commit
+    /// waits for one replica. `sync` needs at least one replica.
+    pub async fn start_with(replicas: usize, sync: bool) -> TestPg {
+        if let Err(e) = PgBinaries::locate() {
+            panic!("PostgreSQL is needed for this test: {e:#} (run scripts/setup.sh)");
+        }
+        assert!(
+            !sync || replicas > 0,
+            "a synchronous cluster needs at least one replica"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("scalestack-pg-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let names: Vec<String> = (1..=replicas).map(|i| format!("replica{i}")).collect();
+        let mut opts = PgOptions::new(free_port());
+        if sync {
+            opts.synchronous_standbys = Some(format!("ANY 1 ({})", names.join(", ")));
+        }
+        let primary = PgNode::init_primary("primary", &dir.path().join("primary"), &opts)
+            .await
+            .unwrap_or_else(|e| panic!("initialising the test primary: {e:#}"));
+        primary
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("starting the test primary: {e:#}"));
+        let mut nodes = Vec::with_capacity(replicas);
+        for name in &names {
+            let replica = PgNode::init_replica(name, &dir.path().join(name), free_port(), &primary)
+                .await
+                .unwrap_or_else(|e| panic!("initialising test replica {name}: {e:#}"));
+            replica
+                .start()
+                .await
+                .unwrap_or_else(|e| panic!("starting test replica {name}: {e:#}"));
+            nodes.push(replica);
+        }
+        primary
+            .wait_for_standbys(replicas, STREAMING_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("waiting for the test replicas to stream: {e:#}"));
+        TestPg {
+            primary,
+            replicas: nodes,
+            _dir: dir,
+        }
+    }
+}
+
+/// A private Redis server on a free port. Dropping it kills the server and
+/// deletes the directory.
+pub struct TestRedis {
+    pub node: RedisNode,
+    _dir: TempDir,
+}
+
+impl TestRedis {
+    /// A running, empty Redis named `redis`.
+    pub async fn start() -> TestRedis {
+        if let Err(e) = engines::redis::locate_server() {
+            panic!("Redis is needed for this test: {e:#} (run scripts/setup.sh)");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("scalestack-redis-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let node = RedisNode::start("redis", dir.path(), free_port())
+            .await
+            .unwrap_or_else(|e| panic!("starting the test redis: {e:#}"));
+        TestRedis { node, _dir: dir }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_bindable() {
+        let ports: BTreeSet<u16> = (0..20).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 20);
+        let port = *ports.iter().next().unwrap();
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("a free port binds");
+    }
+}
