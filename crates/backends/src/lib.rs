@@ -138,6 +138,30 @@ pub enum SessionsTier {
     /// A table of the SQL store.
     #[default]
     Embedded,
+    /// Redis in front of the SQL table: reads from Redis, the table stays
+    /// the truth, so a Redis outage logs nobody out.
+    Redis(RedisSessionsTier),
+}
+
+/// `[sessions] kind = "redis"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSessionsTier {
+    /// As `[cache] url`: absent means the Redis `up` manages.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Longest a session stays in Redis before it is re-read from SQL.
+    /// Default 300.
+    #[serde(default = "default_session_fast_ttl_secs")]
+    pub fast_ttl_secs: u64,
+}
+
+fn default_session_fast_ttl_secs() -> u64 {
+    300
 }
 
 /// The job queue tier.
@@ -217,8 +241,27 @@ impl Backends {
             CacheTier::Embedded { config } => Arc::new(cache::InProcessCache::new(*config)),
             CacheTier::Redis(tier) => redis_cache(tier)?,
         };
+        let sql_sessions: Arc<dyn SessionStore> = Arc::new(store_sqlite::SqlSessionStore::new(pool.clone()));
         let sessions: Arc<dyn SessionStore> = match &config.sessions {
-            SessionsTier::Embedded => Arc::new(store_sqlite::SqlSessionStore::new(pool.clone())),
+            SessionsTier::Embedded => sql_sessions,
+            SessionsTier::Redis(tier) => {
+                let url = tier
+                    .url
+                    .clone()
+                    .context("sessions.url is missing (up sets it when it manages the Redis)")?;
+                let redis_config = store_redis::RedisConfig {
+                    url,
+                    prefix: tier.prefix.clone(),
+                    timeout_ms: tier.timeout_ms,
+                    ..Default::default()
+                };
+                let (_, fast) = store_redis::connect(&redis_config).context("configuring Redis sessions")?;
+                Arc::new(store_redis::LayeredSessions::new(
+                    fast,
+                    sql_sessions,
+                    std::time::Duration::from_secs(tier.fast_ttl_secs),
+                ))
+            }
         };
         let queue: Arc<dyn JobQueue> = match &config.queue {
             QueueTier::Embedded { config } => Arc::new(store_sqlite::SqlJobQueue::new(pool.clone(), *config)),

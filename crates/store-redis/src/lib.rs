@@ -16,7 +16,7 @@ mod sessions;
 
 pub use breaker::RedisStats;
 pub use cache::RedisCache;
-pub use sessions::RedisSessionStore;
+pub use sessions::{LayeredSessions, RedisSessionStore};
 
 use domain::BackendError;
 use serde::{Deserialize, Serialize};

@@ -59,6 +59,85 @@ impl RedisSessionStore {
     pub fn stats(&self) -> RedisStats {
         self.client.stats()
     }
+
+    /// Stores a session issued elsewhere (by the durable store a
+    /// [`LayeredSessions`] fronts), for at most `ttl`.
+    pub async fn put(
+        &self,
+        token: &SessionToken,
+        session: &Session,
+        ttl: Duration,
+    ) -> Result<(), BackendError> {
+        let left = session.expires_at_ms.saturating_sub(now_millis());
+        let px = (left.min(ttl.as_millis().min(i64::MAX as u128 / 2) as i64)).max(1);
+        let record = Record {
+            user_id: session.user_id.0,
+            expires_at_ms: session.expires_at_ms,
+        };
+        let json = serde_json::to_vec(&record).expect("a record serialises");
+        self.client
+            .run::<()>(redis::cmd("SET").arg(self.key(token)).arg(json).arg("PX").arg(px))
+            .await
+    }
+}
+
+/// Sessions in Redis in front of a durable session store (SQL): reads hit
+/// Redis and fall back to the durable store on a miss (then refill Redis)
+/// or on any Redis error, so a Redis outage or restart logs nobody out.
+/// Logout deletes from Redis first and fails if Redis cannot be reached:
+/// otherwise a stale Redis copy could keep a logged-out token working.
+pub struct LayeredSessions {
+    fast: RedisSessionStore,
+    durable: Arc<dyn SessionStore>,
+    /// Longest a session stays in Redis before it is re-read from the
+    /// durable store.
+    fast_ttl: Duration,
+}
+
+impl LayeredSessions {
+    pub fn new(fast: RedisSessionStore, durable: Arc<dyn SessionStore>, fast_ttl: Duration) -> Self {
+        LayeredSessions {
+            fast,
+            durable,
+            fast_ttl,
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for LayeredSessions {
+    async fn create(&self, user: UserId, ttl: Duration) -> Result<SessionToken, BackendError> {
+        let token = self.durable.create(user, ttl).await?;
+        let session = Session {
+            user_id: user,
+            expires_at_ms: now_millis().saturating_add(ttl.as_millis().min(i64::MAX as u128 / 2) as i64),
+        };
+        if let Err(e) = self.fast.put(&token, &session, self.fast_ttl).await {
+            tracing::warn!(error = %e, "session not copied to redis; it will be read from the store");
+        }
+        Ok(token)
+    }
+
+    async fn get(&self, token: &SessionToken) -> Result<Option<Session>, BackendError> {
+        match self.fast.get(token).await {
+            Ok(Some(s)) => return Ok(Some(s)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "redis unavailable for sessions; reading the store");
+                return self.durable.get(token).await;
+            }
+        }
+        let found = self.durable.get(token).await?;
+        if let Some(s) = &found {
+            let _ = self.fast.put(token, s, self.fast_ttl).await;
+        }
+        Ok(found)
+    }
+
+    async fn delete(&self, token: &SessionToken) -> Result<(), BackendError> {
+        self.fast.delete(token).await?;
+        self.durable.delete(token).await
+    }
 }
 
 #[async_trait]

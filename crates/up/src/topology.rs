@@ -297,21 +297,26 @@ impl Topology {
     /// Whether `up` must start a Redis: a Redis tier without a `url`.
     pub fn needs_managed_redis(&self) -> bool {
         matches!(&self.cache, CacheTier::Redis(t) if t.url.is_none())
+            || matches!(&self.sessions, SessionsTier::Redis(t) if t.url.is_none())
     }
 
     /// Where the shared tiers live, with the data directory resolved and
     /// managed engines' addresses filled in.
     pub fn backends(&self, data_dir: &Path) -> BackendsConfig {
+        let managed = format!("redis://{}", self.redis.addr());
         let mut cache = self.cache.clone();
         if let CacheTier::Redis(t) = &mut cache {
-            t.url
-                .get_or_insert_with(|| format!("redis://{}", self.redis.addr()));
+            t.url.get_or_insert_with(|| managed.clone());
+        }
+        let mut sessions = self.sessions.clone();
+        if let SessionsTier::Redis(t) = &mut sessions {
+            t.url.get_or_insert(managed);
         }
         BackendsConfig {
             data_dir: data_dir.to_path_buf(),
             sql: self.sql.clone(),
             cache,
-            sessions: self.sessions.clone(),
+            sessions,
             queue: self.queue.clone(),
             blobs: self.blobs.clone(),
         }

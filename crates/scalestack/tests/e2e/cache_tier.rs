@@ -1,6 +1,7 @@
-//! The shared cache on a Redis that `up` starts and supervises: it serves
-//! the web tier, and killing it under load fails no request (the cache is
-//! never a single point of failure); `up` restarts it and hits resume.
+//! The shared cache and the sessions on a Redis that `up` starts and
+//! supervises: killing it under load fails no request and logs nobody out
+//! (the cache is never a single point of failure; sessions fall back to
+//! SQL); `up` restarts it and cache hits resume.
 
 use crate::helpers::{free_port, signal, Up};
 use crate::{signup, upload_and_wait};
@@ -30,12 +31,14 @@ async fn photo_cache(up: &Up, result: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn the_redis_cache_can_die_under_load_without_a_failed_request() {
+async fn redis_can_die_under_load_without_a_failed_request_or_a_lost_session() {
     let redis_port = free_port();
     let up = Up::web_tier(
         3,
         500,
-        &format!("[cache]\nkind = \"redis\"\nnear_ttl_ms = 100\n[redis]\nport = {redis_port}\n"),
+        &format!(
+            "[cache]\nkind = \"redis\"\nnear_ttl_ms = 100\n[sessions]\nkind = \"redis\"\n[redis]\nport = {redis_port}\n"
+        ),
     );
     up.wait_up(90).await;
     let c = signup(&up.web, "popular").await;
@@ -45,23 +48,29 @@ async fn the_redis_cache_can_die_under_load_without_a_failed_request() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let readers: Vec<_> = (0..16)
-        .map(|_| {
-            let (url, stop, ok, failed) = (url.clone(), stop.clone(), ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                let http = reqwest::Client::new();
-                while !stop.load(SeqCst) {
-                    match http.get(&url).send().await {
-                        Ok(r) if r.status() == 200 => ok.fetch_add(1, SeqCst),
-                        other => {
-                            eprintln!("read failed: {other:?}");
-                            failed.fetch_add(1, SeqCst)
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
+    let logged_out = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for i in 0..16 {
+        // Logged-in readers: their session is checked on every request.
+        let http = signup(&up.web, &format!("fan{i}")).await;
+        let (url, me) = (url.clone(), format!("{}/api/me", up.web));
+        let (stop, ok, failed, logged_out) = (stop.clone(), ok.clone(), failed.clone(), logged_out.clone());
+        readers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(SeqCst) {
+                n += 1;
+                let target = if n.is_multiple_of(2) { &url } else { &me };
+                match http.get(target).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, SeqCst),
+                    Ok(r) if r.status() == 401 => logged_out.fetch_add(1, SeqCst),
+                    other => {
+                        eprintln!("read failed: {other:?}");
+                        failed.fetch_add(1, SeqCst)
+                    }
+                };
+            }
+        }));
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hits_before = photo_cache(&up, "hit").await;
     assert!(hits_before > 0, "photos are served from the cache");
@@ -93,11 +102,13 @@ async fn the_redis_cache_can_die_under_load_without_a_failed_request() {
     }
     let errors = photo_cache(&up, "error").await;
     println!(
-        "redis killed under load: {} reads ok, {} failed, {errors} cache errors served from the store",
+        "redis killed under load: {} reads ok, {} failed, {} logged out, {errors} cache errors served from the store",
         ok.load(SeqCst),
-        failed.load(SeqCst)
+        failed.load(SeqCst),
+        logged_out.load(SeqCst)
     );
     assert_eq!(failed.load(SeqCst), 0);
+    assert_eq!(logged_out.load(SeqCst), 0, "sessions survive the Redis outage");
     assert!(errors > 0, "the outage was seen (and absorbed)");
     let (status, log) = up.stop();
     assert!(status.success(), "{log}");

@@ -231,3 +231,51 @@ async fn cache_times_out_on_a_hung_redis() {
     assert_eq!(value, Some(b("v")));
     assert!(!cache.stats().open);
 }
+
+/// Sessions in Redis over SQL: a Redis death logs nobody out; a logout
+/// while Redis is unreachable is refused (rather than leaving a Redis copy
+/// that would keep the token working); after Redis restarts empty, sessions
+/// are read from SQL and copied back.
+#[tokio::test]
+async fn layered_sessions_survive_redis_and_logout_stays_safe() {
+    let mut server = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = store_sqlite::open(&dir.path().join("s.db")).await.unwrap();
+    let users = store_sqlite::SqliteStore::new(pool.clone());
+    let mut ids = Vec::new();
+    for name in ["alice", "bob"] {
+        use domain::ports::Store;
+        let username = domain::Username::parse(name).unwrap();
+        ids.push(users.create_user(&username, "hash").await.unwrap());
+    }
+    let durable = std::sync::Arc::new(store_sqlite::SqlSessionStore::new(pool));
+    let (_, fast) = connect(&server.config("l:")).unwrap();
+    let sessions = store_redis::LayeredSessions::new(fast, durable.clone(), MINUTE);
+
+    let alice = sessions.create(ids[0], MINUTE).await.unwrap();
+    let bob = sessions.create(ids[1], MINUTE).await.unwrap();
+    assert!(
+        durable.get(&alice).await.unwrap().is_some(),
+        "SQL holds the truth"
+    );
+
+    server.kill().await;
+    assert_eq!(sessions.get(&alice).await.unwrap().unwrap().user_id, ids[0]);
+    assert!(
+        sessions.delete(&bob).await.is_err(),
+        "no logout while Redis cannot be reached"
+    );
+    assert!(
+        sessions.get(&bob).await.unwrap().is_some(),
+        "a refused logout changed nothing"
+    );
+
+    server.restart().await;
+    assert_eq!(sessions.get(&bob).await.unwrap().unwrap().user_id, ids[1]);
+    eventually("logout works once Redis is back", || async {
+        sessions.delete(&bob).await.ok()
+    })
+    .await;
+    assert!(sessions.get(&bob).await.unwrap().is_none());
+    assert!(durable.get(&bob).await.unwrap().is_none());
+}
