@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use cache::{CacheConfig, EvictionPolicy};
-pub use store_sqlite::QueueConfig;
+pub use domain::QueueConfig;
 
 /// Where every shared tier lives. Deserialised from the topology file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

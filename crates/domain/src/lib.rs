@@ -5,9 +5,11 @@
 
 pub mod error;
 pub mod ports;
+mod queue_config;
 pub mod types;
 
 pub use error::{BackendError, StoreError};
+pub use queue_config::QueueConfig;
 pub use types::*;
 
 /// Milliseconds since the Unix epoch, the one time representation stored in

@@ -9,7 +9,8 @@ mod queue;
 mod sessions;
 mod store;
 
-pub use queue::{QueueConfig, SqlJobQueue};
+pub use domain::QueueConfig;
+pub use queue::SqlJobQueue;
 pub use sessions::SqlSessionStore;
 pub use store::SqliteStore;
 

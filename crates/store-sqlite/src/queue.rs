@@ -10,54 +10,8 @@ use crate::backend;
 use async_trait::async_trait;
 use domain::ports::JobQueue;
 use domain::*;
-use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use std::time::Duration;
-
-/// Retry policy of the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueConfig {
-    /// Deliveries before a job is dead-lettered. Default 5.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// Back-off after the first failure, doubled after each next one. Default 1000 ms.
-    #[serde(default = "default_backoff_ms")]
-    pub backoff_ms: u64,
-    /// Ceiling of the back-off. Default 60000 ms.
-    #[serde(default = "default_max_backoff_ms")]
-    pub max_backoff_ms: u64,
-}
-
-fn default_max_attempts() -> u32 {
-    5
-}
-fn default_backoff_ms() -> u64 {
-    1000
-}
-fn default_max_backoff_ms() -> u64 {
-    60_000
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        QueueConfig {
-            max_attempts: default_max_attempts(),
-            backoff_ms: default_backoff_ms(),
-            max_backoff_ms: default_max_backoff_ms(),
-        }
-    }
-}
-
-impl QueueConfig {
-    /// Back-off after failed attempt number `attempt` (1-based).
-    pub fn backoff(&self, attempt: u32) -> u64 {
-        let exp = attempt.saturating_sub(1).min(32);
-        self.backoff_ms
-            .saturating_mul(1u64 << exp)
-            .min(self.max_backoff_ms)
-    }
-}
 
 /// Jobs in the `jobs` table.
 #[derive(Clone)]

@@ -1,0 +1,10 @@
+//! Integration tests of the PostgreSQL adapters against a real, private
+//! PostgreSQL (a primary, and a streaming replica where a test needs one)
+//! started by `test-support` for each test.
+
+mod helpers;
+mod migrate;
+mod queue;
+mod replication;
+mod sessions;
+mod store;
