@@ -57,6 +57,38 @@ pub enum SqlTier {
         #[serde(default)]
         path: Option<PathBuf>,
     },
+    /// PostgreSQL primary and replicas.
+    Postgres(PostgresTier),
+}
+
+/// `[sql] kind = "postgres"`: a primary and replicas behind the DB router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTier {
+    /// URL of every node, primary and replicas, in any order: the router
+    /// finds out which is the primary, and follows a failover. Empty in a
+    /// topology: the cluster `up` runs (`[postgres]`).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Connections per node and process. Default 10.
+    #[serde(default = "default_pg_connections")]
+    pub max_connections: u32,
+    /// A replica further behind than this gets no reads. Default 1000.
+    #[serde(default = "default_max_lag_ms")]
+    pub max_lag_ms: u64,
+    /// How often the router probes every node. Default 200.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+}
+
+fn default_pg_connections() -> u32 {
+    10
+}
+fn default_max_lag_ms() -> u64 {
+    1000
+}
+fn default_probe_interval_ms() -> u64 {
+    200
 }
 
 impl Default for SqlTier {
@@ -215,6 +247,7 @@ impl BackendsConfig {
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         match &self.sql {
             SqlTier::Embedded { path } => Some(self.under_data(path.as_deref(), "scalestack.db")),
+            SqlTier::Postgres(_) => None,
         }
     }
 
@@ -228,20 +261,45 @@ impl Backends {
     pub async fn connect(config: &BackendsConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let pool = match &config.sql {
-            SqlTier::Embedded { .. } => {
-                let path = config.sqlite_path().expect("embedded tier has a path");
-                store_sqlite::open(&path)
-                    .await
-                    .with_context(|| format!("opening SQLite database {}", path.display()))?
-            }
+        let queue_config = match &config.queue {
+            QueueTier::Embedded { config } => *config,
         };
-        let store: Arc<dyn Store> = Arc::new(store_sqlite::SqliteStore::new(pool.clone()));
+        // The SQL tier serves the store, the durable sessions and the queue.
+        let (store, sql_sessions, queue): (Arc<dyn Store>, Arc<dyn SessionStore>, Arc<dyn JobQueue>) =
+            match &config.sql {
+                SqlTier::Embedded { .. } => {
+                    let path = config.sqlite_path().expect("embedded tier has a path");
+                    let pool = store_sqlite::open(&path)
+                        .await
+                        .with_context(|| format!("opening SQLite database {}", path.display()))?;
+                    (
+                        Arc::new(store_sqlite::SqliteStore::new(pool.clone())),
+                        Arc::new(store_sqlite::SqlSessionStore::new(pool.clone())),
+                        Arc::new(store_sqlite::SqlJobQueue::new(pool, queue_config)),
+                    )
+                }
+                SqlTier::Postgres(tier) => {
+                    anyhow::ensure!(
+                        !tier.nodes.is_empty(),
+                        "sql.nodes is empty (up fills it in when it runs the PostgreSQL cluster)"
+                    );
+                    let router =
+                        store_postgres::router::PgRouter::connect(store_postgres::router::RouterConfig {
+                            nodes: tier.nodes.clone(),
+                            max_connections: tier.max_connections,
+                            max_lag_ms: tier.max_lag_ms,
+                            probe_interval_ms: tier.probe_interval_ms,
+                        })
+                        .await
+                        .context("connecting to PostgreSQL")?;
+                    router.migrate().await.context("migrating PostgreSQL")?;
+                    (router.store(), router.sessions(), router.queue(queue_config))
+                }
+            };
         let cache: Arc<dyn Cache> = match &config.cache {
             CacheTier::Embedded { config } => Arc::new(cache::InProcessCache::new(*config)),
             CacheTier::Redis(tier) => redis_cache(tier)?,
         };
-        let sql_sessions: Arc<dyn SessionStore> = Arc::new(store_sqlite::SqlSessionStore::new(pool.clone()));
         let sessions: Arc<dyn SessionStore> = match &config.sessions {
             SessionsTier::Embedded => sql_sessions,
             SessionsTier::Redis(tier) => {
@@ -262,9 +320,6 @@ impl Backends {
                     std::time::Duration::from_secs(tier.fast_ttl_secs),
                 ))
             }
-        };
-        let queue: Arc<dyn JobQueue> = match &config.queue {
-            QueueTier::Embedded { config } => Arc::new(store_sqlite::SqlJobQueue::new(pool.clone(), *config)),
         };
         let blobs: Arc<dyn BlobStore> = match &config.blobs {
             BlobsTier::Embedded { dir } => {

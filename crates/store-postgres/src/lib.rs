@@ -2,7 +2,9 @@
 //! with the schema and the behaviour of `store-sqlite`'s embedded adapters:
 //! the same tables (times in milliseconds since the Unix epoch), the same
 //! error mapping, the same queue semantics. Also the replication probes
-//! (`replication.rs`) the database router reads to pick a replica.
+//! (`replication.rs`) and the database router built on them (`router.rs`):
+//! writes to the primary, reads spread over replicas within a lag ceiling,
+//! read-your-writes, failover followed and an old primary fenced.
 //!
 //! Differences from SQLite, each for a reason:
 //! - Every time a decision depends on (session expiry, visibility timeouts,
@@ -17,6 +19,7 @@
 mod migrate;
 mod queue;
 mod replication;
+pub mod router;
 mod sessions;
 mod store;
 
@@ -24,6 +27,7 @@ pub use domain::QueueConfig;
 pub use migrate::migrate;
 pub use queue::PgJobQueue;
 pub use replication::{current_wal_lsn, format_lsn, is_in_recovery, parse_lsn, replay_lag_ms, replay_lsn};
+pub use router::{NodeRole, NodeStatus, PgRouter, RouterConfig, RouterStats};
 pub use sessions::PgSessionStore;
 pub use store::PgStore;
 
@@ -65,6 +69,17 @@ pub(crate) use now_ms;
 /// refused connection is retried until [`CONNECT_TIMEOUT`]. Does not migrate:
 /// see [`migrate`].
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(connect_options(url)?)
+        .await
+        .map_err(unavailable)
+}
+
+/// The options of a connection to `url`, with our [`STATEMENT_TIMEOUT`] and
+/// [`APPLICATION_NAME`] unless the URL sets its own.
+pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
     let mut options = PgConnectOptions::from_str(url).map_err(unavailable)?;
     if !options
         .get_options()
@@ -75,12 +90,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
     if options.get_application_name().is_none() {
         options = options.application_name(APPLICATION_NAME);
     }
-    PgPoolOptions::new()
-        .max_connections(max_connections.max(1))
-        .acquire_timeout(CONNECT_TIMEOUT)
-        .connect_with(options)
-        .await
-        .map_err(unavailable)
+    Ok(options)
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {

@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod ctl;
+pub mod postgres;
 pub mod supervisor;
 pub mod topology;
 
@@ -260,6 +261,24 @@ fn worker_spec(run_dir: &Path, name: &str, config: &worker::WorkerConfig) -> any
 pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let data_dir = prepare_data_dir(&topology.data.dir)?;
     let backends = topology.backends(&data_dir);
+    // Engines first: the migrations below need the database.
+    let cluster = match topology.needs_managed_postgres() {
+        true => Some(Arc::new(
+            postgres::PgCluster::start(&topology.postgres, &data_dir)
+                .await
+                .context("starting the PostgreSQL cluster")?,
+        )),
+        false => None,
+    };
+    let (cluster_stop, cluster_stopped) = tokio::sync::oneshot::channel::<()>();
+    let watcher = cluster.clone().map(|c| {
+        tokio::spawn(async move {
+            c.watch(async {
+                let _ = cluster_stopped.await;
+            })
+            .await
+        })
+    });
     // Migrations run once here, before any child, so copies never race them.
     backends::Backends::connect(&backends)
         .await
@@ -323,6 +342,13 @@ pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output 
     println!("scalestack: stopping");
     control.abort();
     orchestrator.supervisor.stop().await;
+    let _ = cluster_stop.send(());
+    if let Some(w) = watcher {
+        let _ = w.await;
+    }
+    if let Some(c) = cluster {
+        c.stop().await;
+    }
     Ok(())
 }
 

@@ -41,6 +41,10 @@ pub struct Topology {
     /// without a `url`.
     #[serde(default)]
     pub redis: ManagedRedis,
+    /// `[postgres]`: the cluster `up` runs when `[sql] kind = "postgres"`
+    /// has no `nodes`.
+    #[serde(default)]
+    pub postgres: crate::postgres::ManagedPostgres,
 }
 
 /// `[redis]`: a Redis server started and supervised by `up` (a cache: no
@@ -273,6 +277,10 @@ impl Topology {
         if self.needs_managed_redis() {
             singles.push(("redis.port", self.redis.addr()));
         }
+        if self.needs_managed_postgres() {
+            anyhow::ensure!(self.postgres.replicas <= 8, "postgres.replicas must be 0 to 8");
+            singles.extend(self.postgres.addrs().into_iter().map(|a| ("postgres.port", a)));
+        }
         if let Some(lb) = &self.lb {
             anyhow::ensure!(
                 lb.backends.is_empty(),
@@ -300,6 +308,11 @@ impl Topology {
             || matches!(&self.sessions, SessionsTier::Redis(t) if t.url.is_none())
     }
 
+    /// Whether `up` must run a PostgreSQL cluster.
+    pub fn needs_managed_postgres(&self) -> bool {
+        matches!(&self.sql, SqlTier::Postgres(t) if t.nodes.is_empty())
+    }
+
     /// Where the shared tiers live, with the data directory resolved and
     /// managed engines' addresses filled in.
     pub fn backends(&self, data_dir: &Path) -> BackendsConfig {
@@ -312,9 +325,15 @@ impl Topology {
         if let SessionsTier::Redis(t) = &mut sessions {
             t.url.get_or_insert(managed);
         }
+        let mut sql = self.sql.clone();
+        if let SqlTier::Postgres(t) = &mut sql {
+            if t.nodes.is_empty() {
+                t.nodes = self.postgres.urls();
+            }
+        }
         BackendsConfig {
             data_dir: data_dir.to_path_buf(),
-            sql: self.sql.clone(),
+            sql,
             cache,
             sessions,
             queue: self.queue.clone(),
@@ -407,6 +426,21 @@ mod tests {
         assert!(matches!(b.cache, CacheTier::Redis(r) if r.url.as_deref() == Some("redis://127.0.0.1:6390")));
         let t = Topology::parse("[cache]\nkind = \"redis\"\nurl = \"redis://10.0.0.5:6379\"").unwrap();
         assert!(!t.needs_managed_redis());
+    }
+
+    #[test]
+    fn a_postgres_tier_without_nodes_is_run_by_up() {
+        let t = Topology::parse("[sql]\nkind = \"postgres\"\n[postgres]\nreplicas = 1").unwrap();
+        assert!(t.needs_managed_postgres());
+        let b = t.backends(Path::new("/d"));
+        let SqlTier::Postgres(pg) = b.sql else {
+            panic!("postgres")
+        };
+        assert_eq!(pg.nodes.len(), 2);
+        assert!(Topology::parse(
+            "[sql]\nkind = \"postgres\"\n[postgres]\nport = 9101\n[web]\nlisten = \"127.0.0.1:9102\""
+        )
+        .is_err());
     }
 
     #[test]

@@ -6,5 +6,6 @@ mod helpers;
 mod migrate;
 mod queue;
 mod replication;
+mod router;
 mod sessions;
 mod store;
