@@ -57,14 +57,19 @@ pub async fn verify_password(password: Password, stored: Option<String>, memory_
 
 /// The session token in the request's cookies, if it is well-formed.
 pub fn token_from_headers(headers: &HeaderMap) -> Option<SessionToken> {
+    cookie(headers, COOKIE_NAME).and_then(SessionToken::parse)
+}
+
+/// The value of cookie `name`, if the request carries it.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE_NAME)
-        .and_then(|(_, value)| SessionToken::parse(value))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value)
 }
 
 /// `Set-Cookie` for a fresh session.

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod metrics;
+mod read_your_writes;
 pub mod routes;
 pub mod state;
 
@@ -91,6 +92,7 @@ pub fn router(backends: Backends, settings: WebSettings) -> Router {
         .fallback(|| async { error::ApiError::NotFound("no such route") })
         .with_state(state)
         .route_layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(axum::middleware::from_fn(read_your_writes::layer))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req
                 .headers()

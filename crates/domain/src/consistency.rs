@@ -32,6 +32,11 @@ struct ScopeState {
     written: AtomicU64,
 }
 
+/// A floor no replica can reach: reads in a scope with it go to the
+/// primary (for work that must see a write made elsewhere just before, such
+/// as a job enqueued by a web server).
+pub const PRIMARY_ONLY: u64 = u64::MAX;
+
 /// Runs `f` with a read floor: the reads `f` makes (through a consistency-
 /// aware store) see at least `floor`, an LSN as `u64`; `None` means no
 /// constraint until `f` writes. Returns `f`'s output and the highest write

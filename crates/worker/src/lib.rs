@@ -139,7 +139,11 @@ impl Worker {
         };
         let span = tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempt);
         let _enter = span.enter();
-        let outcome = match self.handle(&job).await {
+        // The job was enqueued right after its photo was written, perhaps
+        // on a primary whose replicas have not replayed it yet.
+        let (handled, _) =
+            domain::consistency::scope(Some(domain::consistency::PRIMARY_ONLY), self.handle(&job)).await;
+        let outcome = match handled {
             Ok(outcome) => {
                 self.backends.queue.ack(&job).await?;
                 tracing::info!(?outcome, "job done");

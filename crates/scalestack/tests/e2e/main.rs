@@ -1,6 +1,7 @@
 //! End to end: the built binary, started as a user starts it.
 
 mod cache_tier;
+mod data_tier;
 mod helpers;
 mod web_tier;
 
