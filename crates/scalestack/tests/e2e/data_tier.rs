@@ -1,8 +1,10 @@
 //! `topologies/replicated.toml`'s shape on real engines that `up` starts:
 //! PostgreSQL primary + 2 replicas behind the routers, Redis cache and
 //! sessions. The app works end to end with read-your-writes across web
-//! servers; `kill -9` of the primary under write load is followed by a
-//! failover, writes succeed again, the old primary comes back fenced.
+//! servers; `kill -9` of the primary under write load (synchronous
+//! replication) is followed by a failover, writes succeed again, every
+//! acknowledged write is on the new primary, the old primary comes back
+//! fenced.
 
 use crate::helpers::{free_port, free_ports, signal, Up};
 use crate::{signup, upload_and_wait};
@@ -25,7 +27,7 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
         500,
         &format!(
             "[sql]\nkind = \"postgres\"\n\
-             [postgres]\nport = {pg}\nreplicas = 2\nfailover_after_ms = 2000\n\
+             [postgres]\nport = {pg}\nreplicas = 2\nsynchronous = true\nfailover_after_ms = 2000\n\
              [cache]\nkind = \"redis\"\n[sessions]\nkind = \"redis\"\n[redis]\nport = {redis}\n"
         ),
     );
@@ -48,35 +50,35 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
         assert_eq!(list["photos"].as_array().unwrap().len(), 1, "{list}");
     }
 
-    // Write load from several users.
-    let mut users = Vec::new();
-    for i in 0..8 {
-        users.push(signup(&up.web, &format!("writer{i}")).await);
-    }
+    // Write load: sign-ups, each acknowledged one a row that must survive.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let last_failure = Arc::new(Mutex::new(None::<Instant>));
-    let tasks: Vec<_> = users
-        .into_iter()
-        .map(|c| {
-            let (url, stop, ok, failed, last) = (
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let (url, stop, ok, failed, last, acked) = (
                 up.web.clone(),
                 stop.clone(),
                 ok.clone(),
                 failed.clone(),
                 last_failure.clone(),
+                acked.clone(),
             );
             tokio::spawn(async move {
+                let http = reqwest::Client::new();
                 let mut n = 0u64;
                 while !stop.load(SeqCst) {
                     n += 1;
-                    let r = if n.is_multiple_of(2) {
-                        c.post(format!("{url}/api/users/ada/follow")).send().await
-                    } else {
-                        c.delete(format!("{url}/api/users/ada/follow")).send().await
-                    };
-                    if matches!(&r, Ok(r) if r.status().is_success()) {
+                    let name = format!("w{task}_{n}");
+                    let r = http
+                        .post(format!("{url}/api/signup"))
+                        .json(&serde_json::json!({"username": name, "password": "password123"}))
+                        .send()
+                        .await;
+                    if matches!(&r, Ok(r) if r.status() == 201) {
                         ok.fetch_add(1, SeqCst);
+                        acked.lock().unwrap().push(name);
                     } else {
                         failed.fetch_add(1, SeqCst);
                         *last.lock().unwrap() = Some(Instant::now());
@@ -102,7 +104,7 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ok_at_failover = ok.load(SeqCst);
-    while ok.load(SeqCst) < ok_at_failover + 50 {
+    while ok.load(SeqCst) < ok_at_failover + 20 {
         assert!(
             Instant::now() < deadline,
             "writes do not succeed after the failover:\n{}",
@@ -119,11 +121,26 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
         .lock()
         .unwrap()
         .map(|t| t.saturating_duration_since(killed));
+    // Every acknowledged sign-up is on the new primary.
+    let new_primary = std::fs::read_to_string(up.data().join("pg/primary")).unwrap();
+    let index: u16 = new_primary.trim().trim_start_matches("pg").parse().unwrap();
+    let url = format!("postgres://scalestack@127.0.0.1:{}/scalestack", pg + index - 1);
+    let pool = store_postgres::connect(&url, 1).await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let (present,): (i64,) = sqlx::query_as("SELECT count(*) FROM users WHERE username = ANY($1)")
+        .bind(&acked)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     println!(
-        "primary killed under write load: {} writes ok, {} failed; last failure {recovered:?} after the kill (failover_after_ms 2000)",
+        "primary killed under write load (synchronous replication): {} sign-ups acknowledged, {} failed, \
+         {present} of the acknowledged present after failover to {}; last failure {recovered:?} after the kill \
+         (failover_after_ms 2000)",
         ok.load(SeqCst),
-        failed.load(SeqCst)
+        failed.load(SeqCst),
+        new_primary.trim()
     );
+    assert_eq!(present as usize, acked.len(), "an acknowledged write was lost");
 
     // The old primary is fenced: restarted by up, it runs in recovery and
     // takes no writes.

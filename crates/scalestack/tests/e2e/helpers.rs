@@ -7,26 +7,35 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_scalestack");
 
+/// Ports handed out in this process: never twice, so tests running side by
+/// side do not collide (the OS may offer a just-released port again).
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)
 }
 
 /// `n` consecutive ports that were free a moment ago.
 pub fn free_ports(n: u16) -> u16 {
     loop {
-        let base = free_port();
+        let base = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         if base as u32 + n as u32 > 65535 {
+            continue;
+        }
+        let mut handed = HANDED_OUT.lock().unwrap();
+        if (base..base + n).any(|p| handed.contains(&p)) {
             continue;
         }
         let held: Vec<_> = (1..n)
             .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
             .collect();
         if held.len() == n as usize - 1 {
+            handed.extend(base..base + n);
             return base;
         }
     }
@@ -113,11 +122,9 @@ impl Up {
     pub async fn wait_up(&self, secs: u64) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !self.log().contains("scalestack is up") {
-            assert!(
-                Instant::now() < deadline,
-                "not up after {secs} s; log:\n{}",
-                self.log()
-            );
+            let log = self.log();
+            assert!(!log.contains("Error: "), "up failed:\n{log}");
+            assert!(Instant::now() < deadline, "not up after {secs} s; log:\n{log}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
