@@ -16,15 +16,36 @@ use tempfile::TempDir;
 /// Until every replica of a new [`TestPg`] streams.
 const STREAMING_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then
-/// released), never one this process handed out before.
+/// Ports are taken below the kernel's ephemeral range (32768 and up on
+/// Linux), where client connections of concurrent tests could otherwise
+/// grab a port between our check and the engine binding it.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port that is free now and that this process has not handed out before.
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// `n` consecutive ports, free now and never handed out before by this
+/// process (for a cluster whose nodes take consecutive ports).
+pub fn free_ports(n: u16) -> u16 {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = (PORT_RANGE.end - PORT_RANGE.start) as u32;
+    // Start somewhere that depends on the process, so test binaries run
+    // one after the other do not all probe the same ports first.
+    let offset = std::process::id() * 7919;
     loop {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("binding 127.0.0.1:0");
-        let port = listener.local_addr().expect("local address").port();
-        if HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return port;
+        let step = NEXT.fetch_add(n as u32, std::sync::atomic::Ordering::Relaxed);
+        let base = PORT_RANGE.start + ((offset + step) % (span - n as u32)) as u16;
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if (base..base + n).any(|p| handed.contains(&p)) {
+            continue;
+        }
+        let free = (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            handed.extend(base..base + n);
+            return base;
         }
     }
 }

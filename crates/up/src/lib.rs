@@ -322,7 +322,7 @@ pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output 
     });
     let control = tokio::spawn(control::serve(control_listener, orchestrator.clone()));
     let public = orchestrator.topology.public_url();
-    let ready = wait_ready(&orchestrator.topology);
+    let ready = wait_ready(&orchestrator.topology, &orchestrator.http);
     tokio::pin!(shutdown);
     tokio::select! {
         ok = ready => {
@@ -371,7 +371,7 @@ fn write_config<T: serde::Serialize>(run_dir: &Path, name: &str, config: &T) -> 
 
 /// Waits until every web server and then the public address answer
 /// `/readyz` (at most 60 s).
-async fn wait_ready(topology: &Topology) -> bool {
+async fn wait_ready(topology: &Topology, http: &reqwest::Client) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut addrs: Vec<_> = topology.web_addrs().collect();
     if let Some(lb) = &topology.lb {
@@ -383,7 +383,20 @@ async fn wait_ready(topology: &Topology) -> bool {
             return false;
         }
     }
-    true
+    // Up means every web server is in the LB's rotation, not just one.
+    let Some(lb) = &topology.lb else { return true };
+    let url = format!("http://{}/backends", lb.admin_listen);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = http.get(&url).send().await {
+            if let Ok(list) = r.json::<Vec<lb::BackendStatus>>().await {
+                if list.len() == topology.web.count && list.iter().all(|b| b.healthy) {
+                    return true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// Polls `path` on `addr` until it answers 200 or `limit` passes.

@@ -1,45 +1,12 @@
 //! Runs the real `scalestack` binary as a user would.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_scalestack");
 
-/// Ports handed out in this process: never twice, so tests running side by
-/// side do not collide (the OS may offer a just-released port again).
-static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    free_ports(1)
-}
-
-/// `n` consecutive ports that were free a moment ago.
-pub fn free_ports(n: u16) -> u16 {
-    loop {
-        let base = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base as u32 + n as u32 > 65535 {
-            continue;
-        }
-        let mut handed = HANDED_OUT.lock().unwrap();
-        if (base..base + n).any(|p| handed.contains(&p)) {
-            continue;
-        }
-        let held: Vec<_> = (1..n)
-            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
-        if held.len() == n as usize - 1 {
-            handed.extend(base..base + n);
-            return base;
-        }
-    }
-}
+pub use test_support::{free_port, free_ports};
 
 /// A running `scalestack up` in its own temporary working directory.
 pub struct Up {

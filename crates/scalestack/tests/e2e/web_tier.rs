@@ -157,7 +157,9 @@ async fn the_app_runs_through_the_load_balancer_on_stateless_web_servers() {
     assert_eq!(served.len(), 3);
     assert!(
         served.iter().all(|&n| n > 0),
-        "every web server took requests: {served:?}"
+        "every web server took requests: {served:?} {:?}\n{}",
+        backends(&up).await,
+        up.log()
     );
     let ps = ctl_ok(&up, &["ps"]);
     for name in ["lb", "web-1", "web-2", "web-3", "worker-1"] {
