@@ -814,8 +814,11 @@ impl Store for PgRouter {
         self.read(|s| async move { s.feed_ids(user, page).await }).await
     }
 
+    /// Routed like a read: while the primary is down (a failover under way)
+    /// the store can still serve reads from caught-up replicas, so a web
+    /// server stays ready, answering reads and refusing writes quickly.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.primary()?.store.ping().await
+        self.read(|s| async move { s.ping().await }).await
     }
 }
 

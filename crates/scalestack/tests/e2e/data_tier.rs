@@ -88,6 +88,31 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
             })
         })
         .collect();
+    // Read load alongside: the list endpoint reads the user by name, which
+    // is not cached, so it reaches the database through the router.
+    let (reads_ok, reads_failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop, ok, failed) = (
+                format!("{}/api/users/ada/photos", up.web),
+                stop.clone(),
+                reads_ok.clone(),
+                reads_failed.clone(),
+            );
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                while !stop.load(SeqCst) {
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => ok.fetch_add(1, SeqCst),
+                        other => {
+                            eprintln!("read failed during failover: {other:?}");
+                            failed.fetch_add(1, SeqCst)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let primary = postmaster_pid(&up, "pg1").expect("pg1 is the first primary");
@@ -114,9 +139,19 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, SeqCst);
-    for t in tasks {
+    for t in tasks.into_iter().chain(readers) {
         t.await.unwrap();
     }
+    println!(
+        "reads during the failover: {} ok, {} failed",
+        reads_ok.load(SeqCst),
+        reads_failed.load(SeqCst)
+    );
+    assert_eq!(
+        reads_failed.load(SeqCst),
+        0,
+        "caught-up replicas serve reads while the primary is down"
+    );
     let recovered = last_failure
         .lock()
         .unwrap()
