@@ -83,9 +83,11 @@ impl Metrics {
                 .set(d.in_flight);
             self.queue_depth.with_label_values(&["dead"]).set(d.dead);
         }
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+        // Plus what adapters count in the process-wide registry (e.g. session
+        // reads that fell back from Redis to SQL).
+        let mut families = self.registry.gather();
+        families.extend(prometheus::gather());
+        TextEncoder::new().encode_to_string(&families).unwrap_or_default()
     }
 }
 

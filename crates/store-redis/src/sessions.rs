@@ -81,6 +81,19 @@ impl RedisSessionStore {
     }
 }
 
+/// Session reads served by the durable store because Redis failed, in the
+/// process-wide Prometheus registry (the web tier's `/metrics` includes it).
+/// The outage itself is logged once, when the circuit breaker opens.
+pub static FALLBACKS: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+    let c = prometheus::IntCounter::new(
+        "scalestack_session_redis_fallbacks_total",
+        "Session reads served from SQL because Redis failed",
+    )
+    .expect("valid metric");
+    let _ = prometheus::default_registry().register(Box::new(c.clone()));
+    c
+});
+
 /// Sessions in Redis in front of a durable session store (SQL): reads hit
 /// Redis and fall back to the durable store on a miss (then refill Redis)
 /// or on any Redis error, so a Redis outage or restart logs nobody out.
@@ -123,6 +136,7 @@ impl SessionStore for LayeredSessions {
             Ok(Some(s)) => return Ok(Some(s)),
             Ok(None) => {}
             Err(e) => {
+                FALLBACKS.inc();
                 tracing::debug!(error = %e, "redis unavailable for sessions; reading the store");
                 return self.durable.get(token).await;
             }

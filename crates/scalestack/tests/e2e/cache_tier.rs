@@ -110,6 +110,21 @@ async fn redis_can_die_under_load_without_a_failed_request_or_a_lost_session() {
     assert_eq!(failed.load(SeqCst), 0);
     assert_eq!(logged_out.load(SeqCst), 0, "sessions survive the Redis outage");
     assert!(errors > 0, "the outage was seen (and absorbed)");
+    let mut fallbacks = 0.0;
+    for web in &up.webs {
+        let text = reqwest::get(format!("{web}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        fallbacks += text
+            .lines()
+            .find(|l| l.starts_with("scalestack_session_redis_fallbacks_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    assert!(fallbacks > 0.0, "session reads fell back to SQL and were counted");
     let (status, log) = up.stop();
     assert!(status.success(), "{log}");
 }
