@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /` | dashboard: the processes, refreshed every second |
 //! | `GET /api/ps` | every process: name, role, address, state, pid, restarts |
-//! | `POST /api/processes/{name}/kill?signal=KILL` | send a signal (`KILL`, `TERM`, `INT`); it stays down |
+//! | `POST /api/processes/{name}/kill?signal=KILL` | send a signal (`KILL`, `TERM`, `INT`); a child stays down, a PostgreSQL node is restarted (replica) or failed over (primary) by the cluster watcher |
 //! | `POST /api/processes/{name}/start` | start again a process stopped with kill |
 //! | `POST /api/scale {"role": "web", "count": 5}` | start or drain-and-stop copies |
 //! | `GET /healthz` | alive |
@@ -77,7 +77,7 @@ async fn kill(State(o): State<AppState>, Path(name): Path<String>, Query(q): Que
         Some(Some(s)) => s,
         Some(None) => return error(StatusCode::BAD_REQUEST, "signal must be KILL, TERM or INT"),
     };
-    match o.supervisor().kill(&name, signal) {
+    match o.kill(&name, signal) {
         Ok(status) => Json(status).into_response(),
         Err(e) => supervisor_error(e),
     }

@@ -33,6 +33,8 @@ pub struct Orchestrator {
     http: reqwest::Client,
     /// One scale operation at a time.
     scaling: tokio::sync::Mutex<()>,
+    /// The PostgreSQL cluster, when `up` runs one.
+    cluster: Option<Arc<postgres::PgCluster>>,
 }
 
 /// Why a scale request was refused or failed.
@@ -47,7 +49,24 @@ pub enum ScaleError {
 impl Orchestrator {
     /// Every child as `ctl ps` shows it.
     pub fn ps(&self) -> Vec<ChildStatus> {
-        self.supervisor.ps()
+        let mut all = self.supervisor.ps();
+        if let Some(c) = &self.cluster {
+            all.extend(c.ps());
+        }
+        all
+    }
+
+    /// Signals a process: a supervised child (which then stays down until
+    /// `start`) or a PostgreSQL node (which the cluster watcher handles).
+    pub fn kill(
+        &self,
+        name: &str,
+        signal: nix::sys::signal::Signal,
+    ) -> Result<ChildStatus, supervisor::SupervisorError> {
+        if let Some(status) = self.cluster.as_ref().and_then(|c| c.kill(name, signal)) {
+            return Ok(status);
+        }
+        self.supervisor.kill(name, signal)
     }
 
     pub fn supervisor(&self) -> &Supervisor {
@@ -88,6 +107,7 @@ impl Orchestrator {
 
     async fn start_copy(&self, role: &str, index: usize) -> Result<(), ScaleError> {
         let taken: Vec<SocketAddr> = self.ps().iter().filter_map(|c| c.addr).collect();
+        // (ps includes the PostgreSQL nodes, whose ports copies must not take.)
         let spec = match role {
             "web" => {
                 let (name, config) = self.topology.web_config(index, &self.backends);
@@ -319,6 +339,7 @@ pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output 
             .build()
             .context("building the HTTP client")?,
         scaling: tokio::sync::Mutex::new(()),
+        cluster: cluster.clone(),
     });
     let control = tokio::spawn(control::serve(control_listener, orchestrator.clone()));
     let public = orchestrator.topology.public_url();

@@ -268,6 +268,49 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Every node as `ctl ps` shows it: state `primary`, `replica`,
+    /// `fenced` or `down`.
+    pub fn ps(&self) -> Vec<crate::supervisor::ChildStatus> {
+        let primary = self.primary.load(Ordering::Relaxed);
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let pid = node.pid();
+                let state = match (pid, i == primary, self.is_fenced(i)) {
+                    (None, _, _) => "down",
+                    (_, _, true) => "fenced",
+                    (_, true, _) => "primary",
+                    _ => "replica",
+                };
+                crate::supervisor::ChildStatus {
+                    name: node.name().to_owned(),
+                    role: "postgres".into(),
+                    addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], node.port()))),
+                    state: state.into(),
+                    pid,
+                    restarts: 0,
+                    since: None,
+                }
+            })
+            .collect()
+    }
+
+    /// Sends `signal` to a node's postmaster (`ctl kill pg1`): the watcher
+    /// then does what it does with any dead node (restart a replica, fail
+    /// over from a primary). `None` if there is no such running node.
+    pub fn kill(
+        &self,
+        name: &str,
+        signal: nix::sys::signal::Signal,
+    ) -> Option<crate::supervisor::ChildStatus> {
+        let node = self.nodes.iter().find(|n| n.name() == name)?;
+        let pid = node.pid()?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).ok()?;
+        tracing::warn!(node = name, ?signal, "postgres node signalled by the operator");
+        self.ps().into_iter().find(|c| c.name == name)
+    }
+
     /// Stops every node (fast shutdown).
     pub async fn stop(&self) {
         for node in &self.nodes {

@@ -6,9 +6,8 @@
 //! acknowledged write is on the new primary, the old primary comes back
 //! fenced.
 
-use crate::helpers::{free_port, free_ports, signal, Up};
+use crate::helpers::{free_port, free_ports, Up};
 use crate::{signup, upload_and_wait};
-use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -115,8 +114,21 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let primary = postmaster_pid(&up, "pg1").expect("pg1 is the first primary");
-    signal(primary, Signal::SIGKILL);
+    let ps = String::from_utf8_lossy(&up.ctl(&["ps"]).stdout).into_owned();
+    assert!(
+        ps.lines().any(|l| l.starts_with("pg1") && l.contains("primary")),
+        "{ps}"
+    );
+    assert_eq!(
+        ps.lines()
+            .filter(|l| l.starts_with("pg") && l.contains("replica"))
+            .count(),
+        2,
+        "{ps}"
+    );
+    assert!(postmaster_pid(&up, "pg1").is_some());
+    let out = up.ctl(&["kill", "pg1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let killed = Instant::now();
     // Failover: another node becomes primary, writes succeed again.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -180,6 +192,12 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
     // The old primary is fenced: restarted by up, it runs in recovery and
     // takes no writes.
     assert!(up.data().join("pg/pg1/standby.signal").exists(), "pg1 fenced");
+    let ps = String::from_utf8_lossy(&up.ctl(&["ps"]).stdout).into_owned();
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("pg1") && (l.contains("fenced") || l.contains("down"))),
+        "{ps}"
+    );
     let old = format!("postgres://scalestack@127.0.0.1:{pg}/scalestack");
     let deadline = Instant::now() + Duration::from_secs(60);
     let pool = loop {
