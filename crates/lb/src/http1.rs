@@ -5,11 +5,11 @@
 //! `Content-Length`s, any transfer coding but a lone `chunked`, malformed
 //! chunk sizes, bare LF line ends, obsolete line folding.
 
+use crate::deadline::{Clock, Deadline};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -76,19 +76,32 @@ pub struct ReadLimits {
     pub idle_timeout: Duration,
 }
 
-/// Reads with a deadline; `Ok(0)` is EOF.
+/// The clock and this connection's deadline slot.
+#[derive(Clone, Copy)]
+pub struct Timer<'a> {
+    pub clock: &'a Clock,
+    pub deadline: &'a Deadline,
+}
+
+impl Timer<'_> {
+    fn set(&self, after: Duration) {
+        self.deadline.set_after(self.clock, after);
+    }
+}
+
+/// Reads until the timer's deadline; `Ok(0)` is EOF.
 async fn read_more<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
-    deadline: Instant,
+    t: Timer<'_>,
 ) -> Result<usize, ReadError> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8192);
     }
-    match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
-        Err(_) => Err(ReadError::Timeout),
-        Ok(Err(_)) => Err(ReadError::Io),
-        Ok(Ok(n)) => Ok(n),
+    match t.deadline.guard(t.clock, io.read_buf(buf)).await {
+        None => Err(ReadError::Timeout),
+        Some(Err(_)) => Err(ReadError::Io),
+        Some(Ok(n)) => Ok(n),
     }
 }
 
@@ -99,12 +112,18 @@ pub async fn read_head<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     limits: &ReadLimits,
+    t: Timer<'_>,
 ) -> Result<RequestHead, ReadError> {
-    let mut deadline = None;
+    let mut started = false;
+    if buf.is_empty() {
+        t.set(limits.idle_timeout);
+    }
     loop {
         if !buf.is_empty() {
-            let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
-            let _ = deadline;
+            if !started {
+                started = true;
+                t.set(limits.header_timeout);
+            }
             if let Some((head, used)) = parse_head(buf, limits)? {
                 buf.advance(used);
                 return Ok(head);
@@ -113,8 +132,7 @@ pub async fn read_head<R: AsyncRead + Unpin>(
                 return Err(ReadError::HeadersTooLarge);
             }
         }
-        let until = deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
-        match read_more(io, buf, until).await {
+        match read_more(io, buf, t).await {
             Ok(0) if buf.is_empty() => return Err(ReadError::Closed),
             Ok(0) => return Err(ReadError::BadRequest("connection closed mid-request")),
             Ok(_) => {}
@@ -245,11 +263,12 @@ pub async fn read_body<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     framing: BodyFraming,
     limits: &ReadLimits,
+    t: Timer<'_>,
 ) -> Result<Bytes, ReadError> {
     if framing == BodyFraming::None {
         return Ok(Bytes::new());
     }
-    let deadline = Instant::now() + limits.body_timeout;
+    t.set(limits.body_timeout);
     match framing {
         BodyFraming::None => Ok(Bytes::new()),
         BodyFraming::Length(n) => {
@@ -258,13 +277,13 @@ pub async fn read_body<R: AsyncRead + Unpin>(
             }
             let n = n as usize;
             while buf.len() < n {
-                if read_more(io, buf, deadline).await? == 0 {
+                if read_more(io, buf, t).await? == 0 {
                     return Err(ReadError::BadRequest("connection closed mid-body"));
                 }
             }
             Ok(buf.split_to(n).freeze())
         }
-        BodyFraming::Chunked => read_chunked(io, buf, limits.max_body_bytes, deadline).await,
+        BodyFraming::Chunked => read_chunked(io, buf, limits.max_body_bytes, t).await,
     }
 }
 
@@ -274,7 +293,7 @@ async fn line<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     max: usize,
-    deadline: Instant,
+    t: Timer<'_>,
 ) -> Result<usize, ReadError> {
     loop {
         if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
@@ -286,7 +305,7 @@ async fn line<R: AsyncRead + Unpin>(
         if buf.len() > max {
             return Err(ReadError::BadRequest("chunk line too long"));
         }
-        if read_more(io, buf, deadline).await? == 0 {
+        if read_more(io, buf, t).await? == 0 {
             return Err(ReadError::BadRequest("connection closed mid-body"));
         }
     }
@@ -296,11 +315,11 @@ async fn read_chunked<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     max_body: u64,
-    deadline: Instant,
+    t: Timer<'_>,
 ) -> Result<Bytes, ReadError> {
     let mut body = BytesMut::new();
     loop {
-        let len = line(io, buf, 1024, deadline).await?;
+        let len = line(io, buf, 1024, t).await?;
         let size_line = &buf[..len];
         let size_part = size_line.split(|&b| b == b';').next().unwrap_or(&[]);
         if size_part.is_empty() || size_part.len() > 15 || !size_part.iter().all(u8::is_ascii_hexdigit) {
@@ -313,7 +332,7 @@ async fn read_chunked<R: AsyncRead + Unpin>(
             // Trailers: lines up to an empty one; dropped, not forwarded.
             let mut trailer_bytes = 0;
             loop {
-                let len = line(io, buf, 8192, deadline).await?;
+                let len = line(io, buf, 8192, t).await?;
                 buf.advance(len + 2);
                 if len == 0 {
                     return Ok(body.freeze());
@@ -329,7 +348,7 @@ async fn read_chunked<R: AsyncRead + Unpin>(
         }
         let need = size as usize + 2;
         while buf.len() < need {
-            if read_more(io, buf, deadline).await? == 0 {
+            if read_more(io, buf, t).await? == 0 {
                 return Err(ReadError::BadRequest("connection closed mid-body"));
             }
         }
@@ -459,11 +478,24 @@ mod tests {
     }
 
     async fn read(raw: &[u8]) -> Result<(RequestHead, Bytes), ReadError> {
+        let clock = Clock::new();
+        let sweeper = tokio::spawn(clock.clone().run());
+        let deadline = clock.deadline();
+        let t = Timer {
+            clock: &clock,
+            deadline: &deadline,
+        };
         let mut io = raw;
         let mut buf = BytesMut::new();
-        let head = read_head(&mut io, &mut buf, &limits()).await?;
-        let body = read_body(&mut io, &mut buf, head.body, &limits()).await?;
-        Ok((head, body))
+        let head = read_head(&mut io, &mut buf, &limits(), t).await;
+        let result = match head {
+            Ok(head) => read_body(&mut io, &mut buf, head.body, &limits(), t)
+                .await
+                .map(|b| (head, b)),
+            Err(e) => Err(e),
+        };
+        sweeper.abort();
+        result
     }
 
     #[tokio::test]
@@ -543,15 +575,23 @@ mod tests {
 
     #[tokio::test]
     async fn stalled_clients_time_out() {
+        let clock = Clock::new();
+        let sweeper = tokio::spawn(clock.clone().run());
+        let deadline = clock.deadline();
+        let t = Timer {
+            clock: &clock,
+            deadline: &deadline,
+        };
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
         let mut buf = BytesMut::new();
-        let r = read_head(&mut server, &mut buf, &limits()).await;
+        let r = read_head(&mut server, &mut buf, &limits(), t).await;
         assert_eq!(r.unwrap_err(), ReadError::Timeout);
         // An idle connection that never sent a byte is closed quietly.
         let (_c, mut s) = tokio::io::duplex(1024);
-        let r = read_head(&mut s, &mut BytesMut::new(), &limits()).await;
+        let r = read_head(&mut s, &mut BytesMut::new(), &limits(), t).await;
         assert_eq!(r.unwrap_err(), ReadError::Closed);
+        sweeper.abort();
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod backend;
 pub mod config;
+mod deadline;
 mod health_check;
 pub mod http1;
 pub mod metrics;
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub connection_slots: Arc<Semaphore>,
     /// Flips to true when shutdown starts.
     pub stopping: watch::Receiver<bool>,
+    /// Coarse clock of the data path's deadlines.
+    pub clock: Arc<deadline::Clock>,
 }
 
 impl Shared {
@@ -102,6 +105,7 @@ impl LoadBalancer {
             read_limits,
             connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             stopping,
+            clock: deadline::Clock::new(),
             config,
         });
         for spec in &shared.config.backends {
@@ -173,6 +177,7 @@ impl LoadBalancer {
                 .context("starting a worker thread")?;
             workers.push(worker);
         }
+        let sweeper = tokio::spawn(shared.clock.clone().run());
         let health = tokio::spawn(health_check::run(shared.clone()));
         let admin = tokio::spawn(admin::serve(admin_listener, shared.clone()));
         tracing::info!(
@@ -197,6 +202,7 @@ impl LoadBalancer {
         }
         health.abort();
         admin.abort();
+        sweeper.abort();
         tracing::info!("load balancer stopped");
         Ok(())
     }

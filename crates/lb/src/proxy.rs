@@ -109,6 +109,11 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
     let mut stopping = shared.stopping.clone();
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let client = Peer::new(peer, &shared.config.trusted_proxies);
+    let deadline = shared.clock.deadline();
+    let t = http1::Timer {
+        clock: &shared.clock,
+        deadline: &deadline,
+    };
     // Per-connection scratch space: the encoded request, the response out.
     let mut scratch = (Vec::with_capacity(1024), Vec::with_capacity(1024));
     loop {
@@ -120,16 +125,16 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         let read = if buf.is_empty() {
             tokio::select! {
                 biased;
-                r = http1::read_head(&mut stream, &mut buf, &limits) => Some(r),
+                r = http1::read_head(&mut stream, &mut buf, &limits, t) => Some(r),
                 _ = stopping.wait_for(|s| *s) => None,
             }
         } else {
-            Some(http1::read_head(&mut stream, &mut buf, &limits).await)
+            Some(http1::read_head(&mut stream, &mut buf, &limits, t).await)
         };
         let read = match read {
             Some(r) => r,
             None if buf.is_empty() => break,
-            None => http1::read_head(&mut stream, &mut buf, &limits).await,
+            None => http1::read_head(&mut stream, &mut buf, &limits, t).await,
         };
         let head = match read {
             Ok(h) => h,
@@ -143,13 +148,24 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
                 return;
             }
         }
-        let body = match http1::read_body(&mut stream, &mut buf, head.body, &limits).await {
+        let body = match http1::read_body(&mut stream, &mut buf, head.body, &limits, t).await {
             Ok(b) => b,
             Err(e) => return refuse(&mut stream, shared, &e).await,
         };
         // HTTP/1.0 clients get one request per connection.
         let keep_alive = head.keep_alive && head.minor_version == 1 && !*stopping.borrow();
-        match proxy_request(shared, &mut stream, &client, &mut scratch, head, body, keep_alive).await {
+        match proxy_request(
+            shared,
+            &mut stream,
+            &client,
+            &mut scratch,
+            head,
+            body,
+            keep_alive,
+            t,
+        )
+        .await
+        {
             Ok(true) => {}
             Ok(false) | Err(_) => break,
         }
@@ -228,6 +244,7 @@ async fn proxy_request(
     head: RequestHead,
     body: Bytes,
     keep_alive: bool,
+    t: http1::Timer<'_>,
 ) -> std::io::Result<bool> {
     let started = shared.config.access_log.then(Instant::now);
     let RequestHead {
@@ -246,7 +263,7 @@ async fn proxy_request(
     };
 
     upstream::encode_request(request, &method, &target, &headers, &body);
-    let (result, backend) = forward(shared, &method, request, key).await;
+    let (result, backend) = forward(shared, &method, request, key, t).await;
     let (status, keep) = match result {
         Ok((response, in_flight)) => {
             let status = response.status;
@@ -257,7 +274,7 @@ async fn proxy_request(
                 request_id: &request_id,
             };
             let keep = response
-                .relay(stream, out, &side, &shared.upstream, &in_flight.0)
+                .relay(stream, out, &side, &shared.upstream, &in_flight.0, t)
                 .await;
             drop(in_flight);
             (status, keep?)
@@ -301,7 +318,13 @@ type Forwarded = (
 );
 
 /// Tries backends until one answers or the retry rules say stop.
-async fn forward(shared: &Shared, method: &Method, request: &[u8], key: u64) -> Forwarded {
+async fn forward(
+    shared: &Shared,
+    method: &Method,
+    request: &[u8],
+    key: u64,
+    t: http1::Timer<'_>,
+) -> Forwarded {
     let attempts = 1 + shared.config.retries as usize;
     let mut tried: Vec<SocketAddr> = Vec::with_capacity(attempts);
     let mut last_failure = Failure::Unavailable;
@@ -318,7 +341,7 @@ async fn forward(shared: &Shared, method: &Method, request: &[u8], key: u64) -> 
         let in_flight = InFlight::new(b.clone());
         b.metrics.requests.inc();
         let sent = Instant::now();
-        match shared.upstream.send(&b, request, method).await {
+        match shared.upstream.send(&b, request, method, t).await {
             Ok(response) => {
                 b.metrics.latency.observe(sent.elapsed().as_secs_f64());
                 let result = if response.status >= 500 {

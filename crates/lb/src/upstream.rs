@@ -12,6 +12,7 @@
 //! the connection are passed on and close the client connection too.
 
 use crate::backend::Backend;
+use crate::http1::Timer;
 use bytes::{Buf, BytesMut};
 use http::{HeaderMap, Method};
 use std::io;
@@ -117,23 +118,24 @@ impl Upstream {
         b: &Backend,
         request: &[u8],
         method: &Method,
+        t: Timer<'_>,
     ) -> Result<Response, SendError> {
         let (mut conn, mut buf) = self.connection(b).await?;
         if let Err(e) = conn.write_all(request).await {
             return Err(SendError::Broken(e));
         }
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        t.deadline.set_after(t.clock, self.timeout);
         loop {
-            match tokio::time::timeout_at(deadline, conn.read_buf(&mut buf)).await {
-                Err(_) => return Err(SendError::Timeout),
-                Ok(Err(e)) => return Err(SendError::Broken(e)),
-                Ok(Ok(0)) => {
+            match t.deadline.guard(t.clock, conn.read_buf(&mut buf)).await {
+                None => return Err(SendError::Timeout),
+                Some(Err(e)) => return Err(SendError::Broken(e)),
+                Some(Ok(0)) => {
                     return Err(SendError::Broken(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "connection closed before a response",
                     )))
                 }
-                Ok(Ok(_)) => {}
+                Some(Ok(_)) => {}
             }
             match parse_response(&mut buf, method)? {
                 Parsed::Partial => {
@@ -293,6 +295,7 @@ impl Response {
         side: &ClientSide<'_>,
         upstream: &Upstream,
         b: &Backend,
+        t: Timer<'_>,
     ) -> io::Result<bool> {
         let decode = self.framing == Framing::Chunked && !side.http11;
         let mut keep = side.keep_alive && self.framing != Framing::UntilClose && !decode;
@@ -342,10 +345,11 @@ impl Response {
                 client.write_all(out).await?;
                 out.clear();
             }
-            let read = tokio::time::timeout(upstream.timeout, self.conn.read_buf(&mut self.buf)).await;
+            t.deadline.set_after(t.clock, upstream.timeout);
+            let read = t.deadline.guard(t.clock, self.conn.read_buf(&mut self.buf)).await;
             match read {
-                Ok(Ok(0)) if self.framing == Framing::UntilClose => ended = true,
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => {
+                Some(Ok(0)) if self.framing == Framing::UntilClose => ended = true,
+                Some(Ok(0)) | Some(Err(_)) | None => {
                     // The backend died mid-body: the head is out, so the only
                     // honest signal left is closing the client connection.
                     tracing::warn!(request_id = side.request_id, backend = %b.addr, "backend response cut short");
@@ -353,7 +357,7 @@ impl Response {
                     client.write_all(out).await?;
                     return Ok(false);
                 }
-                Ok(Ok(_)) => {}
+                Some(Ok(_)) => {}
             }
         }
         if decode {
