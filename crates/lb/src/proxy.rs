@@ -71,6 +71,16 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// What a client connection carries from one request to the next.
+struct Connection<'a> {
+    peer: Peer,
+    /// Scratch space: the request encoded for the backend, the response
+    /// encoded for the client.
+    request: Vec<u8>,
+    out: Vec<u8>,
+    timer: http1::Timer<'a>,
+}
+
 /// The client of a connection, worked out once per connection.
 struct Peer {
     addr: SocketAddr,
@@ -108,14 +118,17 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
     let limits = shared.read_limits;
     let mut stopping = shared.stopping.clone();
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let client = Peer::new(peer, &shared.config.trusted_proxies);
     let deadline = shared.clock.deadline();
     let t = http1::Timer {
         clock: &shared.clock,
         deadline: &deadline,
     };
-    // Per-connection scratch space: the encoded request, the response out.
-    let mut scratch = (Vec::with_capacity(1024), Vec::with_capacity(1024));
+    let mut conn = Connection {
+        peer: Peer::new(peer, &shared.config.trusted_proxies),
+        request: Vec::with_capacity(1024),
+        out: Vec::with_capacity(1024),
+        timer: t,
+    };
     loop {
         if *stopping.borrow() {
             break;
@@ -154,18 +167,7 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         };
         // HTTP/1.0 clients get one request per connection.
         let keep_alive = head.keep_alive && head.minor_version == 1 && !*stopping.borrow();
-        match proxy_request(
-            shared,
-            &mut stream,
-            &client,
-            &mut scratch,
-            head,
-            body,
-            keep_alive,
-            t,
-        )
-        .await
-        {
+        match proxy_request(shared, &mut stream, &mut conn, head, body, keep_alive).await {
             Ok(true) => {}
             Ok(false) | Err(_) => break,
         }
@@ -239,13 +241,18 @@ impl Failure {
 async fn proxy_request(
     shared: &Shared,
     stream: &mut TcpStream,
-    peer: &Peer,
-    (request, out): &mut (Vec<u8>, Vec<u8>),
+    conn: &mut Connection<'_>,
     head: RequestHead,
     body: Bytes,
     keep_alive: bool,
-    t: http1::Timer<'_>,
 ) -> std::io::Result<bool> {
+    let Connection {
+        peer,
+        request,
+        out,
+        timer: t,
+    } = conn;
+    let t = *t;
     let started = shared.config.access_log.then(Instant::now);
     let RequestHead {
         method,
