@@ -328,9 +328,20 @@ impl SessionToken {
             .then(|| SessionToken(s.to_ascii_lowercase()))
     }
 
-    /// Wraps freshly generated token text.
-    pub fn from_generated(s: String) -> Self {
-        SessionToken(s)
+    /// A fresh token: 32 bytes (256 bits) from the OS-seeded CSPRNG,
+    /// hex-encoded. Every session store issues tokens this way.
+    pub fn generate() -> Self {
+        use rand::RngCore;
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        SessionToken(hex::encode(bytes))
+    }
+
+    /// What a store keeps of a token: its SHA-256, hex-encoded, so a leaked
+    /// store holds no usable session.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(self.0.as_bytes()))
     }
 
     /// The secret itself, for the cookie and for hashing only.
@@ -386,6 +397,18 @@ pub struct QueueDepth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_tokens_are_fresh_256_bit_hex_and_stored_only_as_a_digest() {
+        let (a, b) = (SessionToken::generate(), SessionToken::generate());
+        assert_eq!(a.expose().len(), 64);
+        assert!(SessionToken::parse(a.expose()).is_some());
+        assert_ne!(a, b);
+        let h = a.digest();
+        assert_eq!(h.len(), 64);
+        assert_ne!(h, a.expose());
+        assert_eq!(h, a.digest());
+    }
 
     #[test]
     fn usernames() {

@@ -5,8 +5,6 @@ use crate::{backend, now_ms};
 use async_trait::async_trait;
 use domain::ports::SessionStore;
 use domain::*;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -23,23 +21,10 @@ impl PgSessionStore {
     }
 }
 
-/// A fresh token: 32 bytes from the OS-seeded CSPRNG, hex-encoded.
-fn generate_token() -> SessionToken {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    SessionToken::from_generated(hex::encode(bytes))
-}
-
-/// What the store keeps of a token: the same hex SHA-256 as store-sqlite, so
-/// a table copied from one engine to the other keeps its sessions.
-pub(crate) fn token_hash(token: &SessionToken) -> String {
-    hex::encode(Sha256::digest(token.expose().as_bytes()))
-}
-
 #[async_trait]
 impl SessionStore for PgSessionStore {
     async fn create(&self, user: UserId, ttl: Duration) -> Result<SessionToken, BackendError> {
-        let token = generate_token();
+        let token = SessionToken::generate();
         // `now()` is one instant per statement, so both times agree.
         sqlx::query(concat!(
             "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, ",
@@ -48,7 +33,7 @@ impl SessionStore for PgSessionStore {
             now_ms!(),
             " + $3)"
         ))
-        .bind(token_hash(&token))
+        .bind(token.digest())
         .bind(user.0)
         .bind(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2))
         .execute(&self.pool)
@@ -68,7 +53,7 @@ impl SessionStore for PgSessionStore {
             "SELECT user_id, expires_at FROM sessions WHERE token_hash = $1 AND expires_at > ",
             now_ms!()
         ))
-        .bind(token_hash(token))
+        .bind(token.digest())
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
@@ -80,26 +65,10 @@ impl SessionStore for PgSessionStore {
 
     async fn delete(&self, token: &SessionToken) -> Result<(), BackendError> {
         sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-            .bind(token_hash(token))
+            .bind(token.digest())
             .execute(&self.pool)
             .await
             .map_err(backend)?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_fresh_and_hashed() {
-        let (a, b) = (generate_token(), generate_token());
-        assert_eq!(a.expose().len(), 64);
-        assert_ne!(a, b);
-        let h = token_hash(&a);
-        assert_eq!(h.len(), 64);
-        assert_ne!(h, a.expose());
-        assert_eq!(h, token_hash(&a));
     }
 }

@@ -5,8 +5,6 @@ use crate::backend;
 use async_trait::async_trait;
 use domain::ports::SessionStore;
 use domain::*;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
 use std::time::Duration;
 
@@ -23,25 +21,13 @@ impl SqlSessionStore {
     }
 }
 
-/// A fresh token: 32 bytes from the OS-seeded CSPRNG, hex-encoded.
-pub fn generate_token() -> SessionToken {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    SessionToken::from_generated(hex::encode(bytes))
-}
-
-/// What the store keeps of a token.
-pub fn token_hash(token: &SessionToken) -> String {
-    hex::encode(Sha256::digest(token.expose().as_bytes()))
-}
-
 #[async_trait]
 impl SessionStore for SqlSessionStore {
     async fn create(&self, user: UserId, ttl: Duration) -> Result<SessionToken, BackendError> {
-        let token = generate_token();
+        let token = SessionToken::generate();
         let now = now_millis();
         sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
-            .bind(token_hash(&token))
+            .bind(token.digest())
             .bind(user.0)
             .bind(now)
             .bind(now + ttl.as_millis() as i64)
@@ -62,7 +48,7 @@ impl SessionStore for SqlSessionStore {
         let row: Option<(i64, i64)> = sqlx::query_as(
             "SELECT user_id, expires_at FROM sessions WHERE token_hash = ? AND expires_at > ?",
         )
-        .bind(token_hash(token))
+        .bind(token.digest())
         .bind(now_millis())
         .fetch_optional(&self.pool)
         .await
@@ -75,7 +61,7 @@ impl SessionStore for SqlSessionStore {
 
     async fn delete(&self, token: &SessionToken) -> Result<(), BackendError> {
         sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
-            .bind(token_hash(token))
+            .bind(token.digest())
             .execute(&self.pool)
             .await
             .map_err(backend)?;
