@@ -46,3 +46,46 @@ impl QueueConfig {
             .min(self.max_backoff_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped() {
+        let c = QueueConfig {
+            max_attempts: 3,
+            backoff_ms: 20,
+            max_backoff_ms: 1000,
+        };
+        assert_eq!(c.backoff(1), 20);
+        assert_eq!(c.backoff(2), 40);
+        assert_eq!(c.backoff(4), 160);
+        assert_eq!(c.backoff(40), 1000);
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(
+            QueueConfig::default(),
+            QueueConfig {
+                max_attempts: 5,
+                backoff_ms: 1000,
+                max_backoff_ms: 60_000
+            }
+        );
+    }
+
+    #[test]
+    fn serde_form() {
+        let c: QueueConfig = serde_json::from_str(r#"{"max_attempts": 2}"#).unwrap();
+        assert_eq!(
+            c,
+            QueueConfig {
+                max_attempts: 2,
+                ..QueueConfig::default()
+            }
+        );
+        assert!(serde_json::from_str::<QueueConfig>(r#"{"max_attempt": 2}"#).is_err());
+    }
+}

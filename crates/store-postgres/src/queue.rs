@@ -153,44 +153,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_is_capped() {
-        let c = QueueConfig {
-            max_attempts: 3,
-            backoff_ms: 20,
-            max_backoff_ms: 1000,
-        };
-        assert_eq!(c.backoff(1), 20);
-        assert_eq!(c.backoff(2), 40);
-        assert_eq!(c.backoff(4), 160);
-        assert_eq!(c.backoff(40), 1000);
-    }
-
-    #[test]
-    fn config_defaults_match_store_sqlite() {
-        assert_eq!(
-            QueueConfig::default(),
-            QueueConfig {
-                max_attempts: 5,
-                backoff_ms: 1000,
-                max_backoff_ms: 60_000
-            }
-        );
-    }
-
-    #[test]
-    fn config_serde_matches_store_sqlite() {
-        let c: QueueConfig = serde_json::from_str(r#"{"max_attempts": 2}"#).unwrap();
-        assert_eq!(
-            c,
-            QueueConfig {
-                max_attempts: 2,
-                ..QueueConfig::default()
-            }
-        );
-        assert!(serde_json::from_str::<QueueConfig>(r#"{"max_attempt": 2}"#).is_err());
-    }
-
-    #[test]
     fn huge_durations_saturate() {
         assert_eq!(millis(Duration::from_millis(1500)), 1500);
         assert!(millis(Duration::MAX) > 0);

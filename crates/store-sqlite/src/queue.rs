@@ -208,14 +208,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn backoff_is_capped() {
-        let c = fast();
-        assert_eq!(c.backoff(1), 20);
-        assert_eq!(c.backoff(4), 160);
-        assert_eq!(c.backoff(40), 1000);
-    }
-
     #[tokio::test]
     async fn concurrent_consumers_never_share_a_job() {
         let (q, _d) = queue(fast()).await;
