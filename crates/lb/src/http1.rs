@@ -362,16 +362,24 @@ async fn read_chunked<R: AsyncRead + Unpin>(
 
 /// Hop-by-hop headers: meaningful for one connection only, never forwarded.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    use http::header::*;
-    name == CONNECTION
-        || name == TRANSFER_ENCODING
-        || name == TE
-        || name == TRAILER
-        || name == UPGRADE
-        || name == PROXY_AUTHORIZATION
-        || name == PROXY_AUTHENTICATE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+    is_hop_by_hop_bytes(name.as_str().as_bytes())
+}
+
+/// [`is_hop_by_hop`] on a raw header name (a backend's response head is
+/// relayed without parsing it into a `HeaderMap`).
+pub fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 9] = [
+        b"connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"keep-alive",
+        b"proxy-connection",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.

@@ -12,7 +12,7 @@
 //! the connection are passed on and close the client connection too.
 
 use crate::backend::Backend;
-use crate::http1::Timer;
+use crate::http1::{is_hop_by_hop_bytes, Timer};
 use bytes::{Buf, BytesMut};
 use http::{HeaderMap, Method};
 use std::io;
@@ -464,22 +464,6 @@ pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
-}
-
-/// [`is_hop_by_hop`] on a raw header name, without parsing it.
-fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 9] = [
-        b"connection",
-        b"transfer-encoding",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-        b"keep-alive",
-        b"proxy-connection",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 fn itoa3(n: u16) -> [u8; 3] {
