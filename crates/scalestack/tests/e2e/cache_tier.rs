@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Sum of `scalestack_cache_requests_total{cache="photo",result=...}` over the web servers.
-async fn photo_cache(up: &Up, result: &str) -> u64 {
-    let mut total = 0;
+/// Sum over the web servers of the samples of `metric` whose labels
+/// contain every one of `labels` (e.g. `result="hit"`).
+async fn web_metric(up: &Up, metric: &str, labels: &[&str]) -> f64 {
+    let mut total = 0.0;
     for web in &up.webs {
         let text = reqwest::get(format!("{web}/metrics"))
             .await
@@ -22,12 +23,23 @@ async fn photo_cache(up: &Up, result: &str) -> u64 {
             .unwrap();
         total += text
             .lines()
-            .filter(|l| l.starts_with("scalestack_cache_requests_total"))
-            .filter(|l| l.contains("cache=\"photo\"") && l.contains(&format!("result=\"{result}\"")))
+            .filter(|l| l.split(['{', ' ']).next() == Some(metric))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64;
+            .sum::<f64>();
     }
     total
+}
+
+/// `scalestack_cache_requests_total{cache="photo",result=...}` over the web servers.
+async fn photo_cache(up: &Up, result: &str) -> u64 {
+    let result = format!("result=\"{result}\"");
+    web_metric(
+        up,
+        "scalestack_cache_requests_total",
+        &["cache=\"photo\"", &result],
+    )
+    .await as u64
 }
 
 #[tokio::test]
@@ -110,20 +122,7 @@ async fn redis_can_die_under_load_without_a_failed_request_or_a_lost_session() {
     assert_eq!(failed.load(SeqCst), 0);
     assert_eq!(logged_out.load(SeqCst), 0, "sessions survive the Redis outage");
     assert!(errors > 0, "the outage was seen (and absorbed)");
-    let mut fallbacks = 0.0;
-    for web in &up.webs {
-        let text = reqwest::get(format!("{web}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        fallbacks += text
-            .lines()
-            .find(|l| l.starts_with("scalestack_session_redis_fallbacks_total"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    }
+    let fallbacks = web_metric(&up, "scalestack_session_redis_fallbacks_total", &[]).await;
     assert!(fallbacks > 0.0, "session reads fell back to SQL and were counted");
     let (status, log) = up.stop();
     assert!(status.success(), "{log}");
