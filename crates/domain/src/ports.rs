@@ -26,7 +26,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_photo(&self, id: PhotoId) -> Result<(), StoreError>;
     /// Looks a photo up.
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError>;
-    /// Moves a photo to a new status.
+    /// Moves a photo to a new status. A `ready` photo never becomes
+    /// `failed`: a late failure of one delivery of its job cannot undo the
+    /// success of another (the call then succeeds and changes nothing).
     async fn set_photo_status(&self, id: PhotoId, status: PhotoStatus) -> Result<(), StoreError>;
     /// Ids of a user's photos, newest first.
     async fn user_photo_ids(&self, owner: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError>;

@@ -381,6 +381,10 @@ pub enum NackOutcome {
     Retry { delay_ms: u64 },
     /// The retry budget is spent; it is in the dead-letter set.
     DeadLettered,
+    /// Nothing changed: this delivery no longer owned the job (its
+    /// visibility timeout ran out and another delivery claimed it, or it was
+    /// already acknowledged). The caller must not act on the failure.
+    Stale,
 }
 
 /// Counts of jobs by state.

@@ -109,8 +109,9 @@ impl JobQueue for PgJobQueue {
         let (state, delay_ms) = match outcome {
             NackOutcome::DeadLettered => ("dead", 0),
             NackOutcome::Retry { delay_ms } => ("queued", i64::try_from(delay_ms).unwrap_or(i64::MAX / 2)),
+            NackOutcome::Stale => unreachable!("decided by the update below"),
         };
-        sqlx::query(concat!(
+        let done = sqlx::query(concat!(
             "UPDATE jobs SET state = $1, run_at = ",
             now_ms!(),
             " + $2, locked_until = NULL, last_error = $3 \
@@ -124,6 +125,9 @@ impl JobQueue for PgJobQueue {
         .execute(&self.pool)
         .await
         .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Ok(NackOutcome::Stale);
+        }
         Ok(outcome)
     }
 

@@ -92,8 +92,9 @@ impl JobQueue for SqlJobQueue {
         let (state, run_at) = match outcome {
             NackOutcome::DeadLettered => ("dead", now_millis()),
             NackOutcome::Retry { delay_ms } => ("queued", now_millis() + delay_ms as i64),
+            NackOutcome::Stale => unreachable!("decided by the update below"),
         };
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE jobs SET state = ?, run_at = ?, locked_until = NULL, last_error = ? \
              WHERE id = ? AND attempts = ? AND state = 'running'",
         )
@@ -105,6 +106,9 @@ impl JobQueue for SqlJobQueue {
         .execute(&self.pool)
         .await
         .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Ok(NackOutcome::Stale);
+        }
         Ok(outcome)
     }
 
@@ -169,8 +173,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         let second = q.claim(VIS).await.unwrap().unwrap();
         assert_eq!((second.id, second.attempt), (first.id, 2));
-        // The first consumer's late ack is fenced off.
+        // The first consumer's late ack and nack are fenced off.
         q.ack(&first).await.unwrap();
+        assert_eq!(q.nack(&first, "late").await.unwrap(), NackOutcome::Stale);
         assert_eq!(q.depth().await.unwrap().in_flight, 1);
         q.ack(&second).await.unwrap();
         assert_eq!(q.depth().await.unwrap(), QueueDepth::default());

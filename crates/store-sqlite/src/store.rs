@@ -160,7 +160,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_photo_status(&self, id: PhotoId, status: PhotoStatus) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE photos SET status = ? WHERE id = ?")
+        let done = sqlx::query("UPDATE photos SET status = CASE WHEN status = 'ready' AND ?1 = 'failed' THEN status ELSE ?1 END WHERE id = ?2")
             .bind(status.as_str())
             .bind(id.0)
             .execute(&self.pool)

@@ -100,6 +100,9 @@ pub enum Outcome {
     Retrying,
     /// Failed for the last time; photo marked `failed`.
     DeadLettered,
+    /// Failed, but the job had already passed to another delivery (this
+    /// one outlived its visibility timeout): left to that one.
+    Stale,
 }
 
 /// A job consumer over connected backends.
@@ -161,6 +164,13 @@ impl Worker {
                 tracing::warn!(error, delay_ms, "job failed; will retry");
                 Ok(Outcome::Retrying)
             }
+            NackOutcome::Stale => {
+                tracing::warn!(
+                    error,
+                    "job failed, but another delivery owns it now; left to that one"
+                );
+                Ok(Outcome::Stale)
+            }
             NackOutcome::DeadLettered => {
                 tracing::error!(error, "job failed for the last time; dead-lettered");
                 if let Ok(p) = serde_json::from_slice::<ProcessPhoto>(&job.payload) {
@@ -180,11 +190,6 @@ impl Worker {
     }
 
     async fn handle(&self, job: &Job) -> anyhow::Result<Outcome> {
-        if job.attempt > job.max_attempts {
-            // The previous delivery never came back (the worker died in
-            // it, e.g. on a poison image): stop here.
-            anyhow::bail!("attempts exhausted by deliveries that never finished");
-        }
         anyhow::ensure!(job.kind == PROCESS_PHOTO, "unknown job kind {:?}", job.kind);
         let p: ProcessPhoto = serde_json::from_slice(&job.payload).context("malformed payload")?;
         let id = PhotoId(p.photo_id);
@@ -192,8 +197,15 @@ impl Worker {
         let Some(photo) = b.store.photo(id).await? else {
             return Ok(Outcome::Skipped);
         };
+        // Checked before the attempt budget: a slow last delivery may have
+        // finished after its visibility timeout handed the job out again.
         if photo.status == PhotoStatus::Ready {
             return Ok(Outcome::Done);
+        }
+        if job.attempt > job.max_attempts {
+            // The previous delivery never came back (the worker died in
+            // it, e.g. on a poison image): stop here.
+            anyhow::bail!("attempts exhausted by deliveries that never finished");
         }
         let original = b
             .blobs

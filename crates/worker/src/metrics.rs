@@ -24,7 +24,7 @@ impl WorkerMetrics {
         let jobs = IntCounterVec::new(
             Opts::new(
                 "jobs_total",
-                "Jobs handled by outcome (done, skipped, retrying, failed)",
+                "Jobs handled by outcome (done, skipped, retrying, failed, stale)",
             ),
             &["outcome"],
         )
@@ -53,6 +53,7 @@ impl WorkerMetrics {
             Outcome::Skipped => "skipped",
             Outcome::Retrying => "retrying",
             Outcome::DeadLettered => "failed",
+            Outcome::Stale => "stale",
         };
         self.jobs.with_label_values(&[label]).inc();
     }

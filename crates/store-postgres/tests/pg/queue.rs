@@ -79,12 +79,9 @@ async fn late_nack_is_fenced() {
     let first = q.claim(Duration::from_millis(10)).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(30)).await;
     let second = q.claim(VIS).await.unwrap().unwrap();
-    // The outcome is computed from the caller's job, but the row is not
-    // touched: the second delivery stays in flight with its lock.
-    assert_eq!(
-        q.nack(&first, "late").await.unwrap(),
-        NackOutcome::Retry { delay_ms: 20 }
-    );
+    // The row is not touched (the second delivery stays in flight with its
+    // lock) and the caller learns that its failure is not to be acted on.
+    assert_eq!(q.nack(&first, "late").await.unwrap(), NackOutcome::Stale);
     assert_eq!(
         q.depth().await.unwrap(),
         QueueDepth {

@@ -147,5 +147,36 @@ async fn deliveries_that_never_finish_end_the_job_without_a_crash_loop() {
     assert_eq!(w.run_once().await.unwrap(), Some(Outcome::DeadLettered));
     assert_eq!(status(&b, id).await, PhotoStatus::Failed);
     assert_eq!(b.queue.depth().await.unwrap().dead, 1);
+    assert_eq!(w.metrics().jobs("failed"), 1);
     assert_eq!(w.run_once().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_late_success_is_not_undone_by_the_redelivery_it_outlived() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(&dir).await;
+    let id = stored_photo(&b, imaging::samples::png(40, 30)).await;
+    // Both deliveries of the budget time out, as if the last one were slow...
+    let mut slow = None;
+    for _ in 0..2 {
+        slow = b.queue.claim(Duration::from_millis(1)).await.unwrap();
+        assert!(slow.is_some());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ...and the slow one finishes after all: the photo is ready.
+    b.store.set_photo_status(id, PhotoStatus::Ready).await.unwrap();
+    // The redelivery that outlived the budget finds the photo ready.
+    let w = Worker::new(b.clone(), WorkerSettings::default());
+    assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Done));
+    assert_eq!(status(&b, id).await, PhotoStatus::Ready);
+    // The slow delivery's own failure report, had it failed, changes nothing.
+    let slow = slow.unwrap();
+    assert_eq!(
+        b.queue.nack(&slow, "late").await.unwrap(),
+        domain::NackOutcome::Stale
+    );
+    // And a failure can never turn a ready photo back.
+    b.store.set_photo_status(id, PhotoStatus::Failed).await.unwrap();
+    assert_eq!(status(&b, id).await, PhotoStatus::Ready);
+    assert_eq!(b.queue.depth().await.unwrap(), Default::default());
 }
