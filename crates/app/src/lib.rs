@@ -91,7 +91,8 @@ pub fn router(backends: Backends, settings: WebSettings) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { error::ApiError::NotFound("no such route") })
         .with_state(state)
-        .route_layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        // A layer, not a route layer: requests no route matched (404) count too.
+        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
         .layer(axum::middleware::from_fn(read_your_writes::layer))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req

@@ -3,7 +3,7 @@
 use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use axum::extract::multipart::MultipartError;
+use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -65,7 +65,9 @@ impl PhotoView {
 #[derive(Deserialize)]
 pub struct PageQuery {
     cursor: Option<String>,
-    limit: Option<u32>,
+    /// A string, parsed in [`PageQuery::page`], so a bad value gets the
+    /// API's error shape rather than the extractor's plain-text rejection.
+    limit: Option<String>,
 }
 
 /// Default and largest page size.
@@ -84,7 +86,10 @@ impl PageQuery {
                     .ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))?,
             )),
         };
-        let limit = self.limit.unwrap_or(PAGE_DEFAULT);
+        let limit = match self.limit.as_deref() {
+            None | Some("") => PAGE_DEFAULT,
+            Some(l) => l.parse::<u32>().unwrap_or(0),
+        };
         if !(1..=PAGE_MAX).contains(&limit) {
             return Err(ApiError::BadRequest(format!("limit must be 1 to {PAGE_MAX}")));
         }
@@ -154,34 +159,32 @@ async fn read_upload(mut multipart: Multipart) -> ApiResult<(Bytes, Option<Capti
 pub async fn upload(
     State(state): State<AppState>,
     user: CurrentUser,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
+    let multipart = multipart.map_err(|r| {
+        ApiError::UnsupportedMediaType(format!("expected a multipart/form-data body: {}", r.body_text()))
+    })?;
     let (file, caption) = read_upload(multipart).await?;
     let info = imaging::inspect(&file, state.settings.max_pixels)?;
-    let b = &state.backends;
-    let photo = b
-        .store
-        .create_photo(&NewPhoto {
-            owner_id: user.id,
-            caption,
-            format: info.format,
-            width: info.width,
-            height: info.height,
-        })
-        .await?;
-    let stored = async {
-        b.blobs.put(&photo.original_key(), file).await?;
-        let payload = serde_json::to_vec(&ProcessPhoto { photo_id: photo.id.0 }).expect("payload serialises");
-        b.queue.enqueue(PROCESS_PHOTO, &payload).await
+    let new = NewPhoto {
+        owner_id: user.id,
+        caption,
+        format: info.format,
+        width: info.width,
+        height: info.height,
+    };
+    // The writes run in a task of their own: a client that disconnects
+    // drops this handler, and must not stop it between the row and the job.
+    // The task carries the request's read-your-writes scope across.
+    use domain::consistency;
+    let task = consistency::scope(consistency::read_floor(), store_upload(state.clone(), new, file));
+    let (stored, written) = tokio::spawn(task)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("upload task failed: {e}")))?;
+    if let Some(lsn) = written {
+        consistency::note_write(lsn);
     }
-    .await;
-    if let Err(e) = stored {
-        let _ = b.blobs.delete(&photo.original_key()).await;
-        let _ = b.store.delete_photo(photo.id).await;
-        state.catalog.invalidate(user.id, Some(photo.id)).await;
-        return Err(e.into());
-    }
-    state.catalog.invalidate(user.id, None).await;
+    let photo = stored?;
     tracing::info!(
         user_id = user.id.0,
         photo_id = photo.id.0,
@@ -194,6 +197,32 @@ pub async fn upload(
         Json(serde_json::json!({ "id": photo.id.0, "status": photo.status })),
     )
         .into_response())
+}
+
+/// Stores an accepted upload: the row, the original, the job. If a later
+/// step fails the earlier ones are undone (and a failed undo is logged with
+/// what it left), so a refused upload leaves nothing behind.
+async fn store_upload(state: AppState, new: NewPhoto, file: Bytes) -> ApiResult<domain::Photo> {
+    let b = &state.backends;
+    let photo = b.store.create_photo(&new).await?;
+    let stored = async {
+        b.blobs.put(&photo.original_key(), file).await?;
+        let payload = serde_json::to_vec(&ProcessPhoto { photo_id: photo.id.0 }).expect("payload serialises");
+        b.queue.enqueue(PROCESS_PHOTO, &payload).await
+    }
+    .await;
+    if let Err(e) = stored {
+        if let Err(undo) = b.blobs.delete(&photo.original_key()).await {
+            tracing::error!(photo_id = photo.id.0, error = %undo, "failed upload: its original could not be deleted");
+        }
+        if let Err(undo) = b.store.delete_photo(photo.id).await {
+            tracing::error!(photo_id = photo.id.0, error = %undo, "failed upload: its row could not be deleted");
+        }
+        state.catalog.invalidate(new.owner_id, Some(photo.id)).await;
+        return Err(e.into());
+    }
+    state.catalog.invalidate(new.owner_id, None).await;
+    Ok(photo)
 }
 
 /// `GET /api/photos/{id}`.

@@ -256,6 +256,17 @@ async fn refused_uploads_leave_nothing_behind() {
         .upload(&c, samples::png(4, 4), "a.png", Some(&"x".repeat(501)))
         .await;
     assert_eq!(r.status(), 422);
+    // Not multipart at all: 415, in the API's error shape.
+    let r = c
+        .post(app.url("/api/photos"))
+        .header("content-type", "image/png")
+        .body(samples::png(4, 4))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("multipart"), "{body}");
     app.assert_nothing_stored("frank").await;
 
     // Not logged in.
@@ -288,6 +299,9 @@ async fn an_undecodable_image_ends_failed_after_its_retries() {
 async fn pagination_stays_correct_while_photos_arrive() {
     let app = spawn_app().await;
     let h = app.user("hana").await;
+    let fan = app.user("hanafan").await;
+    let r = fan.post(app.url("/api/users/hana/follow")).send().await.unwrap();
+    assert_eq!(r.status(), 204);
     let mut ids = vec![];
     for _ in 0..5 {
         let r = app.upload(&h, samples::png(8, 8), "p.png", None).await;
@@ -318,11 +332,34 @@ async fn pagination_stays_correct_while_photos_arrive() {
     // The first page, read again, shows the newcomer: the list cache was
     // invalidated by the upload.
     let (_, again) = app.get_json(&h, "/api/users/hana/photos?limit=2").await;
-    assert!(id_of(&again["photos"][0]) > ids[0]);
+    let newest = id_of(&again["photos"][0]);
+    assert!(newest > ids[0]);
 
-    for bad in ["cursor=abc", "cursor=-1", "limit=0", "limit=1000"] {
+    // The follower's feed pages the same way: all six, newest first.
+    let (_, f1) = app.get_json(&fan, "/api/feed?limit=4").await;
+    let cursor = f1["next_cursor"].as_str().unwrap().to_owned();
+    let (_, f2) = app
+        .get_json(&fan, &format!("/api/feed?limit=4&cursor={cursor}"))
+        .await;
+    let feed: Vec<i64> = [&f1, &f2]
+        .iter()
+        .flat_map(|p| p["photos"].as_array().unwrap().iter().map(id_of))
+        .collect();
+    let expected: Vec<i64> = std::iter::once(newest).chain(ids.iter().copied()).collect();
+    assert_eq!(feed, expected);
+    assert_eq!(f2["next_cursor"], Value::Null);
+
+    for bad in [
+        "cursor=abc",
+        "cursor=-1",
+        "limit=0",
+        "limit=1000",
+        "limit=abc",
+        "limit=-5",
+    ] {
         let (s, v) = app.get_json(&h, &format!("/api/users/hana/photos?{bad}")).await;
         assert_eq!(s, 400, "{bad}: {v}");
+        assert!(v["error"].is_string(), "{bad}: {v}");
     }
     assert_eq!(app.get_json(&h, "/api/users/nobody/photos").await.0, 404);
     assert_eq!(app.get_json(&h, "/api/users/..%2f/photos").await.0, 404);
@@ -433,4 +470,15 @@ async fn operational_endpoints() {
     assert_eq!(app.get_json(&c, "/api/photos/999999").await.0, 404);
     assert_eq!(app.get_json(&c, "/api/photos/abc").await.0, 404);
     assert_eq!(app.get_json(&c, "/no/such/route").await.0, 404);
+    // Requests that matched no route are counted too, under one series.
+    let metrics = c
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let needle = r#"scalestack_http_requests_total{method="GET",route="unmatched",status="404"} 1"#;
+    assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
 }
