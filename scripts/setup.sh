@@ -45,5 +45,7 @@ if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust from https://rustup.rs" >&2
     exit 1
 fi
-rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
+for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
 echo "setup: ok"

@@ -97,7 +97,7 @@ enum CtlCommand {
 
 #[derive(clap::Args, Default)]
 struct UpArgs {
-    /// Topology file (TOML); without it the built-in single-server topology.
+    /// Topology file (TOML); without it the built-in default (topologies/web-tier.toml).
     #[arg(long, env = "SCALESTACK_TOPOLOGY")]
     topology: Option<PathBuf>,
     /// Overrides `[data] dir` of the topology.

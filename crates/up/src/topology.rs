@@ -265,6 +265,13 @@ impl Topology {
                 "{name}: port 0 only with count = 1"
             );
         }
+        anyhow::ensure!(
+            self.worker.settings.max_pixels >= self.web.settings.max_pixels,
+            "worker.max_pixels ({}) is below web.max_pixels ({}): uploads the web tier accepts would \
+             fail in the worker; raise worker.max_pixels too",
+            self.worker.settings.max_pixels,
+            self.web.settings.max_pixels
+        );
         let web: Vec<_> = self.web_addrs().collect();
         let workers: Vec<_> = (0..self.worker.count)
             .map(|i| nth(self.worker.metrics_listen, i))
@@ -416,6 +423,13 @@ mod tests {
         assert_eq!(t.public_url(), "http://127.0.0.1:8080");
         assert_eq!(t.web_configs(&t.backends(Path::new("/d"))).len(), 1);
         assert!(t.lb_config().is_none());
+    }
+
+    #[test]
+    fn the_worker_decodes_whatever_the_web_tier_accepts() {
+        let e = Topology::parse("[web]\nmax_pixels = 50000000").unwrap_err();
+        assert!(e.to_string().contains("worker.max_pixels"), "{e}");
+        Topology::parse("[web]\nmax_pixels = 50000000\n[worker]\nmax_pixels = 50000000").unwrap();
     }
 
     #[test]
