@@ -128,8 +128,13 @@ impl Up {
     }
 
     /// Sends SIGTERM and waits (at most 30 s) for a clean exit.
-    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
-        signal(self.child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    pub fn stop(self) -> (std::process::ExitStatus, String) {
+        self.stop_with(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// Sends `sig` (SIGINT is Ctrl-C) and waits (at most 30 s) for an exit.
+    pub fn stop_with(mut self, sig: nix::sys::signal::Signal) -> (std::process::ExitStatus, String) {
+        signal(self.child.id() as i32, sig);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -24,11 +24,14 @@ async fn signup(web: &str, name: &str) -> reqwest::Client {
 }
 
 async fn upload_and_wait(web: &str, c: &reqwest::Client) -> Value {
+    let id = upload(web, c, imaging::samples::jpeg(640, 480)).await;
+    wait_processed(web, c, id).await
+}
+
+/// Uploads a JPEG; returns the photo's id.
+async fn upload(web: &str, c: &reqwest::Client, jpeg: Vec<u8>) -> i64 {
     let form = Form::new()
-        .part(
-            "file",
-            Part::bytes(imaging::samples::jpeg(640, 480)).file_name("p.jpg"),
-        )
+        .part("file", Part::bytes(jpeg).file_name("p.jpg"))
         .text("caption", "e2e");
     let r = c
         .post(format!("{web}/api/photos"))
@@ -37,7 +40,11 @@ async fn upload_and_wait(web: &str, c: &reqwest::Client) -> Value {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+}
+
+/// Polls a photo until it leaves `processing` (at most 60 s).
+async fn wait_processed(web: &str, c: &reqwest::Client, id: i64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let p: Value = c
@@ -83,11 +90,44 @@ async fn up_serves_the_app_until_stopped() {
     assert!(up.data().join("scalestack.db").exists(), "state under ./data");
 
     let pids = [up.pid("web-1").unwrap(), up.pid("worker-1").unwrap()];
-    let (status, log) = up.stop();
+    let public = up.web.clone();
+    // Ctrl-C, as a user at the terminal stops it.
+    let (status, log) = up.stop_with(Signal::SIGINT);
     assert!(status.success(), "up exited with {status}; log:\n{log}");
+    assert!(log.contains(&public), "up printed its address: {log}");
     assert!(log.contains("child stopped"), "{log}");
     for pid in pids {
         assert!(!alive(pid), "child {pid} outlived up");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_sent_sigterm_mid_job_finishes_it_first() {
+    let up = Up::start("");
+    up.wait_ok(&format!("{}/readyz", up.web), 60).await;
+    let c = signup(&up.web, "sig").await;
+    // Large enough that rendering takes a while.
+    let id = upload(&up.web, &c, imaging::samples::jpeg(3000, 2000)).await;
+    let metrics = format!("{}/metrics", up.worker_metrics);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        if m.contains("scalestack_queue_depth{state=\"in_flight\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker never claimed the job: {m}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let old = up.pid("worker-1").unwrap();
+    signal(old, Signal::SIGTERM);
+    // Its replacement (up restarts it) cannot claim the job before the
+    // 120 s visibility timeout: a ready photo was finished by the old one.
+    let photo = wait_processed(&up.web, &c, id).await;
+    assert_eq!(photo["status"], "ready", "{photo}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(old) {
+        assert!(Instant::now() < deadline, "the worker did not exit after its job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
