@@ -287,21 +287,49 @@ json_field() {
     sed -E "s/.*\"$2\":(\"[^\"]*\"|[^,}]*).*/\1/; s/\"//g" <<<"$1"
 }
 
-# measure TARGET THREADS: closed then open loop against TARGET's port.
+# cpu_ticks PID: CPU time (user + system, in clock ticks) of PID and its
+# children (nginx's workers), so far.
+cpu_ticks() {
+    local p total=0 stat
+    for p in $1 $(ps -o pid= --ppid "$1"); do
+        stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        stat=${stat##*) }
+        # After the command name: state is field 3, utime 14 and stime 15.
+        total=$((total + $(awk '{print $12 + $13}' <<<"$stat")))
+    done
+    echo "$total"
+}
+
+# seconds D: a duration such as 10s or 2s in whole seconds ("" if another form).
+seconds() {
+    [[ $1 =~ ^([0-9]+)s$ ]] && echo "${BASH_REMATCH[1]}"
+}
+
+# measure TARGET THREADS PID: closed then open loop against TARGET's port. In
+# the open loop (a fixed number of requests) the CPU time PID spends is
+# measured too, in microseconds per request: what the proxy costs, free of
+# the competition for cores that the closed loop's throughput suffers.
 measure() {
-    local target=$1 threads=$2 mode json
+    local target=$1 threads=$2 pid=$3 mode json cpu before
     local url="http://127.0.0.1:${PORT[$target]}/"
+    local run_secs=$(($(seconds "$DURATION") + $(seconds "$WARMUP")))
     for mode in closed open; do
         local rate_args=()
         [[ $mode == open ]] && rate_args=(--rate "$RATE")
         echo "bench-lb: $target, $threads thread(s), $mode loop ..." >&2
+        before=$(cpu_ticks "$pid")
         json=$("$BIN" bench http --url "$url" --connections "$CONNECTIONS" --duration "$DURATION" \
             --warmup "$WARMUP" --threads "$LOAD_THREADS" "${rate_args[@]}" --json)
+        cpu=-
+        if [[ $mode == open && $target != direct ]]; then
+            cpu=$(awk -v t="$(($(cpu_ticks "$pid") - before))" -v hz="$(getconf CLK_TCK)" \
+                -v n="$((RATE * run_secs))" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+        fi
         echo "$target $threads $json" >>"$WORK/results.jsonl"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$threads" "$mode" \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$threads" "$mode" \
             "$(json_field "$json" rps)" "$(json_field "$json" p50_us)" "$(json_field "$json" p99_us)" \
             "$(json_field "$json" p999_us)" "$(json_field "$json" errors)" \
-            "$(json_field "$json" non_2xx)" >>"$RESULTS"
+            "$(json_field "$json" non_2xx)" "$cpu" >>"$RESULTS"
     done
 }
 
@@ -327,12 +355,12 @@ for threads in $THREADS_LIST; do
     backend_pid=$STARTED
     wait_ready backend "$backend_pid" "${PORT[direct]}" "$WORK/backend-$threads.log"
 
-    measure direct "$threads"
+    measure direct "$threads" "$backend_pid"
     for proxy in "${PROXIES[@]}"; do
         start_proxy "$proxy" "$threads"
         proxy_pid=$STARTED
         wait_ready "$proxy" "$proxy_pid" "${PORT[$proxy]}" "$WORK/$proxy-$threads/$proxy.log"
-        measure "$proxy" "$threads"
+        measure "$proxy" "$threads" "$proxy_pid"
         # Resident memory of the proxy and its children (nginx's workers), after the load.
         rss=$(ps -o rss= --pid "$proxy_pid" --ppid "$proxy_pid" | awk '{s += $1} END {print s}')
         printf '%s\t%s\t%s\n' "$proxy" "$threads" "$rss" >>"$WORK/rss.tsv"
@@ -344,19 +372,20 @@ done
 
 # --- report ------------------------------------------------------------------
 
-echo "| proxy | threads | mode | req/s | p50 ms | p99 ms | p99.9 ms | errors | non-2xx | req/s vs nginx | p99 vs nginx |"
-echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| proxy | threads | mode | req/s | p50 ms | p99 ms | p99.9 ms | errors | non-2xx | CPU µs/req | req/s vs nginx | p99 vs nginx | CPU vs nginx |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 awk -F'\t' '
-    { row[NR] = $0; if ($1 == "nginx") { rps[$2 "/" $3] = $4; p99[$2 "/" $3] = $6 } }
+    { row[NR] = $0; if ($1 == "nginx") { rps[$2 "/" $3] = $4; p99[$2 "/" $3] = $6; cpu[$2 "/" $3] = $10 } }
     END {
         for (i = 1; i <= NR; i++) {
             split(row[i], f, "\t")
             key = f[2] "/" f[3]
             rr = (key in rps && rps[key] > 0) ? sprintf("%.2f", f[4] / rps[key]) : "-"
             pr = (key in p99 && p99[key] > 0) ? sprintf("%.2f", f[6] / p99[key]) : "-"
+            cr = (f[10] != "-" && key in cpu && cpu[key] > 0) ? sprintf("%.2f", f[10] / cpu[key]) : "-"
             name = (f[1] == "direct") ? "direct (no proxy)" : f[1]
-            printf "| %s | %s | %s | %.0f | %.3f | %.3f | %.3f | %s | %s | %s | %s |\n",
-                name, f[2], f[3], f[4], f[5] / 1000, f[6] / 1000, f[7] / 1000, f[8], f[9], rr, pr
+            printf "| %s | %s | %s | %.0f | %.3f | %.3f | %.3f | %s | %s | %s | %s | %s | %s |\n",
+                name, f[2], f[3], f[4], f[5] / 1000, f[6] / 1000, f[7] / 1000, f[8], f[9], f[10], rr, pr, cr
         }
     }' "$RESULTS"
 echo
@@ -367,4 +396,5 @@ echo "|---|---:|---:|"
 awk -F'\t' '{ printf "| %s | %s | %.1f |\n", $1, $2, $3 / 1024 }' "$WORK/rss.tsv"
 echo
 echo "Closed loop: each connection sends its next request when the previous answer is read." \
-    "Open loop: $RATE req/s on a fixed schedule, latency from each request's intended start."
+    "Open loop: $RATE req/s on a fixed schedule, latency from each request's intended start;" \
+    "CPU µs/req: the proxy's CPU time (its processes, user + system) over the open-loop run per request sent."

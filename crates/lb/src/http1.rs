@@ -8,22 +8,67 @@
 use crate::deadline::{Clock, Deadline};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use std::ops::Range;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// A parsed request head.
+/// A parsed request head. The head's bytes are kept as they arrived and the
+/// header fields are ranges into them: nothing is copied or allocated per
+/// header, and the request is re-encoded for the backend straight from the
+/// client's bytes.
 #[derive(Debug)]
 pub struct RequestHead {
     pub method: Method,
-    /// The request target, origin-form (`/path?query`) or `*`.
-    pub target: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    pub headers: HeaderMap,
     pub body: BodyFraming,
     /// Whether the client wants the connection kept open.
     pub keep_alive: bool,
     pub expect_continue: bool,
+    raw: Bytes,
+    target: Range<usize>,
+    fields: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl RequestHead {
+    /// The request target, origin-form (`/path?query`) or `*`.
+    pub fn target(&self) -> &str {
+        // Checked to be ASCII when parsed.
+        std::str::from_utf8(&self.raw[self.target.clone()]).unwrap_or("/")
+    }
+
+    /// The header fields (name, value) in the order they arrived.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields
+            .iter()
+            .map(|(n, v)| (&self.raw[n.clone()], &self.raw[v.clone()]))
+    }
+
+    /// The values of the fields named `name` (ASCII case-insensitive).
+    pub fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of the field named `name`.
+    pub fn value<'a>(&'a self, name: &'a [u8]) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+
+    /// Whether a comma-separated list field (`Connection`) holds `token`.
+    pub fn has_token(&self, name: &[u8], token: &[u8]) -> bool {
+        self.values(name)
+            .any(|v| list_tokens(v).any(|t| t.eq_ignore_ascii_case(token)))
+    }
+}
+
+/// The elements of a comma-separated header value, trimmed.
+pub fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// How the request body is delimited.
@@ -124,8 +169,7 @@ pub async fn read_head<R: AsyncRead + Unpin>(
                 started = true;
                 t.set(limits.header_timeout);
             }
-            if let Some((head, used)) = parse_head(buf, limits)? {
-                buf.advance(used);
+            if let Some(head) = parse_head(buf, limits)? {
                 return Ok(head);
             }
             if buf.len() >= limits.max_header_bytes {
@@ -144,7 +188,7 @@ pub async fn read_head<R: AsyncRead + Unpin>(
 
 const STACK_HEADERS: usize = 128;
 
-fn parse_head(buf: &[u8], limits: &ReadLimits) -> Result<Option<(RequestHead, usize)>, ReadError> {
+fn parse_head(buf: &mut BytesMut, limits: &ReadLimits) -> Result<Option<RequestHead>, ReadError> {
     // Header slots on the stack, uninitialised: this runs once per request.
     let mut stack = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
     let mut heap = Vec::new();
@@ -171,74 +215,92 @@ fn parse_head(buf: &[u8], limits: &ReadLimits) -> Result<Option<(RequestHead, us
     }
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| ReadError::BadRequest("invalid method"))?;
-    let target = req.path.unwrap_or("").to_owned();
-    if !(target.starts_with('/') || (target == "*" && method == Method::OPTIONS)) {
+    let path = req.path.unwrap_or("");
+    if !(path.starts_with('/') || (path == "*" && method == Method::OPTIONS)) {
         return Err(ReadError::BadRequest("request target must be origin-form"));
     }
     let minor_version = req.version.unwrap_or(1);
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let base = buf.as_ptr() as usize;
+    let range = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        start..start + part.len()
+    };
+    let target = range(path.as_bytes());
+    let mut fields = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ReadError::BadRequest("invalid header name"))?;
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| ReadError::BadRequest("invalid header value"))?;
-        headers.append(name, value);
+        // Control characters (but tab) have no place in a value.
+        if h.value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(ReadError::BadRequest("invalid header value"));
+        }
+        fields.push((range(h.name.as_bytes()), range(h.value)));
     }
-    let body = framing(&headers, minor_version)?;
-    if minor_version == 1 && headers.get_all(http::header::HOST).iter().count() != 1 {
+    let head = RequestHead {
+        method,
+        minor_version,
+        body: BodyFraming::None,
+        keep_alive: false,
+        expect_continue: false,
+        raw: buf.split_to(used).freeze(),
+        target,
+        fields,
+    };
+    let body = framing(&head)?;
+    if minor_version == 1 && head.values(b"host").count() != 1 {
         return Err(ReadError::BadRequest("HTTP/1.1 requires exactly one Host header"));
     }
-    let connection_has = |token: &str| {
-        headers.get_all(http::header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
-        })
-    };
     let keep_alive = if minor_version == 1 {
-        !connection_has("close")
+        !head.has_token(b"connection", b"close")
     } else {
-        connection_has("keep-alive")
+        head.has_token(b"connection", b"keep-alive")
     };
-    let expect_continue = headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    Ok(Some((
-        RequestHead {
-            method,
-            target,
-            minor_version,
-            headers,
-            body,
-            keep_alive,
-            expect_continue,
-        },
-        used,
-    )))
+    let expect_continue = head
+        .value(b"expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    Ok(Some(RequestHead {
+        body,
+        keep_alive,
+        expect_continue,
+        ..head
+    }))
+}
+
+/// Parses a complete head with generous limits (tests of other modules).
+#[cfg(test)]
+pub(crate) fn parse_for_test(raw: &[u8]) -> RequestHead {
+    let limits = ReadLimits {
+        max_header_bytes: 64 * 1024,
+        max_headers: 64,
+        max_body_bytes: 1 << 20,
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+    };
+    parse_head(&mut BytesMut::from(raw), &limits)
+        .expect("a valid head")
+        .expect("a complete head")
 }
 
 /// Decides the body framing, refusing every ambiguous combination.
-fn framing(headers: &HeaderMap, minor_version: u8) -> Result<BodyFraming, ReadError> {
-    let te: Vec<_> = headers.get_all(http::header::TRANSFER_ENCODING).iter().collect();
-    let cl: Vec<_> = headers.get_all(http::header::CONTENT_LENGTH).iter().collect();
-    if !te.is_empty() {
-        if !cl.is_empty() {
+fn framing(head: &RequestHead) -> Result<BodyFraming, ReadError> {
+    let mut te = head.values(b"transfer-encoding");
+    let mut cl = head.values(b"content-length");
+    if let Some(first_te) = te.next() {
+        if cl.next().is_some() {
             return Err(ReadError::BadRequest("both Content-Length and Transfer-Encoding"));
         }
-        if minor_version == 0 {
+        if head.minor_version == 0 {
             return Err(ReadError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
         }
-        if te.len() != 1 || !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+        if te.next().is_some() || !first_te.eq_ignore_ascii_case(b"chunked") {
             return Err(ReadError::BadRequest(
                 "only a lone chunked transfer coding is accepted",
             ));
         }
         return Ok(BodyFraming::Chunked);
     }
-    match cl.as_slice() {
-        [] => Ok(BodyFraming::None),
-        [v] => {
-            let s = v.as_bytes();
+    match (cl.next(), cl.next()) {
+        (None, _) => Ok(BodyFraming::None),
+        (Some(s), None) => {
             if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
                 return Err(ReadError::BadRequest("invalid Content-Length"));
             }
@@ -252,7 +314,7 @@ fn framing(headers: &HeaderMap, minor_version: u8) -> Result<BodyFraming, ReadEr
                 BodyFraming::Length(n)
             })
         }
-        _ => Err(ReadError::BadRequest("several Content-Length headers")),
+        (Some(_), Some(_)) => Err(ReadError::BadRequest("several Content-Length headers")),
     }
 }
 
@@ -365,8 +427,8 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     is_hop_by_hop_bytes(name.as_str().as_bytes())
 }
 
-/// [`is_hop_by_hop`] on a raw header name (a backend's response head is
-/// relayed without parsing it into a `HeaderMap`).
+/// [`is_hop_by_hop`] on a raw header name (requests and responses are
+/// relayed without parsing them into a `HeaderMap`).
 pub fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
     const HOP: [&[u8]; 9] = [
         b"connection",
@@ -380,24 +442,6 @@ pub fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
         b"proxy-connection",
     ];
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-}
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    let hop: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
-    for n in hop {
-        headers.remove(n);
-    }
 }
 
 /// Writes a response head. `length` is `Some` for a known body length;
@@ -510,8 +554,8 @@ mod tests {
     async fn plain_requests() {
         let (h, b) = read(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         assert_eq!(
-            (h.method, h.target.as_str(), h.keep_alive),
-            (Method::GET, "/a?b=1", true)
+            (&h.method, h.target(), h.keep_alive),
+            (&Method::GET, "/a?b=1", true)
         );
         assert!(b.is_empty());
         let (h, b) = read(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
@@ -600,16 +644,5 @@ mod tests {
         let r = read_head(&mut s, &mut BytesMut::new(), &limits(), t).await;
         assert_eq!(r.unwrap_err(), ReadError::Closed);
         sweeper.abort();
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_stripped() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
     }
 }

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod backend;
 pub mod config;
 mod deadline;
+mod forwarding;
 mod health_check;
 pub mod http1;
 pub mod metrics;

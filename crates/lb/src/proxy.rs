@@ -14,23 +14,19 @@
 //! and a refused attempt can be replayed elsewhere.
 
 use crate::backend::{Backend, InFlight, RequestResult};
-use crate::config::{Algorithm, HashKey};
+use crate::config::Algorithm;
+use crate::forwarding::{self, Peer};
 use crate::http1::{self, BodyFraming, ReadError, RequestHead};
-use crate::selection::{self, stable_hash};
+use crate::selection;
 use crate::upstream::{self, ClientSide, SendError};
 use crate::Shared;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use std::net::{IpAddr, SocketAddr};
+use http::Method;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Accepts until the load balancer stops (or the task is dropped);
 /// connections above the limit get 503.
@@ -79,25 +75,6 @@ struct Connection<'a> {
     request: Vec<u8>,
     out: Vec<u8>,
     timer: http1::Timer<'a>,
-}
-
-/// The client of a connection, worked out once per connection.
-struct Peer {
-    addr: SocketAddr,
-    /// `addr`'s IP as a header value, for `X-Forwarded-For`.
-    ip_value: HeaderValue,
-    /// A trusted proxy: its `X-Forwarded-*` headers are kept.
-    trusted: bool,
-}
-
-impl Peer {
-    fn new(addr: SocketAddr, trusted_proxies: &[IpAddr]) -> Self {
-        Peer {
-            addr,
-            ip_value: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP is a valid header value"),
-            trusted: trusted_proxies.contains(&addr.ip()),
-        }
-    }
 }
 
 /// Decrements the open-connection gauge when a connection ends.
@@ -254,31 +231,23 @@ async fn proxy_request(
     } = conn;
     let t = *t;
     let started = shared.config.access_log.then(Instant::now);
-    let RequestHead {
-        method,
-        target,
-        mut headers,
-        minor_version,
-        ..
-    } = head;
-    http1::strip_hop_by_hop(&mut headers);
-    set_forwarded(&mut headers, peer);
-    let request_id = request_id(&mut headers);
+    let method = &head.method;
+    let request_id = forwarding::encode_request(request, &head, &body, peer);
+    let request_id = request_id.as_str();
     let key = match shared.config.algorithm {
-        Algorithm::ConsistentHash => hash_key(&shared.config.hash_key, &headers, peer.addr.ip()),
+        Algorithm::ConsistentHash => forwarding::hash_key(&shared.config.hash_key, &head, peer.addr.ip()),
         _ => 0,
     };
 
-    upstream::encode_request(request, &method, &target, &headers, &body);
-    let (result, backend) = forward(shared, &method, request, key, t).await;
+    let (result, backend) = forward(shared, method, request, key, t).await;
     let (status, keep) = match result {
         Ok((response, in_flight)) => {
             let status = response.status;
             let side = ClientSide {
-                method: &method,
-                http11: minor_version == 1,
+                method,
+                http11: head.minor_version == 1,
                 keep_alive,
-                request_id: &request_id,
+                request_id,
             };
             let keep = response
                 .relay(stream, out, &side, &shared.upstream, &in_flight.0, t)
@@ -289,8 +258,8 @@ async fn proxy_request(
         Err(f) => {
             let status = f.status();
             let extra: &[(&str, &str)] = match f {
-                Failure::Unavailable => &[("retry-after", "1"), ("x-request-id", &request_id)],
-                _ => &[("x-request-id", &request_id)],
+                Failure::Unavailable => &[("retry-after", "1"), ("x-request-id", request_id)],
+                _ => &[("x-request-id", request_id)],
             };
             http1::write_simple(stream, status, f.message().as_bytes(), extra, keep_alive).await?;
             (status, keep_alive)
@@ -302,10 +271,10 @@ async fn proxy_request(
             target: "scalestack::access",
             client = %peer.addr,
             %method,
-            path = %target,
+            path = head.target(),
             status,
             backend = backend.map(|a| a.to_string()).unwrap_or_default(),
-            request_id = %request_id,
+            request_id,
             ms = started.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0),
         );
     }
@@ -398,127 +367,5 @@ async fn forward(
 fn note_result(b: &Backend, result: RequestResult, shared: &Shared) {
     if let Some(d) = b.record_result(result, &shared.config.outlier) {
         tracing::warn!(backend = %b.addr, ejected_for_ms = d.as_millis() as u64, "backend ejected after consecutive failures");
-    }
-}
-
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. From a trusted proxy the
-/// client's values are kept (and the chain appended to); from anyone else
-/// they are replaced, so a client cannot forge its address.
-fn set_forwarded(headers: &mut HeaderMap, peer: &Peer) {
-    let trusted = peer.trusted;
-    let chained = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trusted => HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok(),
-        _ => None,
-    };
-    headers.insert(X_FORWARDED_FOR, chained.unwrap_or_else(|| peer.ip_value.clone()));
-    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match headers.get(http::header::HOST).cloned() {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST, host);
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        }
-    }
-}
-
-/// Keeps a well-formed client `X-Request-Id`, otherwise generates one.
-fn request_id(headers: &mut HeaderMap) -> String {
-    let valid = |s: &str| {
-        (1..=128).contains(&s.len())
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
-    };
-    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if valid(id) && headers.get_all(&X_REQUEST_ID).iter().count() == 1 {
-            return id.to_owned();
-        }
-    }
-    let id = format!("{:032x}", rand::random::<u128>());
-    headers.insert(
-        X_REQUEST_ID,
-        HeaderValue::from_str(&id).expect("hex is a valid header value"),
-    );
-    id
-}
-
-/// The consistent-hash key of a request; the client IP when the configured
-/// cookie or header is absent.
-fn hash_key(key: &HashKey, headers: &HeaderMap, ip: IpAddr) -> u64 {
-    let by_ip = || match ip {
-        IpAddr::V4(v4) => stable_hash(&v4.octets()),
-        IpAddr::V6(v6) => stable_hash(&v6.octets()),
-    };
-    match key {
-        HashKey::ClientIp => by_ip(),
-        HashKey::Header(name) => headers
-            .get(name)
-            .map(|v| stable_hash(v.as_bytes()))
-            .unwrap_or_else(by_ip),
-        HashKey::Cookie(name) => headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| stable_hash(v.as_bytes()))
-            .unwrap_or_else(by_ip),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_headers_are_not_trusted_blindly() {
-        let mut h = HeaderMap::new();
-        h.insert("host", HeaderValue::from_static("app.example"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
-        let mut untrusted = h.clone();
-        set_forwarded(&mut untrusted, &Peer::new("10.0.0.1:5".parse().unwrap(), &[]));
-        assert_eq!(untrusted["x-forwarded-for"], "10.0.0.1");
-        assert_eq!(untrusted["x-forwarded-proto"], "http");
-        assert_eq!(untrusted["x-forwarded-host"], "app.example");
-        set_forwarded(
-            &mut h,
-            &Peer::new("10.0.0.1:5".parse().unwrap(), &["10.0.0.1".parse().unwrap()]),
-        );
-        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "evil.example");
-    }
-
-    #[test]
-    fn request_ids_are_kept_when_well_formed() {
-        let mut h = HeaderMap::new();
-        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&mut h), "abc-123");
-        let mut h = HeaderMap::new();
-        h.insert("x-request-id", HeaderValue::from_static("bad id with spaces"));
-        let id = request_id(&mut h);
-        assert_eq!(id.len(), 32);
-        assert_eq!(h["x-request-id"], id.as_str());
-        let mut h = HeaderMap::new();
-        let generated = request_id(&mut h);
-        assert_ne!(generated, request_id(&mut HeaderMap::new()));
-    }
-
-    #[test]
-    fn hash_key_falls_back_to_the_client_ip() {
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("cookie", HeaderValue::from_static("a=1; session=xyz"));
-        let by_cookie = hash_key(&HashKey::Cookie("session".into()), &h, ip);
-        assert_eq!(by_cookie, stable_hash(b"xyz"));
-        let missing = hash_key(&HashKey::Cookie("other".into()), &h, ip);
-        assert_eq!(missing, hash_key(&HashKey::ClientIp, &h, ip));
     }
 }

@@ -14,7 +14,7 @@
 use crate::backend::Backend;
 use crate::http1::{is_hop_by_hop_bytes, Timer};
 use bytes::{Buf, BytesMut};
-use http::{HeaderMap, Method};
+use http::Method;
 use std::io;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -474,38 +474,6 @@ fn itoa3(n: u16) -> [u8; 3] {
     ]
 }
 
-/// Encodes a request for a backend. `headers` are the client's minus
-/// hop-by-hop ones, plus the forwarding headers; the body is complete.
-pub(crate) fn encode_request(
-    out: &mut Vec<u8>,
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) {
-    out.clear();
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == http::header::CONTENT_LENGTH || name == http::header::EXPECT {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
-        out.extend_from_slice(b"content-length: ");
-        push_decimal(out, body.len() as u64);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-}
-
 /// Follows chunked framing to find where a message ends.
 #[derive(Default)]
 struct ChunkTracker {
@@ -717,18 +685,5 @@ mod tests {
             assert!(is_hop_by_hop_bytes(name.as_bytes()) && crate::http1::is_hop_by_hop(&parsed));
         }
         assert!(!is_hop_by_hop_bytes(b"content-type"));
-    }
-
-    #[test]
-    fn requests_carry_their_own_length() {
-        let mut h = HeaderMap::new();
-        h.insert("host", "x".parse().unwrap());
-        h.insert("content-length", "999".parse().unwrap());
-        h.insert("expect", "100-continue".parse().unwrap());
-        let mut r = Vec::new();
-        encode_request(&mut r, &Method::POST, "/a", &h, b"abc");
-        assert_eq!(r, b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc");
-        encode_request(&mut r, &Method::GET, "/", &HeaderMap::new(), b"");
-        assert_eq!(r, b"GET / HTTP/1.1\r\n\r\n");
     }
 }
