@@ -540,7 +540,7 @@ impl Inner {
                         st.usable = false;
                     } else {
                         st.role = NodeRole::Replica;
-                        let lag = o.replay_lsn.map(|r| prober.history.lag(r, now));
+                        let lag = o.replay_lsn.and_then(|r| prober.history.lag(r, now));
                         st.lag_bytes = latest.zip(o.replay_lsn).map(|(p, r)| p.saturating_sub(r));
                         st.lag_ms = lag.map(|d| d.as_millis().try_into().unwrap_or(u64::MAX));
                         st.usable = lag.is_some_and(|d| d <= self.max_lag);

@@ -1,15 +1,25 @@
 //! The PostgreSQL cluster `up` runs itself (`[postgres]` in a topology): a
 //! primary and N streaming replicas under `<data>/pg`, watched every half
-//! second. A dead replica is restarted. A primary unreachable for longer
-//! than `failover_after_ms` is replaced: the most advanced replica is
-//! promoted, the others follow it, and the old primary is **fenced**: a
-//! `standby.signal` is written into its data directory before it is started
-//! again, so it comes back read-only, in recovery, on an old timeline, and
-//! the web servers' routers (which find the primary by asking every node)
-//! never send it a write.
+//! second. A dead replica is restarted. A primary that is dead, or that
+//! answers no query (hung, frozen), for longer than `failover_after_ms` is
+//! replaced:
+//! 1. a still-running old primary is killed (it must not wake up and take
+//!    writes), and it is **fenced**: `standby.signal` in its data directory,
+//!    so even a restart by hand brings it back read-only, in recovery;
+//! 2. the replica that has *received* the most WAL is chosen (with
+//!    synchronous replication an acknowledged commit is flushed on at least
+//!    one replica, perhaps not yet replayed), given the synchronous quorum
+//!    of the other nodes before it is promoted (so no commit it acknowledges
+//!    is on it alone), and promoted;
+//! 3. the other replicas follow it;
+//! 4. the old primary is rebuilt as a replica of the new one (emptied and
+//!    copied anew: its own history may hold writes past the fork that no one
+//!    acknowledged) and rejoins the cluster.
 //!
 //! The name of the current primary is kept in `<data>/pg/primary`, so a
-//! restarted `up` brings the cluster back as it left it.
+//! restarted `up` brings the cluster back as it left it (a node still
+//! fenced then is rebuilt from the primary first). With no replica, a dead
+//! primary is simply restarted.
 
 use anyhow::Context;
 use engines::postgres::{PgNode, PgOptions};
@@ -35,8 +45,8 @@ pub struct ManagedPostgres {
     /// Default false.
     #[serde(default)]
     pub synchronous: bool,
-    /// How long the primary may be unreachable before a replica is
-    /// promoted. Default 3000.
+    /// How long the primary may be dead or unresponsive (no answer to a
+    /// query within 2 s) before a replica is promoted. Default 3000.
     #[serde(default = "default_failover_after_ms")]
     pub failover_after_ms: u64,
 }
@@ -98,6 +108,9 @@ impl ManagedPostgres {
     }
 }
 
+/// Left in a fenced node's data directory until it is rebuilt.
+const FENCED_MARKER: &str = "scalestack.fenced";
+
 /// A running cluster.
 pub struct PgCluster {
     config: ManagedPostgres,
@@ -138,7 +151,14 @@ impl PgCluster {
             if i == primary {
                 continue;
             }
-            let node = PgNode::init_replica(name, &dir.join(name), port(i), &head)
+            let node_dir = dir.join(name);
+            if node_dir.join(FENCED_MARKER).exists() {
+                // An old primary `up` fenced and had not rebuilt yet.
+                tracing::warn!(node = %name, "fenced node: rebuilding it from the primary");
+                std::fs::remove_dir_all(&node_dir)
+                    .with_context(|| format!("emptying {}", node_dir.display()))?;
+            }
+            let node = PgNode::init_replica(name, &node_dir, port(i), &head)
                 .await
                 .with_context(|| format!("preparing PostgreSQL replica {name}"))?;
             node.start().await?;
@@ -168,8 +188,16 @@ impl PgCluster {
         self.fenced.lock().unwrap_or_else(|e| e.into_inner()).contains(&i)
     }
 
+    fn unfence(&self, i: usize) {
+        self.fenced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&f| f != i);
+    }
+
     /// Watches the cluster until `stop` resolves: restarts dead replicas,
-    /// fails over from a dead primary.
+    /// rebuilds a fenced old primary as a replica, fails over from a
+    /// primary that is dead or unresponsive.
     pub async fn watch(&self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         let mut primary_down_since: Option<Instant> = None;
@@ -181,42 +209,74 @@ impl PgCluster {
             }
             let primary = self.primary.load(Ordering::Relaxed);
             for (i, node) in self.nodes.iter().enumerate() {
-                if i != primary && node.pid().is_none() {
+                if i == primary || node.pid().is_some() {
+                    continue;
+                }
+                if self.is_fenced(i) {
+                    match self.rejoin(i, primary).await {
+                        Ok(()) => self.unfence(i),
+                        Err(e) => {
+                            tracing::error!(node = node.name(), error = %e, "rebuilding the old primary failed")
+                        }
+                    }
+                    continue;
+                }
+                tracing::warn!(node = node.name(), "postgres node down; restarting");
+                if let Err(e) = node.start().await {
+                    tracing::error!(node = node.name(), error = %e, "restart failed");
+                }
+            }
+            let probed_at = Instant::now();
+            if self.answers(primary).await {
+                primary_down_since = None;
+                continue;
+            }
+            let since = *primary_down_since.get_or_insert(probed_at);
+            if since.elapsed() < failover_after {
+                continue;
+            }
+            let Some(new) = self.most_advanced_replica(primary).await else {
+                // Nothing to promote: the primary is the only copy.
+                let node = &self.nodes[primary];
+                if node.pid().is_none() {
                     tracing::warn!(
                         node = node.name(),
-                        fenced = self.is_fenced(i),
-                        "postgres node down; restarting"
+                        "primary down and no replica to promote; restarting it"
                     );
                     if let Err(e) = node.start().await {
                         tracing::error!(node = node.name(), error = %e, "restart failed");
                     }
                 }
-            }
-            if self.nodes[primary].pid().is_some() {
-                primary_down_since = None;
                 continue;
-            }
-            let since = *primary_down_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < failover_after {
-                continue;
-            }
-            match self.failover(primary).await {
+            };
+            match self.failover(primary, new).await {
                 Ok(()) => primary_down_since = None,
                 Err(e) => tracing::error!(error = %e, "failover failed; retrying"),
             }
         }
     }
 
-    /// Promotes the most advanced live replica, points the others at it,
-    /// fences the old primary.
-    async fn failover(&self, old: usize) -> anyhow::Result<()> {
+    /// Whether node `i` runs and answers a query within 2 s.
+    async fn answers(&self, i: usize) -> bool {
+        let node = &self.nodes[i];
+        node.pid().is_some()
+            && matches!(
+                tokio::time::timeout(Duration::from_secs(2), node.psql("SELECT 1")).await,
+                Ok(Ok(_))
+            )
+    }
+
+    /// The live, unfenced replica that has received the most WAL.
+    async fn most_advanced_replica(&self, old: usize) -> Option<usize> {
         let mut best: Option<(u64, usize)> = None;
         for (i, node) in self.nodes.iter().enumerate() {
             if i == old || self.is_fenced(i) || node.pid().is_none() {
                 continue;
             }
+            // Received (flushed) rather than replayed: what a synchronous
+            // commit waited for; promotion replays it all first.
             let lsn = node
-                .psql("SELECT pg_last_wal_replay_lsn()")
+                .psql("SELECT coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())")
                 .await
                 .ok()
                 .and_then(|s| store_postgres::parse_lsn(&s))
@@ -225,47 +285,64 @@ impl PgCluster {
                 best = Some((lsn, i));
             }
         }
-        let (_, new) = best.context("no live replica to promote")?;
+        best.map(|(_, i)| i)
+    }
+
+    /// Replaces primary `old` by replica `new` (see the module's steps).
+    async fn failover(&self, old: usize, new: usize) -> anyhow::Result<()> {
+        let old_node = &self.nodes[old];
         let promoted = &self.nodes[new];
         tracing::warn!(
-            old = self.nodes[old].name(),
+            old = old_node.name(),
             new = promoted.name(),
             "primary unreachable: failing over"
         );
+        if old_node.pid().is_some() {
+            // Hung, not dead: make sure it never answers again.
+            old_node.kill9()?;
+        }
+        // Fenced before anything else, so a crash of `up` mid-failover
+        // cannot bring it back as a primary.
+        let dir = old_node.data_dir();
+        std::fs::write(dir.join("standby.signal"), "")
+            .and_then(|()| std::fs::write(dir.join(FENCED_MARKER), "fenced by up after a failover\n"))
+            .with_context(|| format!("fencing {}", old_node.name()))?;
+        self.fenced.lock().unwrap_or_else(|e| e.into_inner()).push(old);
+        if self.config.synchronous {
+            let others: Vec<&str> = (0..self.nodes.len())
+                .filter(|&i| i != new)
+                .map(|i| self.nodes[i].name())
+                .collect();
+            promoted
+                .set_synchronous_standbys(&format!("ANY 1 ({})", others.join(", ")))
+                .await?;
+        }
         promoted.promote().await?;
-        let followers: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| i != old && i != new && !self.is_fenced(i))
-            .collect();
-        for &i in &followers {
+        self.primary.store(new, Ordering::Relaxed);
+        std::fs::write(self.dir.join("primary"), format!("{}\n", promoted.name()))?;
+        for i in (0..self.nodes.len()).filter(|&i| i != old && i != new && !self.is_fenced(i)) {
             if let Err(e) = self.nodes[i].follow(promoted).await {
                 tracing::error!(node = self.nodes[i].name(), error = %e, "replica cannot follow the new primary");
             }
         }
-        if self.config.synchronous {
-            let names: Vec<&str> = followers.iter().map(|&i| self.nodes[i].name()).collect();
-            let value = if names.is_empty() {
-                String::new()
-            } else {
-                format!("ANY 1 ({})", names.join(", "))
-            };
-            promoted
-                .psql(&format!(
-                    "ALTER SYSTEM SET synchronous_standby_names = '{value}'; SELECT pg_reload_conf()"
-                ))
-                .await?;
-        }
-        // Fence: if the old primary runs again, it runs as a standby.
-        let signal = self.nodes[old].data_dir().join("standby.signal");
-        std::fs::write(&signal, "").with_context(|| format!("fencing {}", self.nodes[old].name()))?;
-        self.fenced.lock().unwrap_or_else(|e| e.into_inner()).push(old);
-        self.primary.store(new, Ordering::Relaxed);
-        std::fs::write(self.dir.join("primary"), format!("{}\n", promoted.name()))?;
         tracing::warn!(
             primary = promoted.name(),
-            fenced = self.nodes[old].name(),
+            fenced = old_node.name(),
             "failover done"
         );
         Ok(())
+    }
+
+    /// Rebuilds fenced node `i` as a replica of `primary` and starts it.
+    async fn rejoin(&self, i: usize, primary: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[i];
+        tracing::warn!(
+            node = node.name(),
+            primary = self.nodes[primary].name(),
+            "rebuilding the fenced old primary as a replica"
+        );
+        node.rebuild_from(&self.nodes[primary]).await?;
+        node.start().await
     }
 
     /// Every node as `ctl ps` shows it: state `primary`, `replica`,

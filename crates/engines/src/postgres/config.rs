@@ -94,6 +94,16 @@ pub(crate) fn primary_conninfo(port: u16, user: &str, name: &str) -> String {
 /// `postgresql.auto.conf` with its `primary_conninfo` and
 /// `primary_slot_name` replaced (every other line kept).
 pub(crate) fn with_primary(auto_conf: &str, conninfo: &str, slot: &str) -> String {
+    with_settings(
+        auto_conf,
+        &[("primary_conninfo", conninfo), ("primary_slot_name", slot)],
+    )
+}
+
+/// `postgresql.auto.conf` with `settings` replaced (every other line kept).
+/// The file is read after `postgresql.conf` and what it includes, so these
+/// values win.
+pub(crate) fn with_settings(auto_conf: &str, settings: &[(&str, &str)]) -> String {
     let mut out = String::new();
     for line in auto_conf.lines() {
         let key = line
@@ -101,13 +111,14 @@ pub(crate) fn with_primary(auto_conf: &str, conninfo: &str, slot: &str) -> Strin
             .split(|c: char| c == '=' || c.is_whitespace())
             .next()
             .unwrap_or("");
-        if key != "primary_conninfo" && key != "primary_slot_name" {
+        if !settings.iter().any(|(k, _)| *k == key) {
             out.push_str(line);
             out.push('\n');
         }
     }
-    out.push_str(&format!("primary_conninfo = {}\n", quote(conninfo)));
-    out.push_str(&format!("primary_slot_name = {}\n", quote(slot)));
+    for (key, value) in settings {
+        out.push_str(&format!("{key} = {}\n", quote(value)));
+    }
     out
 }
 

@@ -403,6 +403,57 @@ impl PgNode {
         Ok(())
     }
 
+    /// Sets `synchronous_standby_names` (in `postgresql.auto.conf`, which
+    /// wins over our settings file) and, if the server runs, reloads it. A
+    /// standby ignores the value until it is promoted: setting it before
+    /// [`PgNode::promote`] leaves no moment in which the new primary
+    /// acknowledges commits no standby has.
+    pub async fn set_synchronous_standbys(&self, value: &str) -> anyhow::Result<()> {
+        let path = self.data_dir.join("postgresql.auto.conf");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        self.write_file(
+            "postgresql.auto.conf",
+            &config::with_settings(&old, &[("synchronous_standby_names", value)]),
+        )?;
+        if let Some(pid) = self.pid() {
+            process::signal(pid, Signal::SIGHUP)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds this stopped node as a streaming replica of `primary`: its
+    /// data directory is emptied and copied anew (`pg_basebackup`, with a
+    /// slot named after this node), then pointed at `primary`. This is how
+    /// an old primary rejoins after a failover: its own history may hold
+    /// writes past the fork that nobody acknowledged, and it must never
+    /// serve them. Does not start it.
+    pub async fn rebuild_from(&self, primary: &PgNode) -> anyhow::Result<()> {
+        if self.pid().is_some() {
+            bail!("{} runs: stop it before rebuilding it", self.name);
+        }
+        if self.crashed.load(Ordering::Relaxed) {
+            self.release_crashed_segment();
+        }
+        std::fs::remove_dir_all(&self.data_dir)
+            .with_context(|| format!("emptying {}", self.data_dir.display()))?;
+        owner::prepare_private_dir(&self.data_dir, self.owner)?;
+        primary
+            .psql(&format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = {} AND NOT active",
+                config::sql_literal(&self.name)
+            ))
+            .await
+            .with_context(|| format!("dropping a stale slot {} on {}", self.name, primary.name))?;
+        self.base_backup(primary).await?;
+        let _ = std::fs::remove_file(self.data_dir.join(LOG_FILE));
+        self.point_at(primary)?;
+        self.write_config()?;
+        self.crashed.store(false, Ordering::Relaxed);
+        tracing::info!(node = %self.name, primary = %primary.name, "rebuilt as a replica");
+        Ok(())
+    }
+
     /// Waits, up to `timeout`, until at least `count` replicas stream from
     /// this primary (`pg_stat_replication.state = 'streaming'`).
     pub async fn wait_for_standbys(&self, count: usize, timeout: Duration) -> anyhow::Result<()> {

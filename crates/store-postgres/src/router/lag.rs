@@ -41,12 +41,21 @@ impl LagHistory {
     }
 
     /// How long the primary has been past `replayed`: since it was first
-    /// seen at a position beyond it; zero if it never was.
-    pub fn lag(&self, replayed: u64, now: Instant) -> Duration {
+    /// seen at a position beyond it; zero if it never was. `None` when
+    /// `replayed` is behind every position seen: the lag is then unknown
+    /// (at least the history's span, which after a start or a failover may
+    /// be a moment while the replica is hours behind), so the replica must
+    /// not count as caught up.
+    pub fn lag(&self, replayed: u64, now: Instant) -> Option<Duration> {
         let first_ahead = self.seen.partition_point(|&(lsn, _)| lsn <= replayed);
-        self.seen
-            .get(first_ahead)
-            .map_or(Duration::ZERO, |&(_, at)| now.saturating_duration_since(at))
+        if first_ahead == 0 && !self.seen.is_empty() {
+            return None;
+        }
+        Some(
+            self.seen
+                .get(first_ahead)
+                .map_or(Duration::ZERO, |&(_, at)| now.saturating_duration_since(at)),
+        )
     }
 
     pub fn clear(&mut self) {
@@ -63,23 +72,26 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut h = LagHistory::default();
-        assert_eq!(h.lag(0, t0), Duration::ZERO, "nothing known");
+        assert_eq!(h.lag(0, t0), Some(Duration::ZERO), "nothing known");
         h.observe(100, t0);
         h.observe(100, t0 + ms(50)); // unchanged: the first sighting counts
         h.observe(200, t0 + ms(100));
         h.observe(300, t0 + ms(200));
         let now = t0 + ms(1000);
         assert_eq!(h.latest(), Some(300));
-        assert_eq!(h.lag(300, now), Duration::ZERO, "caught up");
-        assert_eq!(h.lag(400, now), Duration::ZERO, "ahead of what we saw");
-        assert_eq!(h.lag(250, now), ms(800), "behind since 300 appeared");
-        assert_eq!(h.lag(200, now), ms(800));
-        assert_eq!(h.lag(199, now), ms(900), "behind since 200 appeared");
-        assert_eq!(h.lag(0, now), ms(1000));
+        assert_eq!(h.lag(300, now), Some(Duration::ZERO), "caught up");
+        assert_eq!(h.lag(400, now), Some(Duration::ZERO), "ahead of what we saw");
+        assert_eq!(h.lag(250, now), Some(ms(800)), "behind since 300 appeared");
+        assert_eq!(h.lag(200, now), Some(ms(800)));
+        assert_eq!(h.lag(199, now), Some(ms(900)), "behind since 200 appeared");
+        assert_eq!(h.lag(100, now), Some(ms(900)));
+        // Behind the first sighting: how far behind is unknown, not small.
+        assert_eq!(h.lag(99, now), None);
+        assert_eq!(h.lag(0, now), None);
         // An idle primary: a caught-up replica's lag stays zero for ever.
-        assert_eq!(h.lag(300, now + Duration::from_secs(3600)), Duration::ZERO);
+        assert_eq!(h.lag(300, now + Duration::from_secs(3600)), Some(Duration::ZERO));
         h.clear();
-        assert_eq!((h.latest(), h.lag(0, now)), (None, Duration::ZERO));
+        assert_eq!((h.latest(), h.lag(0, now)), (None, Some(Duration::ZERO)));
     }
 
     #[test]
@@ -93,6 +105,10 @@ mod tests {
         let later = t0 + HISTORY_MAX_AGE + Duration::from_secs(1);
         h.observe(u64::MAX, later);
         assert_eq!(h.seen.len(), 1, "old positions age out, the newest stays");
-        assert_eq!(h.lag(0, later), Duration::ZERO);
+        assert_eq!(
+            h.lag(0, later),
+            None,
+            "behind every position kept: at least their age"
+        );
     }
 }
