@@ -141,7 +141,12 @@ impl Catalog {
 
     /// One page of a user's photo ids, newest first.
     pub async fn user_photo_ids(&self, owner: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError> {
-        if self.list_ttl.is_zero() {
+        // A request with a read floor (its user wrote moments ago) reads
+        // through to the store, which honours the floor: a cached page may
+        // have been filled from a replica that had not replayed that write
+        // (another user's read between the invalidation and this one, or an
+        // old generation still in another web server's near-cache).
+        if self.list_ttl.is_zero() || domain::consistency::read_floor().is_some() {
             return self.store.user_photo_ids(owner, page).await;
         }
         let generation = self.generation(owner).await;

@@ -57,6 +57,7 @@ pub fn router(backends: Backends, settings: WebSettings) -> Router {
     );
     let upload_limit = settings.max_body_bytes;
     let json_limit = settings.max_json_bytes;
+    let cookie_secure = settings.cookie_secure;
     let state = AppState {
         backends,
         settings: Arc::new(settings),
@@ -93,7 +94,7 @@ pub fn router(backends: Backends, settings: WebSettings) -> Router {
         .with_state(state)
         // A layer, not a route layer: requests no route matched (404) count too.
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
-        .layer(axum::middleware::from_fn(read_your_writes::layer))
+        .layer(axum::middleware::from_fn_with_state(cookie_secure, read_your_writes::layer))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req
                 .headers()

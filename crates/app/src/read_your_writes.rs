@@ -11,7 +11,7 @@
 //! only make its sender's own reads slower (sent to the primary) or staler.
 
 use crate::auth::cookie;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::header::SET_COOKIE;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
@@ -21,11 +21,15 @@ const COOKIE_NAME: &str = "ryw";
 /// Long past any replica's catch-up under the lag ceiling.
 const MAX_AGE_SECS: u32 = 300;
 
-pub async fn layer(request: Request, next: Next) -> Response {
+/// The middleware; `secure` adds `Secure` to the cookie (`cookie_secure`,
+/// as for the session cookie).
+pub async fn layer(State(secure): State<bool>, request: Request, next: Next) -> Response {
     let floor = cookie(request.headers(), COOKIE_NAME).and_then(|v| v.parse::<u64>().ok());
     let (mut response, written) = domain::consistency::scope(floor, next.run(request)).await;
     if let Some(lsn) = written.filter(|&w| Some(w) > floor) {
-        let value = format!("{COOKIE_NAME}={lsn}; HttpOnly; SameSite=Lax; Path=/; Max-Age={MAX_AGE_SECS}");
+        let secure = if secure { "; Secure" } else { "" };
+        let value =
+            format!("{COOKIE_NAME}={lsn}; HttpOnly; SameSite=Lax; Path=/; Max-Age={MAX_AGE_SECS}{secure}");
         if let Ok(v) = HeaderValue::from_str(&value) {
             response.headers_mut().append(SET_COOKIE, v);
         }

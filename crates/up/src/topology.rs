@@ -458,6 +458,46 @@ mod tests {
     }
 
     #[test]
+    fn the_replicated_file_runs_postgres_and_redis_under_up() {
+        let t = Topology::parse(include_str!("../../../topologies/replicated.toml")).unwrap();
+        assert!(t.needs_managed_postgres() && t.needs_managed_redis());
+        assert_eq!((t.web.count, t.worker.count, t.postgres.replicas), (3, 1, 2));
+        assert!(t.lb_config().is_some());
+        let b = t.backends(Path::new("/d"));
+        let SqlTier::Postgres(pg) = b.sql else {
+            panic!("postgres")
+        };
+        let ports: Vec<_> = pg
+            .nodes
+            .iter()
+            .map(|n| n.rsplit(':').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(ports, ["6432/scalestack", "6433/scalestack", "6434/scalestack"]);
+        assert!(matches!(b.cache, CacheTier::Redis(_)));
+        assert!(matches!(b.sessions, backends::SessionsTier::Redis(_)));
+    }
+
+    #[test]
+    fn external_engines_are_used_as_given() {
+        let t = Topology::parse(
+            "[sql]\nkind = \"postgres\"\nnodes = [\"postgres://db1:5432/app\", \"postgres://db2:5432/app\"]\n\
+             [cache]\nkind = \"redis\"\nurl = \"redis://cache:6379\"\n\
+             [sessions]\nkind = \"redis\"\nurl = \"redis://sessions:6379\"",
+        )
+        .unwrap();
+        assert!(!t.needs_managed_postgres() && !t.needs_managed_redis());
+        let b = t.backends(Path::new("/d"));
+        let SqlTier::Postgres(pg) = b.sql else {
+            panic!("postgres")
+        };
+        assert_eq!(pg.nodes, ["postgres://db1:5432/app", "postgres://db2:5432/app"]);
+        assert!(matches!(b.cache, CacheTier::Redis(r) if r.url.as_deref() == Some("redis://cache:6379")));
+        assert!(
+            matches!(b.sessions, backends::SessionsTier::Redis(r) if r.url.as_deref() == Some("redis://sessions:6379"))
+        );
+    }
+
+    #[test]
     fn the_default_is_the_web_tier_behind_the_lb() {
         let t = Topology::parse(crate::DEFAULT_TOPOLOGY).unwrap();
         assert_eq!(t.public_url(), "http://127.0.0.1:8080");

@@ -7,6 +7,8 @@ mod stampede;
 use helpers::{new_client, spawn_app, TEST_MAX_BODY};
 use imaging::samples;
 use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
 
 fn id_of(v: &Value) -> i64 {
     v["id"].as_i64().unwrap_or_else(|| panic!("no id in {v}"))
@@ -481,4 +483,44 @@ async fn operational_endpoints() {
         .unwrap();
     let needle = r#"scalestack_http_requests_total{method="GET",route="unmatched",status="404"} 1"#;
     assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+}
+
+#[tokio::test]
+async fn a_reader_with_a_read_floor_is_never_served_a_stale_cached_list() {
+    let app = spawn_app().await;
+    let store = app.backends.store.clone();
+    let owner = store
+        .create_user(&domain::Username::parse("floor").unwrap(), "h")
+        .await
+        .unwrap();
+    let catalog = app::catalog::Catalog::new(
+        store.clone(),
+        Arc::new(cache::InProcessCache::new(cache::CacheConfig::default())),
+        Arc::new(app::metrics::Metrics::new()),
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    );
+    let page = domain::Page {
+        before: None,
+        limit: 10,
+    };
+    assert!(catalog.user_photo_ids(owner, page).await.unwrap().is_empty());
+    // A photo the cached page does not know of (as if the page had been
+    // filled from a replica that had not replayed it).
+    let photo = store
+        .create_photo(&domain::NewPhoto {
+            owner_id: owner,
+            caption: None,
+            format: domain::ImageFormat::Png,
+            width: 1,
+            height: 1,
+        })
+        .await
+        .unwrap();
+    assert!(
+        catalog.user_photo_ids(owner, page).await.unwrap().is_empty(),
+        "no floor: the cached page (stale within its TTL)"
+    );
+    let (ids, _) = domain::consistency::scope(Some(1), catalog.user_photo_ids(owner, page)).await;
+    assert_eq!(ids.unwrap(), [photo.id], "with a floor: read through");
 }

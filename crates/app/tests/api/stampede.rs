@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The real store, counting `photo` lookups and holding each one a moment
-/// so concurrent requests overlap.
+/// The real store, counting `photo` lookups and holding each one until the
+/// test opens the gate, so concurrent requests overlap whatever the timing.
 struct CountingStore {
     inner: Arc<dyn Store>,
     photo_reads: AtomicUsize,
+    gate: tokio::sync::Semaphore,
 }
 
 #[async_trait]
@@ -38,7 +39,7 @@ impl Store for CountingStore {
     }
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
         self.photo_reads.fetch_add(1, SeqCst);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(self.gate.acquire().await);
         self.inner.photo(id).await
     }
     async fn set_photo_status(&self, id: PhotoId, s: PhotoStatus) -> Result<(), StoreError> {
@@ -78,6 +79,7 @@ async fn a_stampede_on_one_missing_key_makes_one_store_query() {
     let store = Arc::new(CountingStore {
         inner: app.backends.store.clone(),
         photo_reads: AtomicUsize::new(0),
+        gate: tokio::sync::Semaphore::new(0),
     });
     let mut backends = app.backends.clone();
     backends.store = store.clone();
@@ -89,12 +91,37 @@ async fn a_stampede_on_one_missing_key_makes_one_store_query() {
     let web = app::Application::build_with("127.0.0.1:0".parse().unwrap(), backends, settings)
         .await
         .unwrap();
-    let url = format!("http://127.0.0.1:{}/api/photos/{id}", web.port());
+    let base = format!("http://127.0.0.1:{}", web.port());
+    let url = format!("{base}/api/photos/{id}");
     tokio::spawn(web.run_until_stopped(std::future::pending()));
 
     let http = reqwest::Client::new();
     let requests: Vec<_> = (0..50).map(|_| http.get(&url).send()).collect();
-    for r in futures_join(requests).await {
+    let requests = tokio::spawn(futures_join(requests));
+    // Every request has missed the cache (counted just before it joins the
+    // load in flight): only then may the one store query finish.
+    let misses = r#"scalestack_cache_requests_total{cache="photo",result="miss"} 50"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains(misses) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every request missed: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.gate.add_permits(1);
+    for r in requests.await.unwrap() {
         assert_eq!(r.unwrap().status(), 200);
     }
     assert_eq!(
