@@ -12,15 +12,24 @@
 //!   single point of failure.
 //! - Misses are single-flight: when many requests miss one key at once (a
 //!   hot entry expiring), one queries the store and the others share its
-//!   answer.
+//!   answer. Across processes too, when the cache is shared (Redis): the
+//!   one request that *claims* the load in the cache queries the store, the
+//!   other web servers wait for the value it stores ([`Cache::claim_load`]).
 
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use cache::SingleFlight;
 use domain::ports::{Cache, Store};
 use domain::{Page, Photo, PhotoId, PhotoStatus, StoreError, UserId};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a load claim holds: far above one store query; also how long
+/// other web servers wait if the claimant dies mid-load.
+const CLAIM_TTL: Duration = Duration::from_secs(2);
+/// How often a web server waiting on another's load looks for its value.
+const CLAIM_POLL: Duration = Duration::from_millis(5);
 
 /// Photo reads through the cache.
 #[derive(Clone)]
@@ -102,16 +111,19 @@ impl Catalog {
                 return Ok(Some(photo));
             }
         }
+        let decode = |v: &[u8]| serde_json::from_slice::<Photo>(v).ok().map(Some);
         self.photo_loads
-            .run(&key, || async {
-                let photo = self.store.photo(id).await?;
-                if let Some(p) = &photo {
-                    if p.status != PhotoStatus::Processing {
-                        let bytes = serde_json::to_vec(p).expect("photo serialises");
-                        self.cache_set(&key, bytes.into(), self.ttl).await;
+            .run(&key, || {
+                self.load_once(&key, decode, async {
+                    let photo = self.store.photo(id).await?;
+                    if let Some(p) = &photo {
+                        if p.status != PhotoStatus::Processing {
+                            let bytes = serde_json::to_vec(p).expect("photo serialises");
+                            self.cache_set(&key, bytes.into(), self.ttl).await;
+                        }
                     }
-                }
-                Ok(photo)
+                    Ok(photo)
+                })
             })
             .await
     }
@@ -161,15 +173,51 @@ impl Catalog {
                 return Ok(ids.into_iter().map(PhotoId).collect());
             }
         }
+        let decode = |v: &[u8]| {
+            serde_json::from_slice::<Vec<i64>>(v)
+                .ok()
+                .map(|ids| ids.into_iter().map(PhotoId).collect())
+        };
         self.list_loads
-            .run(&key, || async {
-                let ids = self.store.user_photo_ids(owner, page).await?;
-                let raw: Vec<i64> = ids.iter().map(|p| p.0).collect();
-                let bytes = serde_json::to_vec(&raw).expect("ids serialise");
-                self.cache_set(&key, bytes.into(), self.list_ttl).await;
-                Ok(ids)
+            .run(&key, || {
+                self.load_once(&key, decode, async {
+                    let ids = self.store.user_photo_ids(owner, page).await?;
+                    let raw: Vec<i64> = ids.iter().map(|p| p.0).collect();
+                    let bytes = serde_json::to_vec(&raw).expect("ids serialise");
+                    self.cache_set(&key, bytes.into(), self.list_ttl).await;
+                    Ok(ids)
+                })
             })
             .await
+    }
+
+    /// Runs `load` (which stores the value under `key`) only if this
+    /// process holds the cache's load claim on `key`; while another does,
+    /// waits for the value it stores (`decode`d), and loads after all if the
+    /// claim ends without one (a `processing` photo is not cached) or
+    /// outlives [`CLAIM_TTL`] (its holder died).
+    async fn load_once<T>(
+        &self,
+        key: &str,
+        decode: impl Fn(&[u8]) -> Option<T>,
+        load: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let deadline = Instant::now() + CLAIM_TTL;
+        let mut claimed = self.cache.claim_load(key, CLAIM_TTL).await;
+        while !claimed && Instant::now() < deadline {
+            tokio::time::sleep(CLAIM_POLL).await;
+            if let Ok(Some(v)) = self.cache.get(key).await {
+                if let Some(value) = decode(&v) {
+                    return Ok(value);
+                }
+            }
+            claimed = self.cache.claim_load(key, CLAIM_TTL).await;
+        }
+        let result = load.await;
+        if claimed {
+            self.cache.release_load(key).await;
+        }
+        result
     }
 
     /// Invalidates what a change to one photo of `owner` makes stale.

@@ -56,6 +56,14 @@ impl Cache for NearCache {
         let _ = self.near.delete(key).await;
         self.remote.delete(key).await
     }
+
+    async fn claim_load(&self, key: &str, ttl: Duration) -> bool {
+        self.remote.claim_load(key, ttl).await
+    }
+
+    async fn release_load(&self, key: &str) {
+        self.remote.release_load(key).await
+    }
 }
 
 #[cfg(test)]

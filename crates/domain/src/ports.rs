@@ -56,6 +56,17 @@ pub trait Cache: Send + Sync + 'static {
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), BackendError>;
     /// Removes a value (invalidation on write).
     async fn delete(&self, key: &str) -> Result<(), BackendError>;
+    /// Claims, for at most `ttl`, the right to load the missing `key` from
+    /// the store, among every process that shares this cache: `true` means
+    /// load it now (then [`Cache::release_load`]); `false` means another
+    /// process is loading it and will fill the cache. A cache that cannot
+    /// coordinate (one process's memory, or a shared cache that is down)
+    /// answers `true`: the default.
+    async fn claim_load(&self, _key: &str, _ttl: Duration) -> bool {
+        true
+    }
+    /// Gives a claim back, once the value is stored or the load failed.
+    async fn release_load(&self, _key: &str) {}
 }
 
 /// Server-side sessions.

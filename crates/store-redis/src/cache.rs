@@ -1,4 +1,6 @@
-//! The cache port on Redis: `GET`, `SET PX` with a jittered TTL, `DEL`.
+//! The cache port on Redis: `GET`, `SET PX` with a jittered TTL, `DEL`,
+//! and load claims (`SET NX PX` on `<prefix>load:<key>`) so that a stampede
+//! on a missing key makes one store query across every web server.
 
 use crate::breaker::RedisStats;
 use crate::client::Client;
@@ -9,7 +11,8 @@ use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A cache shared by every web server, under `<prefix>cache:<key>`.
+/// A cache shared by every web server, under `<prefix>cache:<key>`; load
+/// claims under `<prefix>load:<key>`.
 ///
 /// Every error (including a timeout or an open circuit breaker) is a
 /// [`BackendError::Unavailable`] that the caller counts and treats as a miss.
@@ -17,6 +20,7 @@ use std::time::Duration;
 pub struct RedisCache {
     client: Arc<Client>,
     prefix: String,
+    claim_prefix: String,
     ttl_jitter: f64,
 }
 
@@ -25,6 +29,7 @@ impl RedisCache {
         RedisCache {
             client,
             prefix: format!("{prefix}cache:"),
+            claim_prefix: format!("{prefix}load:"),
             ttl_jitter,
         }
     }
@@ -80,6 +85,26 @@ impl Cache for RedisCache {
 
     async fn delete(&self, key: &str) -> Result<(), BackendError> {
         self.client.run::<()>(redis::cmd("DEL").arg(self.key(key))).await
+    }
+
+    async fn claim_load(&self, key: &str, ttl: Duration) -> bool {
+        let claim = redis::cmd("SET")
+            .arg(format!("{}{key}", self.claim_prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().clamp(1, u64::MAX as u128) as u64)
+            .clone();
+        // `OK` when claimed, nil when another holds it; an error (Redis down)
+        // means nobody can coordinate: load.
+        !matches!(self.client.run::<Option<String>>(&claim).await, Ok(None))
+    }
+
+    async fn release_load(&self, key: &str) {
+        let _ = self
+            .client
+            .run::<()>(redis::cmd("DEL").arg(format!("{}{key}", self.claim_prefix)))
+            .await;
     }
 }
 

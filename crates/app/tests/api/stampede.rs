@@ -1,5 +1,6 @@
-//! Single flight through the HTTP API: many requests missing one cache key
-//! at once make one store query.
+//! Single flight: many requests missing one cache key at once make one
+//! store query, through the HTTP API of one web server, and across two web
+//! servers sharing a real Redis.
 
 use crate::helpers::spawn_app;
 use async_trait::async_trait;
@@ -145,4 +146,81 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// Misses of the photo cache a web server's metrics counted.
+fn photo_misses(m: &app::metrics::Metrics) -> u64 {
+    let text = m.render(None);
+    text.lines()
+        .find(|l| l.starts_with(r#"scalestack_cache_requests_total{cache="photo",result="miss"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_stampede_across_web_servers_sharing_redis_makes_one_store_query() {
+    let app = spawn_app().await;
+    let c = app.user("star").await;
+    let r = app.upload(&c, imaging::samples::png(64, 64), "p.png", None).await;
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(app.wait_processed(&c, id).await["status"], "ready");
+
+    let redis = test_support::TestRedis::start().await;
+    let store = Arc::new(CountingStore {
+        inner: app.backends.store.clone(),
+        photo_reads: AtomicUsize::new(0),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    // Two web servers' catalogs: each its own near-cache, one Redis.
+    let servers: Vec<_> = (0..2)
+        .map(|_| {
+            let (remote, _) = store_redis::connect(&store_redis::RedisConfig {
+                url: redis.node.url(),
+                prefix: "stampede:".into(),
+                timeout_ms: 2000,
+                ttl_jitter: 0.0,
+            })
+            .unwrap();
+            let near = cache::NearCache::new(
+                cache::CacheConfig::default(),
+                Duration::from_secs(2),
+                Arc::new(remote),
+            );
+            let metrics = Arc::new(app::metrics::Metrics::new());
+            let catalog = app::catalog::Catalog::new(
+                store.clone(),
+                Arc::new(near),
+                metrics.clone(),
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+            );
+            (catalog, metrics)
+        })
+        .collect();
+    let mut calls = Vec::new();
+    for (catalog, _) in &servers {
+        for _ in 0..25 {
+            let catalog = catalog.clone();
+            calls.push(tokio::spawn(async move { catalog.photo(PhotoId(id)).await }));
+        }
+    }
+    // Every call has missed (counted just before it joins its server's
+    // flight); only then may the one store query finish.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while servers.iter().any(|(_, m)| photo_misses(m) < 25) {
+        assert!(std::time::Instant::now() < deadline, "not every call missed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.gate.add_permits(1);
+    for call in calls {
+        let photo = call.await.unwrap().unwrap().expect("the photo");
+        assert_eq!(photo.id, PhotoId(id));
+    }
+    assert_eq!(
+        store.photo_reads.load(SeqCst),
+        1,
+        "50 concurrent misses on two web servers, one store query"
+    );
 }
