@@ -9,7 +9,9 @@
 //!   `uphotos-gen:{user}`, so all cached pages of that user become
 //!   unreachable at once without enumerating them.
 //! - A cache error counts as a miss and is logged: the cache is never a
-//!   single point of failure.
+//!   single point of failure. A failed invalidation is not forgotten: it is
+//!   retried in the background until the cache takes it (other web servers
+//!   may still reach the cache and serve the stale entry meanwhile).
 //! - Misses are single-flight: when many requests miss one key at once (a
 //!   hot entry expiring), one queries the store and the others share its
 //!   answer. Across processes too, when the cache is shared (Redis): the
@@ -43,7 +45,13 @@ pub struct Catalog {
     /// One store query per missing key, however many requests miss it at once.
     photo_loads: Arc<SingleFlight<Result<Option<Photo>, StoreError>>>,
     list_loads: Arc<SingleFlight<Result<Vec<PhotoId>, StoreError>>>,
+    /// Invalidations the cache refused, retried until it takes them.
+    pending: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
+
+/// First retry of a refused invalidation; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 fn photo_key(id: PhotoId) -> String {
     format!("photo:{}", id.0)
@@ -70,6 +78,7 @@ impl Catalog {
             list_ttl,
             photo_loads: Arc::default(),
             list_loads: Arc::default(),
+            pending: Arc::default(),
         }
     }
 
@@ -99,8 +108,21 @@ impl Catalog {
 
     async fn cache_delete(&self, key: &str) {
         if let Err(e) = self.cache.delete(key).await {
-            tracing::warn!(error = %e, key, "cache invalidation failed");
+            tracing::warn!(error = %e, key, "cache invalidation failed; retrying in the background");
+            let first = {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                pending.insert(key.to_owned());
+                pending.len() == 1
+            };
+            if first {
+                tokio::spawn(retry_invalidations(self.cache.clone(), self.pending.clone()));
+            }
         }
+    }
+
+    /// Invalidations refused by the cache and not yet retried successfully.
+    pub fn pending_invalidations(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// A photo, from the cache when possible.
@@ -226,5 +248,112 @@ impl Catalog {
         if let Some(id) = photo {
             self.cache_delete(&photo_key(id)).await;
         }
+    }
+}
+
+/// Retries the pending invalidations, with a doubling pause, until every one
+/// is taken; the task ends when none is left (the next refusal starts one).
+async fn retry_invalidations(
+    cache: Arc<dyn Cache>,
+    pending: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+) {
+    let mut pause = RETRY_FIRST;
+    loop {
+        tokio::time::sleep(pause).await;
+        let keys: Vec<String> = pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for key in keys {
+            if cache.delete(&key).await.is_ok() {
+                pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            }
+        }
+        // Decided under the lock a refusal takes too: either it sees this
+        // task's keys and leaves the retrying to it, or it finds the set
+        // empty after this task ended and starts another.
+        if pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            tracing::info!("refused cache invalidations retried successfully");
+            return;
+        }
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use domain::BackendError;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    /// An in-process cache whose deletes fail while `down` is above zero
+    /// (a unit-test stand-in for an unreachable Redis).
+    struct Flaky {
+        inner: cache::InProcessCache,
+        down: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Cache for Flaky {
+        async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+            self.inner.get(key).await
+        }
+        async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), BackendError> {
+            self.inner.set(key, value, ttl).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), BackendError> {
+            if self.down.load(SeqCst) > 0 {
+                self.down.fetch_sub(1, SeqCst);
+                return Err(BackendError::Unavailable("down".into()));
+            }
+            self.inner.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_invalidation_is_retried_until_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let backends = backends::Backends::connect(&backends::BackendsConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let flaky = Arc::new(Flaky {
+            inner: cache::InProcessCache::new(cache::CacheConfig::default()),
+            down: AtomicUsize::new(3),
+        });
+        let catalog = Catalog::new(
+            backends.store.clone(),
+            flaky.clone(),
+            Arc::new(Metrics::new()),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
+        let owner = UserId(7);
+        flaky
+            .set(
+                &generation_key(owner),
+                Bytes::from_static(b"g1"),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        catalog.invalidate(owner, None).await;
+        assert_eq!(catalog.pending_invalidations(), 1, "refused, remembered");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while catalog.pending_invalidations() > 0 {
+            assert!(Instant::now() < deadline, "never retried");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            flaky.get(&generation_key(owner)).await.unwrap(),
+            None,
+            "taken at last"
+        );
+        assert_eq!(flaky.down.load(SeqCst), 0);
     }
 }
