@@ -61,6 +61,11 @@ pub async fn spawn_app() -> TestApp {
     }
 }
 
+/// The body of `GET url` as text.
+pub async fn get_text(c: &Client, url: &str) -> String {
+    c.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 pub fn new_client() -> Client {
     Client::builder().cookie_store(true).build().unwrap()
 }

@@ -4,7 +4,7 @@
 mod helpers;
 mod stampede;
 
-use helpers::{new_client, spawn_app, TEST_MAX_BODY};
+use helpers::{get_text, new_client, spawn_app, TEST_MAX_BODY};
 use imaging::samples;
 use serde_json::Value;
 use std::sync::Arc;
@@ -452,14 +452,7 @@ async fn operational_endpoints() {
     let r = c.get(app.url("/api/photos/1")).send().await.unwrap();
     assert!(r.headers().contains_key("x-request-id"));
 
-    let metrics = c
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&c, &app.url("/metrics")).await;
     for needle in [
         r#"scalestack_http_requests_total{method="POST",route="/api/photos",status="202"} 1"#,
         r#"scalestack_http_request_duration_seconds_bucket{method="GET",route="/api/photos/{id}""#,
@@ -473,14 +466,7 @@ async fn operational_endpoints() {
     assert_eq!(app.get_json(&c, "/api/photos/abc").await.0, 404);
     assert_eq!(app.get_json(&c, "/no/such/route").await.0, 404);
     // Requests that matched no route are counted too, under one series.
-    let metrics = c
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&c, &app.url("/metrics")).await;
     let needle = r#"scalestack_http_requests_total{method="GET",route="unmatched",status="404"} 1"#;
     assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
 }

@@ -2,7 +2,7 @@
 //! store query, through the HTTP API of one web server, and across two web
 //! servers sharing a real Redis.
 
-use crate::helpers::spawn_app;
+use crate::helpers::{get_text, spawn_app};
 use async_trait::async_trait;
 use domain::ports::Store;
 use domain::*;
@@ -104,14 +104,7 @@ async fn a_stampede_on_one_missing_key_makes_one_store_query() {
     let misses = r#"scalestack_cache_requests_total{cache="photo",result="miss"} 50"#;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let m = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = get_text(&http, &format!("{base}/metrics")).await;
         if m.contains(misses) {
             break;
         }
