@@ -166,6 +166,7 @@ impl LoadBalancer {
             let worker = std::thread::Builder::new()
                 .name(format!("lb-worker-{i}"))
                 .spawn(move || {
+                    backend::set_pool_slot(i);
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
