@@ -305,26 +305,41 @@ seconds() {
     [[ $1 =~ ^([0-9]+)s$ ]] && echo "${BASH_REMATCH[1]}"
 }
 
-# measure TARGET THREADS PID: closed then open loop against TARGET's port. In
-# the open loop (a fixed number of requests) the CPU time PID spends is
-# measured too, in microseconds per request: what the proxy costs, free of
-# the competition for cores that the closed loop's throughput suffers.
+# measure TARGET THREADS PID: closed then open loop against TARGET's port.
+# The CPU time (user + system) that the proxy (PID), the backend and the load
+# generator spend over each run is measured too, per request: what the proxy
+# costs, free of the competition for cores that the closed loop's throughput
+# suffers, and what the whole system costs with it in the path (a proxy
+# that makes its peers work harder per request shows there).
 measure() {
-    local target=$1 threads=$2 pid=$3 mode json cpu before
+    local target=$1 threads=$2 pid=$3 mode json before_p before_b gen requests
     local url="http://127.0.0.1:${PORT[$target]}/"
     local run_secs=$(($(seconds "$DURATION") + $(seconds "$WARMUP")))
     for mode in closed open; do
         local rate_args=()
         [[ $mode == open ]] && rate_args=(--rate "$RATE")
         echo "bench-lb: $target, $threads thread(s), $mode loop ..." >&2
-        before=$(cpu_ticks "$pid")
-        json=$("$BIN" bench http --url "$url" --connections "$CONNECTIONS" --duration "$DURATION" \
-            --warmup "$WARMUP" --threads "$LOAD_THREADS" "${rate_args[@]}" --json)
-        cpu=-
-        if [[ $mode == open && $target != direct ]]; then
-            cpu=$(awk -v t="$(($(cpu_ticks "$pid") - before))" -v hz="$(getconf CLK_TCK)" \
-                -v n="$((RATE * run_secs))" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+        before_p=$(cpu_ticks "$pid")
+        before_b=$(cpu_ticks "$backend_pid")
+        json=$(/usr/bin/time -f '%U %S' -o "$WORK/gen-time" "$BIN" bench http --url "$url" \
+            --connections "$CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" \
+            --threads "$LOAD_THREADS" "${rate_args[@]}" --json)
+        gen=$(awk '{ printf "%.0f", ($1 + $2) * 100 }' "$WORK/gen-time")
+        if [[ $mode == open ]]; then
+            requests=$((RATE * run_secs))
+        else
+            requests=$(awk -v r="$(json_field "$json" rps)" -v s="$run_secs" 'BEGIN { printf "%.0f", r * s }')
         fi
+        # Proxy, then everything (proxy, backend, load generator); the
+        # direct run has no proxy.
+        local cpu
+        cpu=$(awk -v p="$(($(cpu_ticks "$pid") - before_p))" -v b="$(($(cpu_ticks "$backend_pid") - before_b))" \
+            -v g="$gen" -v hz="$(getconf CLK_TCK)" -v n="$requests" -v direct="$([[ $target == direct ]] && echo 1)" \
+            'BEGIN {
+                us = 1e6 / hz / n
+                if (direct) printf "-\t%.2f", (b + g / 100 * hz) * us
+                else printf "%.2f\t%.2f", p * us, (p + b + g / 100 * hz) * us
+            }')
         echo "$target $threads $json" >>"$WORK/results.jsonl"
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$threads" "$mode" \
             "$(json_field "$json" rps)" "$(json_field "$json" p50_us)" "$(json_field "$json" p99_us)" \
@@ -372,8 +387,8 @@ done
 
 # --- report ------------------------------------------------------------------
 
-echo "| proxy | threads | mode | req/s | p50 ms | p99 ms | p99.9 ms | errors | non-2xx | CPU µs/req | req/s vs nginx | p99 vs nginx | CPU vs nginx |"
-echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| proxy | threads | mode | req/s | p50 ms | p99 ms | p99.9 ms | errors | non-2xx | CPU µs/req proxy | CPU µs/req all | req/s vs nginx | p99 vs nginx | proxy CPU vs nginx |"
+echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 awk -F'\t' '
     { row[NR] = $0; if ($1 == "nginx") { rps[$2 "/" $3] = $4; p99[$2 "/" $3] = $6; cpu[$2 "/" $3] = $10 } }
     END {
@@ -384,8 +399,8 @@ awk -F'\t' '
             pr = (key in p99 && p99[key] > 0) ? sprintf("%.2f", f[6] / p99[key]) : "-"
             cr = (f[10] != "-" && key in cpu && cpu[key] > 0) ? sprintf("%.2f", f[10] / cpu[key]) : "-"
             name = (f[1] == "direct") ? "direct (no proxy)" : f[1]
-            printf "| %s | %s | %s | %.0f | %.3f | %.3f | %.3f | %s | %s | %s | %s | %s | %s |\n",
-                name, f[2], f[3], f[4], f[5] / 1000, f[6] / 1000, f[7] / 1000, f[8], f[9], f[10], rr, pr, cr
+            printf "| %s | %s | %s | %.0f | %.3f | %.3f | %.3f | %s | %s | %s | %s | %s | %s | %s |\n",
+                name, f[2], f[3], f[4], f[5] / 1000, f[6] / 1000, f[7] / 1000, f[8], f[9], f[10], f[11], rr, pr, cr
         }
     }' "$RESULTS"
 echo
@@ -397,4 +412,5 @@ awk -F'\t' '{ printf "| %s | %s | %.1f |\n", $1, $2, $3 / 1024 }' "$WORK/rss.tsv
 echo
 echo "Closed loop: each connection sends its next request when the previous answer is read." \
     "Open loop: $RATE req/s on a fixed schedule, latency from each request's intended start;" \
-    "CPU µs/req: the proxy's CPU time (its processes, user + system) over the open-loop run per request sent."
+    "CPU µs/req: CPU time (user + system) per request over each run (warm-up included), of the proxy's processes" \
+    "and of everything (proxy, backend, load generator)."

@@ -11,7 +11,7 @@ set -euo pipefail
 
 packages=(build-essential pkg-config cmake curl postgresql redis-server nats-server)
 if [[ "${1:-}" == "--bench" ]]; then
-    packages+=(nginx haproxy varnish wrk dnsperf python3)
+    packages+=(nginx haproxy varnish wrk dnsperf python3 time)
 fi
 
 missing=()
