@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing scalestack needs on a Debian machine:
-# the C toolchain, cmake (pingora's build), and the engines the test harness
+# the C toolchain, cmake (for benches/pingora-lb, the pingora proxy the LB
+# benchmark can compare with; not part of the workspace), and the engines the test harness
 # starts privately (PostgreSQL, Redis, NATS). Idempotent and quick when
 # everything is present; needs root (or sudo) only when something is missing.
 #

@@ -265,6 +265,14 @@ impl BackendSet {
         self.version.load(Relaxed)
     }
 
+    /// The backends and the version they are, read together (the version
+    /// is bumped under the write lock): a hash ring built from this list is
+    /// never tagged with a newer version than its own.
+    pub fn versioned_snapshot(&self) -> (Arc<Vec<Arc<Backend>>>, u64) {
+        let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        (guard.clone(), self.version.load(Relaxed))
+    }
+
     pub fn get(&self, addr: SocketAddr) -> Option<Arc<Backend>> {
         self.snapshot().iter().find(|b| b.addr == addr).cloned()
     }

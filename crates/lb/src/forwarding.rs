@@ -6,7 +6,8 @@
 //!   and `Expect` (the proxy read the whole body and sends its own length);
 //! - `X-Forwarded-For`, `-Proto` and `-Host` replaced, unless the peer is a
 //!   trusted proxy: then its values are kept and the address is appended to
-//!   the chain, so a client cannot forge its address;
+//!   the chain, so a client cannot forge its address (`Forwarded` and
+//!   `X-Real-IP` from an untrusted peer are dropped for the same reason);
 //! - an `X-Request-Id` kept when the client sent exactly one well-formed
 //!   one, generated otherwise;
 //! - the body, with its length.
@@ -95,6 +96,7 @@ pub(crate) fn encode_request(out: &mut Vec<u8>, head: &RequestHead, body: &[u8],
     for v in head.values(b"connection") {
         named.extend(list_tokens(v));
     }
+    let trusted = peer.trusted;
     let kept_id = {
         let mut ids = head.values(b"x-request-id");
         match (ids.next(), ids.next()) {
@@ -102,13 +104,15 @@ pub(crate) fn encode_request(out: &mut Vec<u8>, head: &RequestHead, body: &[u8],
             _ => None,
         }
     };
-    let trusted = peer.trusted;
     let (mut has_proto, mut has_host) = (false, false);
     for (name, value) in head.headers() {
         let dropped = is_hop_by_hop_bytes(name)
             || name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"x-forwarded-for")
+            // Other spellings of the client's address: only ours reach the
+            // backend, unless the peer is a trusted proxy.
+            || (!trusted && (name.eq_ignore_ascii_case(b"forwarded") || name.eq_ignore_ascii_case(b"x-real-ip")))
             || (name.eq_ignore_ascii_case(b"x-request-id") && kept_id.is_none())
             || named.iter().any(|n| n.eq_ignore_ascii_case(name));
         if dropped {
@@ -215,6 +219,9 @@ mod tests {
         let raw = "GET /a HTTP/1.1\r\nHost: app.example\r\nX-Forwarded-For: 6.6.6.6\r\n\
                    X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nX-Request-Id: r1\r\n\r\n";
         let (out, _) = encoded(raw, b"", &untrusted());
+        let spoofed = "GET / HTTP/1.1\r\nHost: h\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\r\n";
+        let (dropped, _) = encoded(spoofed, b"", &untrusted());
+        assert!(!dropped.contains("6.6.6.6"), "{dropped}");
         assert_eq!(
             out,
             "GET /a HTTP/1.1\r\nHost: app.example\r\nX-Request-Id: r1\r\nx-forwarded-for: 10.0.0.1\r\n\

@@ -132,6 +132,24 @@ impl Timer<'_> {
     fn set(&self, after: Duration) {
         self.deadline.set_after(self.clock, after);
     }
+
+    /// Writes all of `bytes` to the client within `within`: a client that
+    /// stops reading cannot hold its connection (and a backend's) for ever.
+    pub async fn write_all<W: AsyncWrite + Unpin>(
+        &self,
+        io: &mut W,
+        bytes: &[u8],
+        within: Duration,
+    ) -> std::io::Result<()> {
+        self.set(within);
+        match self.deadline.guard(self.clock, io.write_all(bytes)).await {
+            Some(r) => r,
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read its response in time",
+            )),
+        }
+    }
 }
 
 /// Reads until the timer's deadline; `Ok(0)` is EOF.
@@ -150,18 +168,22 @@ async fn read_more<R: AsyncRead + Unpin>(
     }
 }
 
-/// Reads one request head. Waits up to `idle_timeout` for its first byte,
-/// then up to `header_timeout` for the rest: a client trickling its headers
+/// Reads one request head. Waits up to `first_byte` for its first byte
+/// (the idle timeout between requests of a keep-alive connection; the
+/// header timeout for a new connection's first request, so connections that
+/// never send a byte cannot hold their slots for long), then up to
+/// `header_timeout` for the rest: a client trickling its headers
 /// (slowloris) is cut off with 408 however slowly it trickles.
 pub async fn read_head<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     limits: &ReadLimits,
+    first_byte: Duration,
     t: Timer<'_>,
 ) -> Result<RequestHead, ReadError> {
     let mut started = false;
     if buf.is_empty() {
-        t.set(limits.idle_timeout);
+        t.set(first_byte);
     }
     loop {
         if !buf.is_empty() {
@@ -539,7 +561,7 @@ mod tests {
         };
         let mut io = raw;
         let mut buf = BytesMut::new();
-        let head = read_head(&mut io, &mut buf, &limits(), t).await;
+        let head = read_head(&mut io, &mut buf, &limits(), limits().idle_timeout, t).await;
         let result = match head {
             Ok(head) => read_body(&mut io, &mut buf, head.body, &limits(), t)
                 .await
@@ -637,11 +659,11 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
         let mut buf = BytesMut::new();
-        let r = read_head(&mut server, &mut buf, &limits(), t).await;
+        let r = read_head(&mut server, &mut buf, &limits(), limits().idle_timeout, t).await;
         assert_eq!(r.unwrap_err(), ReadError::Timeout);
         // An idle connection that never sent a byte is closed quietly.
         let (_c, mut s) = tokio::io::duplex(1024);
-        let r = read_head(&mut s, &mut BytesMut::new(), &limits(), t).await;
+        let r = read_head(&mut s, &mut BytesMut::new(), &limits(), limits().idle_timeout, t).await;
         assert_eq!(r.unwrap_err(), ReadError::Closed);
         sweeper.abort();
     }

@@ -106,6 +106,9 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         out: Vec::with_capacity(1024),
         timer: t,
     };
+    // A new connection gets the header timeout for its first byte; between
+    // requests of a kept-alive one, the idle timeout.
+    let mut first_byte = limits.header_timeout;
     loop {
         if *stopping.borrow() {
             break;
@@ -115,17 +118,18 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         let read = if buf.is_empty() {
             tokio::select! {
                 biased;
-                r = http1::read_head(&mut stream, &mut buf, &limits, t) => Some(r),
+                r = http1::read_head(&mut stream, &mut buf, &limits, first_byte, t) => Some(r),
                 _ = stopping.wait_for(|s| *s) => None,
             }
         } else {
-            Some(http1::read_head(&mut stream, &mut buf, &limits, t).await)
+            Some(http1::read_head(&mut stream, &mut buf, &limits, first_byte, t).await)
         };
         let read = match read {
             Some(r) => r,
             None if buf.is_empty() => break,
-            None => http1::read_head(&mut stream, &mut buf, &limits, t).await,
+            None => http1::read_head(&mut stream, &mut buf, &limits, first_byte, t).await,
         };
+        first_byte = limits.idle_timeout;
         let head = match read {
             Ok(h) => h,
             Err(e) => return refuse(&mut stream, shared, &e).await,
@@ -248,6 +252,7 @@ async fn proxy_request(
                 http11: head.minor_version == 1,
                 keep_alive,
                 request_id,
+                write_timeout: shared.read_limits.body_timeout,
             };
             let keep = response
                 .relay(stream, out, &side, &shared.upstream, &in_flight.0, t)
@@ -305,9 +310,8 @@ async fn forward(
     let mut tried: Vec<SocketAddr> = Vec::with_capacity(attempts);
     let mut last_failure = Failure::Unavailable;
     while tried.len() < attempts {
-        let all = shared.backends.snapshot();
-        let Some(b) = selection::choose(&*shared.selector, &all, &tried, key, shared.backends.version())
-        else {
+        let (all, version) = shared.backends.versioned_snapshot();
+        let Some(b) = selection::choose(&*shared.selector, &all, &tried, key, version) else {
             break;
         };
         tried.push(b.addr);

@@ -281,6 +281,8 @@ pub(crate) struct ClientSide<'a> {
     pub http11: bool,
     pub keep_alive: bool,
     pub request_id: &'a str,
+    /// Longest a write to the client may take (the body timeout).
+    pub write_timeout: Duration,
 }
 
 impl Response {
@@ -342,7 +344,7 @@ impl Response {
                 break;
             }
             if !out.is_empty() {
-                client.write_all(out).await?;
+                t.write_all(client, out, side.write_timeout).await?;
                 out.clear();
             }
             t.deadline.set_after(t.clock, upstream.timeout);
@@ -354,7 +356,7 @@ impl Response {
                     // honest signal left is closing the client connection.
                     tracing::warn!(request_id = side.request_id, backend = %b.addr, "backend response cut short");
                     b.metrics.other_errors.inc();
-                    client.write_all(out).await?;
+                    t.write_all(client, out, side.write_timeout).await?;
                     return Ok(false);
                 }
                 Some(Ok(_)) => {}
@@ -364,7 +366,7 @@ impl Response {
             // Close-delimited towards an HTTP/1.0 client.
             keep = false;
         }
-        client.write_all(out).await?;
+        t.write_all(client, out, side.write_timeout).await?;
         out.clear();
         if self.reusable && self.buf.is_empty() {
             b.put_idle(

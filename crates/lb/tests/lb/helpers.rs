@@ -55,6 +55,7 @@ impl TestBackend {
             .route("/echo", post(echo))
             .route("/hang", post(hang))
             .route("/headers", routing::get(headers))
+            .route("/big/{mib}", routing::get(big))
             .fallback(who)
             .with_state(state.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -135,6 +136,11 @@ async fn hang(State(s): State<Arc<BackendState>>) -> String {
     s.posts.fetch_add(1, SeqCst);
     tokio::time::sleep(Duration::from_secs(3600)).await;
     s.name.clone()
+}
+
+async fn big(State(s): State<Arc<BackendState>>, Path(mib): Path<usize>) -> Vec<u8> {
+    s.hits.fetch_add(1, SeqCst);
+    vec![b'x'; mib << 20]
 }
 
 async fn headers(State(s): State<Arc<BackendState>>, h: HeaderMap) -> String {

@@ -501,6 +501,62 @@ async fn limits_answer_with_their_status() {
 }
 
 #[tokio::test]
+async fn clients_that_send_nothing_or_stop_reading_are_cut_off() {
+    let b = TestBackend::start();
+    let mut c = config(&[&b]);
+    c.limits.header_timeout_ms = 300;
+    c.limits.body_timeout_ms = 300;
+    c.limits.idle_timeout_ms = 600_000;
+    let lb = start_lb(c).await;
+    let patience = Duration::from_secs(20);
+
+    // A connection that never sends a byte is closed (well before the
+    // 10-minute idle timeout, which only applies between requests).
+    let mut silent = TcpStream::connect(lb.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let eof = tokio::time::timeout(patience, silent.read(&mut byte)).await;
+    assert!(
+        matches!(eof, Ok(Ok(0))),
+        "the silent connection was closed: {eof:?}"
+    );
+
+    // A client that asks for 64 MiB and reads none of it is dropped, and
+    // the backend's request stops counting as in flight.
+    let mut reader = TcpStream::connect(lb.addr).await.unwrap();
+    reader
+        .write_all(b"GET /big/64 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let http = client();
+    let backend = &b;
+    eventually(patience, "the stalled response to be dropped", || {
+        let (http, admin) = (http.clone(), lb.admin.clone());
+        async move {
+            let list: serde_json::Value = http
+                .get(format!("{admin}/backends"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            backend.hits() == 1 && list[0]["in_flight"].as_u64() == Some(0)
+        }
+    })
+    .await;
+    // What the client then reads ends before 64 MiB: the LB hung up.
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    while let Ok(Ok(n)) = tokio::time::timeout(patience, reader.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert!(got < 64 << 20, "the response was cut short ({got} bytes)");
+}
+
+#[tokio::test]
 async fn connections_above_the_limit_get_503() {
     let b = TestBackend::start();
     let mut c = config(&[&b]);
