@@ -45,6 +45,21 @@ mod tests {
     }
 
     #[test]
+    fn the_idle_backend_wins_only_when_sampled() {
+        // Idle, busy, busy: the idle one is in two of the three possible
+        // pairs, so it takes about 2/3 of the picks (least connections
+        // would take it always, a random choice a third of the time).
+        let all = backends(&[1, 1, 1]);
+        let _busy: Vec<_> = (0..5)
+            .flat_map(|_| [InFlight::new(all[1].clone()), InFlight::new(all[2].clone())])
+            .collect();
+        let idle = (0..3000)
+            .filter(|_| super::super::choose(&PowerOfTwo, &all, &[], 0, 1).unwrap().addr == all[0].addr)
+            .count();
+        assert!((1650..2350).contains(&idle), "{idle} of 3000");
+    }
+
+    #[test]
     fn idle_backends_share_roughly_evenly() {
         let all = backends(&[1, 1, 1, 1]);
         let d = distribution(&PowerOfTwo, &all, 4000);

@@ -239,7 +239,48 @@ async fn killed_backend_loses_no_request() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("scalestack_lb_retries_total"), "{metrics}");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    };
+    assert!(
+        value("scalestack_lb_retries_total") >= 1.0,
+        "the refusals were retried"
+    );
+    let (dead, alive) = (b[0].addr, b[1].addr);
+    assert!(
+        value(&format!(
+            r#"scalestack_lb_backend_errors_total{{backend="{dead}",kind="connect"}}"#
+        )) >= 1.0
+    );
+    assert_eq!(
+        value(&format!(r#"scalestack_lb_backend_healthy{{backend="{alive}"}}"#)),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            r#"scalestack_lb_backend_in_flight{{backend="{alive}"}}"#
+        )),
+        0.0
+    );
+    assert!(
+        value(&format!(
+            r#"scalestack_lb_backend_requests_total{{backend="{alive}"}}"#
+        )) >= 30.0
+    );
+    assert!(
+        value(&format!(
+            r#"scalestack_lb_backend_latency_seconds_count{{backend="{alive}"}}"#
+        )) >= 30.0
+    );
+    assert_eq!(
+        value(r#"scalestack_lb_responses_total{status="200"}"#),
+        120.0,
+        "30 + 90 answered"
+    );
 }
 
 #[tokio::test]
