@@ -209,14 +209,33 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stops every child and waits for them.
+    /// Stops every child and waits for them, front to back: the load
+    /// balancer first (it stops accepting and finishes what it forwards,
+    /// while the web servers still answer), then the web servers, then the
+    /// workers (each finishing the job in hand), then the rest (the engines
+    /// they use).
     pub async fn stop(&self) {
-        let children: Vec<Child> = std::mem::take(&mut *self.lock()).into_values().collect();
-        for c in &children {
-            c.desired.send_replace(Desired::Removed);
-        }
-        for c in children {
-            let _ = c.task.await;
+        let mut children: Vec<Child> = std::mem::take(&mut *self.lock()).into_values().collect();
+        let rank = |c: &Child| {
+            let role = c.status.lock().unwrap_or_else(|e| e.into_inner()).role.clone();
+            match role.as_str() {
+                "lb" => 0,
+                "web" => 1,
+                "worker" => 2,
+                _ => 3,
+            }
+        };
+        children.sort_by_key(rank);
+        while let Some(first) = children.first() {
+            let tier = rank(first);
+            let n = children.iter().take_while(|c| rank(c) == tier).count();
+            let batch: Vec<Child> = children.drain(..n).collect();
+            for c in &batch {
+                c.desired.send_replace(Desired::Removed);
+            }
+            for c in batch {
+                let _ = c.task.await;
+            }
         }
     }
 }
