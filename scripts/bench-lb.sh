@@ -216,12 +216,21 @@ http {
         keepalive_requests 1000000;
     }
 
+    # The same work scalestack lb does on every request: the client's
+    # address, scheme and host to the backend, a request id generated and
+    # passed on, and returned to the client.
     server {
         listen 127.0.0.1:${PORT[nginx]};
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Request-Id \$request_id;
+            add_header X-Request-Id \$request_id always;
         }
     }
 }
@@ -245,8 +254,15 @@ defaults
     timeout server 60s
     timeout http-keep-alive 75s
 
+# The same work scalestack lb does on every request (see nginx's).
 frontend bench
     bind 127.0.0.1:${PORT[haproxy]}
+    unique-id-format %{+X}o%ci%cp%fi%fp%Ts%rt%pid
+    unique-id-header X-Request-Id
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-after-response set-header X-Request-Id %[unique-id]
     default_backend backend
 
 backend backend

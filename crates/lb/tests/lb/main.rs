@@ -627,6 +627,15 @@ async fn smuggling_attempts_are_rejected_and_the_connection_closed() {
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET /who HTTP/1.1\r\n\r\n",
+        // Identical duplicate lengths, obfuscated codings, negative and
+        // oversized chunk sizes, chunked in HTTP/1.0, bare LF.
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000003\r\nabc\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /who HTTP/1.1\nHost: x\n\nGET /who HTTP/1.1\r\nHost: x\r\n\r\n",
     ];
     for a in attempts {
         let answer = raw(lb.addr, a).await;
@@ -642,6 +651,15 @@ async fn smuggling_attempts_are_rejected_and_the_connection_closed() {
             "nothing smuggled behind: {answer}"
         );
     }
+    // And the connection is really closed after the 400 (EOF, not just
+    // the header).
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(attempts[0]).await.unwrap();
+    let answer = read_all(&mut s, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let mut byte = [0u8; 1];
+    let eof = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte)).await;
+    assert!(matches!(eof, Ok(Ok(0)) | Ok(Err(_))), "closed: {eof:?}");
     assert_eq!(b.hits(), 0, "no smuggling attempt reached the backend");
 }
 
