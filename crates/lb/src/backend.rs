@@ -173,6 +173,14 @@ impl Backend {
             return None;
         }
         o.consecutive_failures = 0;
+        // The back-off grows with ejections in a row; one that ended longer
+        // ago than the longest ejection is forgotten.
+        let forgotten = Duration::from_millis(config.max_ejection_ms);
+        if o.ejected_until
+            .is_some_and(|until| Instant::now().saturating_duration_since(until) > forgotten)
+        {
+            o.ejections = 0;
+        }
         let factor = 1u64 << o.ejections.min(20);
         let ms = config
             .base_ejection_ms
@@ -366,6 +374,31 @@ mod tests {
         b.record_check(false, 1, 1);
         b.record_check(true, 1, 1);
         assert!(!b.is_ejected(Instant::now()));
+    }
+
+    #[test]
+    fn an_old_ejection_is_forgotten() {
+        let b = backend();
+        let c = OutlierConfig {
+            consecutive_failures: 1,
+            base_ejection_ms: 10,
+            max_ejection_ms: 20,
+        };
+        assert_eq!(
+            b.record_result(RequestResult::Failed, &c),
+            Some(Duration::from_millis(10))
+        );
+        assert_eq!(
+            b.record_result(RequestResult::Failed, &c),
+            Some(Duration::from_millis(20))
+        );
+        // Well past the end of the last ejection plus the longest one.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            b.record_result(RequestResult::Failed, &c),
+            Some(Duration::from_millis(10)),
+            "starts over"
+        );
     }
 
     #[test]

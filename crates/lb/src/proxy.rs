@@ -250,7 +250,9 @@ async fn proxy_request(
             let side = ClientSide {
                 method,
                 http11: head.minor_version == 1,
-                keep_alive,
+                // A stop that began while the backend worked closes this
+                // connection after the answer: say so in it.
+                keep_alive: keep_alive && !*shared.stopping.borrow(),
                 request_id,
                 write_timeout: shared.read_limits.body_timeout,
             };
@@ -258,7 +260,9 @@ async fn proxy_request(
                 .relay(stream, out, &side, &shared.upstream, &in_flight.0, t)
                 .await;
             drop(in_flight);
-            (status, keep?)
+            // A client gone mid-answer (`Err`) still had its request served:
+            // it is counted and logged, then its connection is dropped.
+            (status, keep.unwrap_or(false))
         }
         Err(f) => {
             let status = f.status();
