@@ -258,6 +258,12 @@ pub struct Limits {
     /// Open client connections; above it new ones get 503. Default 10000.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Request body bytes held in memory at once, all connections together
+    /// (bodies are read whole before forwarding, so that a failed attempt
+    /// can be retried); a body that would pass it gets 503 and may be sent
+    /// again later. Default 256 MiB.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: u64,
 }
 
 fn default_max_header_bytes() -> usize {
@@ -284,6 +290,9 @@ fn default_upstream_timeout_ms() -> u64 {
 fn default_max_connections() -> usize {
     10_000
 }
+fn default_max_buffered_bytes() -> u64 {
+    256 << 20
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -296,6 +305,7 @@ impl Default for Limits {
             idle_timeout_ms: default_idle_timeout_ms(),
             upstream_timeout_ms: default_upstream_timeout_ms(),
             max_connections: default_max_connections(),
+            max_buffered_bytes: default_max_buffered_bytes(),
         }
     }
 }

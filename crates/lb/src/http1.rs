@@ -9,8 +9,10 @@ use crate::deadline::{Clock, Deadline};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A parsed request head. The head's bytes are kept as they arrived and the
 /// header fields are ranges into them: nothing is copied or allocated per
@@ -91,6 +93,9 @@ pub enum ReadError {
     BodyTooLarge,
     #[error("request timed out")]
     Timeout,
+    /// Too many request bodies held at once: try again later.
+    #[error("too many request bodies in flight; retry later")]
+    Busy,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("i/o error")]
@@ -105,6 +110,7 @@ impl ReadError {
             ReadError::HeadersTooLarge => Some(431),
             ReadError::BodyTooLarge => Some(413),
             ReadError::Timeout => Some(408),
+            ReadError::Busy => Some(503),
             ReadError::BadRequest(_) => Some(400),
         }
     }
@@ -340,35 +346,71 @@ fn framing(head: &RequestHead) -> Result<BodyFraming, ReadError> {
     }
 }
 
+/// A request body and its share of the memory budget, given back when the
+/// body is dropped.
+pub struct Body {
+    pub bytes: Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// Takes `n` bytes of the body budget (or says the proxy is busy).
+fn reserve(
+    budget: &Arc<Semaphore>,
+    held: &mut Option<OwnedSemaphorePermit>,
+    n: u64,
+) -> Result<(), ReadError> {
+    if n == 0 {
+        return Ok(());
+    }
+    let n = u32::try_from(n).map_err(|_| ReadError::BodyTooLarge)?;
+    let permit = budget
+        .clone()
+        .try_acquire_many_owned(n)
+        .map_err(|_| ReadError::Busy)?;
+    match held {
+        Some(p) => p.merge(permit),
+        None => *held = Some(permit),
+    }
+    Ok(())
+}
+
 /// Reads the whole body (the proxy buffers requests, so a slow client never
-/// holds a backend connection and a failed attempt can be retried).
+/// holds a backend connection and a failed attempt can be retried), within
+/// `budget`, the bytes all connections together may hold.
 pub async fn read_body<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     framing: BodyFraming,
     limits: &ReadLimits,
+    budget: &Arc<Semaphore>,
     t: Timer<'_>,
-) -> Result<Bytes, ReadError> {
-    if framing == BodyFraming::None {
-        return Ok(Bytes::new());
-    }
-    t.set(limits.body_timeout);
-    match framing {
-        BodyFraming::None => Ok(Bytes::new()),
+) -> Result<Body, ReadError> {
+    let mut held = None;
+    let bytes = match framing {
+        BodyFraming::None => Bytes::new(),
         BodyFraming::Length(n) => {
             if n > limits.max_body_bytes {
                 return Err(ReadError::BodyTooLarge);
             }
+            reserve(budget, &mut held, n)?;
+            t.set(limits.body_timeout);
             let n = n as usize;
             while buf.len() < n {
                 if read_more(io, buf, t).await? == 0 {
                     return Err(ReadError::BadRequest("connection closed mid-body"));
                 }
             }
-            Ok(buf.split_to(n).freeze())
+            buf.split_to(n).freeze()
         }
-        BodyFraming::Chunked => read_chunked(io, buf, limits.max_body_bytes, t).await,
-    }
+        BodyFraming::Chunked => {
+            t.set(limits.body_timeout);
+            read_chunked(io, buf, limits.max_body_bytes, t, |n| {
+                reserve(budget, &mut held, n)
+            })
+            .await?
+        }
+    };
+    Ok(Body { bytes, _budget: held })
 }
 
 /// Finds a CRLF-terminated line at the start of `buf`, reading more as
@@ -400,6 +442,7 @@ async fn read_chunked<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     max_body: u64,
     t: Timer<'_>,
+    mut reserve: impl FnMut(u64) -> Result<(), ReadError>,
 ) -> Result<Bytes, ReadError> {
     let mut body = BytesMut::new();
     loop {
@@ -430,6 +473,7 @@ async fn read_chunked<R: AsyncRead + Unpin>(
         if body.len() as u64 + size > max_body {
             return Err(ReadError::BodyTooLarge);
         }
+        reserve(size)?;
         let need = size as usize + 2;
         while buf.len() < need {
             if read_more(io, buf, t).await? == 0 {
@@ -563,9 +607,16 @@ mod tests {
         let mut buf = BytesMut::new();
         let head = read_head(&mut io, &mut buf, &limits(), limits().idle_timeout, t).await;
         let result = match head {
-            Ok(head) => read_body(&mut io, &mut buf, head.body, &limits(), t)
-                .await
-                .map(|b| (head, b)),
+            Ok(head) => read_body(
+                &mut io,
+                &mut buf,
+                head.body,
+                &limits(),
+                &Arc::new(Semaphore::new(1 << 20)),
+                t,
+            )
+            .await
+            .map(|b| (head, b.bytes)),
             Err(e) => Err(e),
         };
         sweeper.abort();

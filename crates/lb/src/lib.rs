@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub read_limits: http1::ReadLimits,
     /// One permit per open client connection.
     pub connection_slots: Arc<Semaphore>,
+    /// Bytes of request bodies that may be held at once (`max_buffered_bytes`).
+    pub body_budget: Arc<Semaphore>,
     /// Flips to true when shutdown starts.
     pub stopping: watch::Receiver<bool>,
     /// Coarse clock of the data path's deadlines.
@@ -105,6 +107,12 @@ impl LoadBalancer {
             upstream: upstream::Upstream::new(&config),
             read_limits,
             connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            body_budget: Arc::new(Semaphore::new(
+                config
+                    .limits
+                    .max_buffered_bytes
+                    .min(Semaphore::MAX_PERMITS as u64) as usize,
+            )),
             stopping,
             clock: deadline::Clock::new(),
             config,

@@ -20,7 +20,7 @@ use crate::http1::{self, BodyFraming, ReadError, RequestHead};
 use crate::selection;
 use crate::upstream::{self, ClientSide, SendError};
 use crate::Shared;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::Method;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +66,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         }
     }
 }
+
+/// Scratch capacity a connection keeps between requests.
+const SCRATCH_KEPT: usize = 64 * 1024;
 
 /// What a client connection carries from one request to the next.
 struct Connection<'a> {
@@ -142,13 +145,22 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
                 return;
             }
         }
-        let body = match http1::read_body(&mut stream, &mut buf, head.body, &limits, t).await {
-            Ok(b) => b,
-            Err(e) => return refuse(&mut stream, shared, &e).await,
-        };
+        let body =
+            match http1::read_body(&mut stream, &mut buf, head.body, &limits, &shared.body_budget, t).await {
+                Ok(b) => b,
+                Err(e) => return refuse(&mut stream, shared, &e).await,
+            };
         // HTTP/1.0 clients get one request per connection.
         let keep_alive = head.keep_alive && head.minor_version == 1 && !*stopping.borrow();
-        match proxy_request(shared, &mut stream, &mut conn, head, body, keep_alive).await {
+        let served = proxy_request(shared, &mut stream, &mut conn, head, body, keep_alive).await;
+        // The scratch buffers keep their capacity between requests; not
+        // that of a large body (the budget gave those bytes back already).
+        for scratch in [&mut conn.request, &mut conn.out] {
+            if scratch.capacity() > SCRATCH_KEPT {
+                *scratch = Vec::with_capacity(1024);
+            }
+        }
+        match served {
             Ok(true) => {}
             Ok(false) | Err(_) => break,
         }
@@ -224,7 +236,7 @@ async fn proxy_request(
     stream: &mut TcpStream,
     conn: &mut Connection<'_>,
     head: RequestHead,
-    body: Bytes,
+    body: http1::Body,
     keep_alive: bool,
 ) -> std::io::Result<bool> {
     let Connection {
@@ -236,7 +248,7 @@ async fn proxy_request(
     let t = *t;
     let started = shared.config.access_log.then(Instant::now);
     let method = &head.method;
-    let request_id = forwarding::encode_request(request, &head, &body, peer);
+    let request_id = forwarding::encode_request(request, &head, &body.bytes, peer);
     let request_id = request_id.as_str();
     let key = match shared.config.algorithm {
         Algorithm::ConsistentHash => forwarding::hash_key(&shared.config.hash_key, &head, peer.addr.ip()),

@@ -598,6 +598,49 @@ async fn clients_that_send_nothing_or_stop_reading_are_cut_off() {
 }
 
 #[tokio::test]
+async fn bodies_held_at_once_are_bounded() {
+    let b = TestBackend::start();
+    let mut c = config(&[&b]);
+    c.limits.max_body_bytes = 1000;
+    c.limits.max_buffered_bytes = 1000;
+    let lb = start_lb(c).await;
+    // One client holds 900 bytes of the budget with a body it sends slowly.
+    let mut slow = TcpStream::connect(lb.addr).await.unwrap();
+    slow.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\nabc")
+        .await
+        .unwrap();
+    // Another's 200 bytes do not fit: 503, and nothing reaches a backend.
+    let post = |n: usize| {
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\n{}",
+            "d".repeat(n)
+        )
+    };
+    let answer = loop {
+        let answer = raw(lb.addr, post(200).as_bytes()).await;
+        // Until the slow client's head has been read, its bytes are not held.
+        if !answer.starts_with("HTTP/1.1 200") {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // A smaller one still fits.
+    assert!(raw(lb.addr, post(50).as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // Once the slow body is complete and forwarded, its bytes are given back.
+    slow.write_all("e".repeat(897).as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    slow.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    drop(slow);
+    assert!(raw(lb.addr, post(200).as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
 async fn connections_above_the_limit_get_503() {
     let b = TestBackend::start();
     let mut c = config(&[&b]);
