@@ -61,7 +61,16 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             print!("{}", table(&ps));
         }
         CtlCommand::Kill { name, signal } => {
-            println!("sent SIG{signal} to {name}; it stays down until `ctl start {name}`")
+            let role = serde_json::from_str::<ChildStatus>(&text)
+                .map(|c| c.role)
+                .unwrap_or_default();
+            if role == "postgres" {
+                // The cluster watcher owns its nodes: it restarts a replica
+                // and fails over from a primary.
+                println!("sent SIG{signal} to {name}; up restarts it, or fails over if it was the primary")
+            } else {
+                println!("sent SIG{signal} to {name}; it stays down until `ctl start {name}`")
+            }
         }
         CtlCommand::Start { name } => println!("{name} starting"),
     }
