@@ -53,9 +53,11 @@ async fn start_session(
         .into_response())
 }
 
-/// `POST /api/signup`: 201 and a session, 409 if the name is taken.
+/// `POST /api/signup`: 201 and a session, 409 if the name is taken. As at
+/// login, a session presented with the request is ended.
 pub async fn signup(
     State(state): State<AppState>,
+    MaybeUser(previous): MaybeUser,
     JsonBody(c): JsonBody<Credentials>,
 ) -> ApiResult<Response> {
     let username = Username::parse(&c.username)?;
@@ -71,6 +73,9 @@ pub async fn signup(
             other => other.into(),
         })?;
     tracing::info!(user_id = id.0, username = %username, "signed up");
+    if let Some(prev) = previous {
+        state.backends.sessions.delete(&prev.token).await?;
+    }
     start_session(&state, id, &username, StatusCode::CREATED).await
 }
 

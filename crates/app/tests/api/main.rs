@@ -205,6 +205,17 @@ async fn logout_kills_the_session_and_login_rotates_it() {
         "a cookie replayed after logout is refused"
     );
     assert_eq!(app.get_json(&c, "/api/me").await.0, 401);
+    // Signing up a second account from a logged-in browser ends the first
+    // account's session too.
+    let r = app.login_with(&c, "erin", "password123").await;
+    let third = session_cookie(&r);
+    let r = app.signup_with(&c, "erin2", "password123").await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        replay(third).await,
+        401,
+        "the session replaced at sign-up is dead"
+    );
 }
 
 #[tokio::test]
