@@ -100,7 +100,7 @@ impl WriteLoad {
                 );
                 let prefix = prefix.to_owned();
                 tokio::spawn(async move {
-                    let http = reqwest::Client::new();
+                    let http = crate::helpers::http_client(false);
                     let mut n = 0u64;
                     while !stop.load(SeqCst) {
                         n += 1;
@@ -228,7 +228,7 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
                 reads_failed.clone(),
             );
             tokio::spawn(async move {
-                let http = reqwest::Client::new();
+                let http = crate::helpers::http_client(false);
                 while !stop.load(SeqCst) {
                     match http.get(&url).send().await {
                         Ok(r) if r.status() == 200 => ok.fetch_add(1, SeqCst),

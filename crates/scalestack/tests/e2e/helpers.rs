@@ -6,6 +6,16 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_scalestack");
 
+/// An HTTP client whose every request gives up after 30 s: a hung request
+/// fails its test instead of hanging the suite (a guard, not a measure).
+pub fn http_client(cookies: bool) -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(cookies)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 pub use test_support::{free_port, free_ports};
 
 /// A running `scalestack up` in its own temporary working directory.

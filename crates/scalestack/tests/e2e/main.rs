@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 async fn signup(web: &str, name: &str) -> reqwest::Client {
-    let c = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let c = helpers::http_client(true);
     let r = c
         .post(format!("{web}/api/signup"))
         .json(&serde_json::json!({"username": name, "password": "password123"}))

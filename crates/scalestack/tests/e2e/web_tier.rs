@@ -311,7 +311,7 @@ async fn ctl_scales_kills_and_starts_without_failed_requests() {
         assert!(Instant::now() < deadline, "web-1 not stopped");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let c = reqwest::Client::new();
+    let c = crate::helpers::http_client(false);
     for _ in 0..10 {
         let r = c.get(format!("{}/readyz", up.web)).send().await.unwrap();
         assert_eq!(r.status(), 200, "requests are routed around the stopped server");
