@@ -346,13 +346,13 @@ mod tests {
         let b = backend();
         let c = OutlierConfig {
             consecutive_failures: 2,
-            base_ejection_ms: 100,
-            max_ejection_ms: 250,
+            base_ejection_ms: 10_000,
+            max_ejection_ms: 25_000,
         };
         assert_eq!(b.record_result(RequestResult::Failed, &c), None);
         assert_eq!(
             b.record_result(RequestResult::Failed, &c),
-            Some(Duration::from_millis(100))
+            Some(Duration::from_secs(10))
         );
         assert!(b.is_ejected(Instant::now()));
         assert_eq!(
@@ -363,12 +363,12 @@ mod tests {
         b.record_result(RequestResult::Failed, &c);
         assert_eq!(
             b.record_result(RequestResult::Failed, &c),
-            Some(Duration::from_millis(200))
+            Some(Duration::from_secs(20))
         );
         b.record_result(RequestResult::Failed, &c);
         assert_eq!(
             b.record_result(RequestResult::Failed, &c),
-            Some(Duration::from_millis(250))
+            Some(Duration::from_secs(25))
         );
         // Recovery through the active check clears the ejection.
         b.record_check(false, 1, 1);

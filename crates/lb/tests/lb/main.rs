@@ -55,18 +55,20 @@ async fn least_connections_and_power_of_two_avoid_the_busy_backend() {
         c.algorithm = algorithm;
         let lb = start_lb(c).await;
         let http = client();
+        // Busy for far longer than the 20 requests below take, however slow
+        // the machine; abandoned once they are done.
         let slow = tokio::spawn({
-            let (http, url) = (http.clone(), format!("{}/slow/1500", lb.url));
+            let (http, url) = (http.clone(), format!("{}/slow/20000", lb.url));
             async move { get(&http, &url).await }
         });
-        eventually(Duration::from_secs(2), "the slow request to arrive", || async {
+        eventually(Duration::from_secs(10), "the slow request to arrive", || async {
             b[0].hits() + b[1].hits() == 1
         })
         .await;
         let busy = if b[0].hits() == 1 { &b[0] } else { &b[1] };
         let counts = count_by_backend(&http, &format!("{}/who", lb.url), 20).await;
         assert_eq!(counts.get(&busy.state.name), None, "{algorithm:?}: {counts:?}");
-        assert_eq!(slow.await.unwrap().0, 200);
+        slow.abort();
     }
 }
 
@@ -123,7 +125,10 @@ async fn failing_backend_is_ejected_then_returns() {
     let b = [TestBackend::start(), TestBackend::start()];
     let mut c = config(&[&b[0], &b[1]]);
     c.outlier.consecutive_failures = 2;
-    c.outlier.base_ejection_ms = 600;
+    // Long enough that the 40 requests below all fall inside the ejection
+    // however slow the machine.
+    c.outlier.base_ejection_ms = 5_000;
+    c.outlier.max_ejection_ms = 5_000;
     let lb = start_lb(c).await;
     let http = client();
     b[1].state.failing.store(true, SeqCst);
@@ -154,12 +159,19 @@ async fn failing_backend_is_ejected_then_returns() {
 
     b[1].state.failing.store(false, SeqCst);
     let before = b[1].hits();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    count_by_backend(&http, &url, 10).await;
-    assert!(
-        b[1].hits() > before,
-        "the backend takes traffic again after its ejection"
-    );
+    let back = &b[1];
+    eventually(
+        Duration::from_secs(30),
+        "the backend to take traffic again after its ejection",
+        || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                get(&http, &url).await;
+                back.hits() > before
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -300,7 +312,7 @@ async fn a_post_that_reached_a_backend_is_never_replayed() {
                 .as_u16()
         }
     });
-    eventually(Duration::from_secs(2), "the POST to arrive", || async {
+    eventually(Duration::from_secs(10), "the POST to arrive", || async {
         b[0].state.posts.load(SeqCst) + b[1].state.posts.load(SeqCst) == 1
     })
     .await;
@@ -321,7 +333,7 @@ async fn a_post_that_reached_a_backend_is_never_replayed() {
         let (http, url) = (http.clone(), format!("{}/slow/3000", lb.url));
         async move { get(&http, &url).await }
     });
-    eventually(Duration::from_secs(2), "the GET to arrive", || async {
+    eventually(Duration::from_secs(10), "the GET to arrive", || async {
         b[0].hits() + b[1].hits() == 1
     })
     .await;
@@ -338,10 +350,10 @@ async fn drain_lets_in_flight_requests_finish_and_sends_no_new_ones() {
     let lb = start_lb(config(&[&b[0], &b[1]])).await;
     let http = client();
     let slow = tokio::spawn({
-        let (http, url) = (http.clone(), format!("{}/slow/800", lb.url));
+        let (http, url) = (http.clone(), format!("{}/slow/4000", lb.url));
         async move { get(&http, &url).await }
     });
-    eventually(Duration::from_secs(2), "the slow request to arrive", || async {
+    eventually(Duration::from_secs(10), "the slow request to arrive", || async {
         b[0].hits() + b[1].hits() == 1
     })
     .await;
@@ -650,13 +662,32 @@ async fn connections_above_the_limit_get_503() {
         TcpStream::connect(lb.addr).await.unwrap(),
         TcpStream::connect(lb.addr).await.unwrap(),
     ];
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both accepted and holding their slots.
+    let http = client();
+    eventually(Duration::from_secs(10), "two connections open", || {
+        let (http, admin) = (http.clone(), lb.admin.clone());
+        async move {
+            let m = http
+                .get(format!("{admin}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            m.lines().any(|l| l == "scalestack_lb_connections 2")
+        }
+    })
+    .await;
     let answer = raw(lb.addr, b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     drop(_held);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (status, _) = get(&client(), &format!("{}/who", lb.url)).await;
-    assert_eq!(status, 200, "slots are given back");
+    let url = format!("{}/who", lb.url);
+    eventually(Duration::from_secs(10), "the slots to be given back", || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { get(&http, &url).await.0 == 200 }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -750,7 +781,7 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
         let (http, url) = (http.clone(), format!("{}/slow/600", lb.url));
         async move { get(&http, &url).await }
     });
-    eventually(Duration::from_secs(2), "the slow request to arrive", || async {
+    eventually(Duration::from_secs(10), "the slow request to arrive", || async {
         b.hits() == 1
     })
     .await;
