@@ -48,6 +48,12 @@ impl<V: Clone> SingleFlight<V> {
         self.lock().len()
     }
 
+    /// Callers sharing the load of `key` now (the map holds one reference
+    /// to its cell, each caller another).
+    pub fn callers(&self, key: &str) -> usize {
+        self.lock().get(key).map_or(0, |c| Arc::strong_count(c) - 1)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<OnceCell<V>>>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -57,7 +63,6 @@ impl<V: Clone> SingleFlight<V> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-    use std::time::Duration;
 
     #[tokio::test]
     async fn a_stampede_makes_one_load() {
@@ -78,10 +83,9 @@ mod tests {
             }));
         }
         // Every caller is waiting on the one load.
-        while loads.load(SeqCst) == 0 {
+        while flights.callers("photo:1") < 50 {
             tokio::task::yield_now().await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
         gate.notify_one();
         for c in callers {
             assert_eq!(c.await.unwrap(), 7);
@@ -107,7 +111,9 @@ mod tests {
             let flights = flights.clone();
             async move { flights.run("k", || async { 9 }).await }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        while flights.callers("k") < 2 {
+            tokio::task::yield_now().await;
+        }
         first.abort();
         assert_eq!(second.await.unwrap(), 9);
     }
