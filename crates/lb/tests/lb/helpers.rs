@@ -32,7 +32,8 @@ pub struct BackendState {
 pub struct TestBackend {
     pub addr: SocketAddr,
     pub state: Arc<BackendState>,
-    runtime: Option<tokio::runtime::Runtime>,
+    /// The thread running the backend's own runtime, and how to stop it.
+    running: Option<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 impl TestBackend {
@@ -58,26 +59,35 @@ impl TestBackend {
             .route("/big/{mib}", routing::get(big))
             .fallback(who)
             .with_state(state.clone());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, router).await.unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, router).await.unwrap();
+            });
+            let _ = runtime.block_on(stop_rx);
+            // Dropping the runtime here, outside any async context, drops
+            // every task and so closes every socket before `kill` returns.
+            drop(runtime);
         });
         TestBackend {
             addr,
             state,
-            runtime: Some(runtime),
+            running: Some((stop_tx, thread)),
         }
     }
 
-    /// Stops at once: the listener and every open connection close.
+    /// Stops at once: when this returns, the listener and every open
+    /// connection are closed.
     pub fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
+        if let Some((stop, thread)) = self.running.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
         }
     }
 
