@@ -300,23 +300,42 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
         .execute(&pg1)
         .await;
     assert!(write.is_err(), "the old primary refuses writes");
-    let (on_pg1,): (i64,) = sqlx::query_as("SELECT count(*) FROM users WHERE username = ANY($1)")
-        .bind(&first.acked)
-        .fetch_one(&pg1)
-        .await
-        .unwrap();
-    assert_eq!(
-        on_pg1 as usize,
-        first.acked.len(),
-        "the rebuilt node has every write"
-    );
+    // A replica: it has every acknowledged write once it has replayed up to
+    // the primary (asynchronously, so wait for it, within a bound).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (on_pg1,): (i64,) = sqlx::query_as("SELECT count(*) FROM users WHERE username = ANY($1)")
+            .bind(&first.acked)
+            .fetch_one(&pg1)
+            .await
+            .unwrap();
+        if on_pg1 as usize == first.acked.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rebuilt node has {on_pg1} of the {} acknowledged writes",
+            first.acked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let primary = node_pool(&up, pg, &new_primary).await;
     // (Rows only: their details are hidden from a role without pg_monitor.)
-    let (senders,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_stat_replication")
-        .fetch_one(&primary)
-        .await
-        .unwrap();
-    assert_eq!(senders, 2, "both other nodes replicate from {new_primary}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (senders,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_stat_replication")
+            .fetch_one(&primary)
+            .await
+            .unwrap();
+        if senders == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{senders} of the 2 other nodes replicate from {new_primary}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (quorum,): (String,) = sqlx::query_as("SHOW synchronous_standby_names")
         .fetch_one(&primary)
         .await
