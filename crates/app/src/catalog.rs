@@ -224,16 +224,31 @@ impl Catalog {
         decode: impl Fn(&[u8]) -> Option<T>,
         load: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let cached = || async {
+            match self.cache.get(key).await {
+                Ok(Some(v)) => decode(&v),
+                _ => None,
+            }
+        };
         let deadline = Instant::now() + CLAIM_TTL;
         let mut claimed = self.cache.claim_load(key, CLAIM_TTL).await;
+        let waited = !claimed;
         while !claimed && Instant::now() < deadline {
             tokio::time::sleep(CLAIM_POLL).await;
-            if let Ok(Some(v)) = self.cache.get(key).await {
-                if let Some(value) = decode(&v) {
-                    return Ok(value);
-                }
+            if let Some(value) = cached().await {
+                return Ok(value);
             }
             claimed = self.cache.claim_load(key, CLAIM_TTL).await;
+        }
+        if waited {
+            // The claim may have come free because its holder just stored
+            // the value (after our last look): look once more.
+            if let Some(value) = cached().await {
+                if claimed {
+                    self.cache.release_load(key).await;
+                }
+                return Ok(value);
+            }
         }
         let result = load.await;
         if claimed {
