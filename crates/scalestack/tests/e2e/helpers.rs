@@ -44,11 +44,16 @@ impl Up {
     /// The web tier: a load balancer in front of `webs` web servers, health
     /// checks every `interval_ms`.
     pub fn web_tier(webs: u16, interval_ms: u64, extra: &str) -> Up {
+        Self::web_tier_with_log(webs, interval_ms, false, extra)
+    }
+
+    /// [`Up::web_tier`], with the LB's access log on or off.
+    pub fn web_tier_with_log(webs: u16, interval_ms: u64, access_log: bool, extra: &str) -> Up {
         // Room for `ctl scale` up to 8 web servers.
         let web_port = free_ports(8);
         let (lb, admin) = (free_port(), free_port());
         let topology = format!(
-            "[lb]\nlisten = \"127.0.0.1:{lb}\"\nadmin_listen = \"127.0.0.1:{admin}\"\naccess_log = false\n\
+            "[lb]\nlisten = \"127.0.0.1:{lb}\"\nadmin_listen = \"127.0.0.1:{admin}\"\naccess_log = {access_log}\n\
              [lb.health]\ninterval_ms = {interval_ms}\n\
              [web]\ncount = {webs}\nlisten = \"127.0.0.1:{web_port}\"\nargon2_memory_kib = 1024\n\
              list_cache_ttl_secs = 0\n{extra}"

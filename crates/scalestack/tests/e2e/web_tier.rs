@@ -119,8 +119,36 @@ fn ctl_ok(up: &Up, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn the_app_runs_through_the_load_balancer_on_stateless_web_servers() {
-    let up = Up::web_tier(3, 500, "");
+    let up = Up::web_tier_with_log(3, 500, true, "");
     up.wait_up(90).await;
+    // A request id is generated when absent, passed to the web server and
+    // logged on both sides; a client's well-formed one is kept.
+    let r = reqwest::get(format!("{}/api/me", up.web)).await.unwrap();
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let r = crate::helpers::http_client(false)
+        .get(format!("{}/api/me", up.web))
+        .header("x-request-id", "e2e-trace-0042")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "e2e-trace-0042");
+    for id in [generated.as_str(), "e2e-trace-0042"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = up.log();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(id)).collect();
+            let by_lb = lines.iter().any(|l| l.contains("scalestack::access"));
+            let by_web = lines.iter().any(|l| !l.contains("scalestack::access"));
+            if by_lb && by_web {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "request id {id} not logged by both: {lines:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let c = signup(&up.web, "alice").await;
     // Round robin: these land on all three servers; the session holds on each.
     for _ in 0..9 {
