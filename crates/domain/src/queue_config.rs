@@ -1,5 +1,6 @@
 //! The retry policy of a job queue, shared by every queue adapter.
 
+use crate::Job;
 use serde::{Deserialize, Serialize};
 
 /// Retry policy of the queue.
@@ -44,6 +45,12 @@ impl QueueConfig {
         self.backoff_ms
             .saturating_mul(1u64 << exp)
             .min(self.max_backoff_ms)
+    }
+
+    /// What a failed delivery of `job` becomes: retried after this many
+    /// milliseconds, or `None`, dead-lettered (its attempts are spent).
+    pub fn retry_delay(&self, job: &Job) -> Option<u64> {
+        (job.attempt < job.max_attempts).then(|| self.backoff(job.attempt))
     }
 }
 

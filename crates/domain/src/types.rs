@@ -387,6 +387,19 @@ pub enum NackOutcome {
     Stale,
 }
 
+impl NackOutcome {
+    /// The outcome of a nack whose guarded update (this delivery's job
+    /// only) changed `rows` rows, with `retry` from
+    /// [`QueueConfig::retry_delay`](crate::QueueConfig::retry_delay).
+    pub fn of_update(rows: u64, retry: Option<u64>) -> Self {
+        match (rows, retry) {
+            (0, _) => NackOutcome::Stale,
+            (_, Some(delay_ms)) => NackOutcome::Retry { delay_ms },
+            (_, None) => NackOutcome::DeadLettered,
+        }
+    }
+}
+
 /// Counts of jobs by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QueueDepth {

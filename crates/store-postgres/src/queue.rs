@@ -99,17 +99,10 @@ impl JobQueue for PgJobQueue {
     }
 
     async fn nack(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
-        let outcome = if job.attempt >= job.max_attempts {
-            NackOutcome::DeadLettered
-        } else {
-            NackOutcome::Retry {
-                delay_ms: self.config.backoff(job.attempt),
-            }
-        };
-        let (state, delay_ms) = match outcome {
-            NackOutcome::DeadLettered => ("dead", 0),
-            NackOutcome::Retry { delay_ms } => ("queued", i64::try_from(delay_ms).unwrap_or(i64::MAX / 2)),
-            NackOutcome::Stale => unreachable!("decided by the update below"),
+        let retry = self.config.retry_delay(job);
+        let (state, delay_ms) = match retry {
+            None => ("dead", 0),
+            Some(delay_ms) => ("queued", i64::try_from(delay_ms).unwrap_or(i64::MAX / 2)),
         };
         let done = sqlx::query(concat!(
             "UPDATE jobs SET state = $1, run_at = ",
@@ -125,10 +118,7 @@ impl JobQueue for PgJobQueue {
         .execute(&self.pool)
         .await
         .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            return Ok(NackOutcome::Stale);
-        }
-        Ok(outcome)
+        Ok(NackOutcome::of_update(done.rows_affected(), retry))
     }
 
     async fn depth(&self) -> Result<QueueDepth, BackendError> {

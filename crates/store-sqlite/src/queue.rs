@@ -82,17 +82,10 @@ impl JobQueue for SqlJobQueue {
     }
 
     async fn nack(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
-        let outcome = if job.attempt >= job.max_attempts {
-            NackOutcome::DeadLettered
-        } else {
-            NackOutcome::Retry {
-                delay_ms: self.config.backoff(job.attempt),
-            }
-        };
-        let (state, run_at) = match outcome {
-            NackOutcome::DeadLettered => ("dead", now_millis()),
-            NackOutcome::Retry { delay_ms } => ("queued", now_millis() + delay_ms as i64),
-            NackOutcome::Stale => unreachable!("decided by the update below"),
+        let retry = self.config.retry_delay(job);
+        let (state, run_at) = match retry {
+            None => ("dead", now_millis()),
+            Some(delay_ms) => ("queued", now_millis() + delay_ms as i64),
         };
         let done = sqlx::query(
             "UPDATE jobs SET state = ?, run_at = ?, locked_until = NULL, last_error = ? \
@@ -106,10 +99,7 @@ impl JobQueue for SqlJobQueue {
         .execute(&self.pool)
         .await
         .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            return Ok(NackOutcome::Stale);
-        }
-        Ok(outcome)
+        Ok(NackOutcome::of_update(done.rows_affected(), retry))
     }
 
     async fn depth(&self) -> Result<QueueDepth, BackendError> {
