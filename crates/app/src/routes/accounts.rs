@@ -28,12 +28,18 @@ pub struct UserView {
 
 const BAD_CREDENTIALS: &str = "invalid username or password";
 
+/// Starts a new session for `user`, ending the one the request presented
+/// (if any), so a sign-up or login never keeps an old, possibly planted, id.
 async fn start_session(
     state: &AppState,
+    previous: Option<CurrentUser>,
     user: UserId,
     username: &Username,
     status: StatusCode,
 ) -> ApiResult<Response> {
+    if let Some(prev) = previous {
+        state.backends.sessions.delete(&prev.token).await?;
+    }
     let ttl = state.settings.session_ttl_secs;
     let token = state
         .backends
@@ -73,10 +79,7 @@ pub async fn signup(
             other => other.into(),
         })?;
     tracing::info!(user_id = id.0, username = %username, "signed up");
-    if let Some(prev) = previous {
-        state.backends.sessions.delete(&prev.token).await?;
-    }
-    start_session(&state, id, &username, StatusCode::CREATED).await
+    start_session(&state, previous, id, &username, StatusCode::CREATED).await
 }
 
 /// `POST /api/login`: 200 and a new session; 401 with one message for an
@@ -101,10 +104,7 @@ pub async fn login(
         tracing::info!(username = %username, "login refused");
         return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
     };
-    if let Some(prev) = previous {
-        state.backends.sessions.delete(&prev.token).await?;
-    }
-    start_session(&state, user.id, &user.username, StatusCode::OK).await
+    start_session(&state, previous, user.id, &user.username, StatusCode::OK).await
 }
 
 /// `POST /api/logout`: deletes the session server-side; 204.
