@@ -42,6 +42,8 @@ pub const DATABASE: &str = "scalestack";
 pub const SUPERUSER: &str = "postgres";
 
 const LOG_FILE: &str = "postgres.log";
+/// Settings written by `ALTER SYSTEM`, and by us for replication.
+const AUTO_CONF: &str = "postgresql.auto.conf";
 const MARKER_FILE: &str = "scalestack.initialized";
 const LOCK_FILE: &str = "postmaster.pid";
 /// Longest unix socket directory: `sun_path` holds 108 bytes, and the socket
@@ -164,21 +166,28 @@ impl PgNode {
         if node.has_cluster() {
             node.check_version()?;
         } else {
-            primary
-                .psql(&format!(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                     WHERE slot_name = {} AND NOT active",
-                    config::sql_literal(name)
-                ))
-                .await
-                .with_context(|| format!("dropping a stale slot {name} on {}", primary.name))?;
-            node.base_backup(primary).await?;
-            // The primary's log came with the copy.
-            let _ = std::fs::remove_file(node.data_dir.join(LOG_FILE));
-            node.point_at(primary)?;
+            node.copy_from(primary).await?;
         }
         node.write_config()?;
         Ok(node)
+    }
+
+    /// Fills this node's empty data directory with a copy of `primary`
+    /// (`pg_basebackup` with a new slot named after this node; a stale
+    /// inactive one is dropped first) and points it at `primary`.
+    async fn copy_from(&self, primary: &PgNode) -> anyhow::Result<()> {
+        primary
+            .psql(&format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = {} AND NOT active",
+                config::sql_literal(&self.name)
+            ))
+            .await
+            .with_context(|| format!("dropping a stale slot {} on {}", self.name, primary.name))?;
+        self.base_backup(primary).await?;
+        // The primary's log came with the copy.
+        let _ = std::fs::remove_file(self.data_dir.join(LOG_FILE));
+        self.point_at(primary)
     }
 
     fn new(
@@ -409,12 +418,7 @@ impl PgNode {
     /// [`PgNode::promote`] leaves no moment in which the new primary
     /// acknowledges commits no standby has.
     pub async fn set_synchronous_standbys(&self, value: &str) -> anyhow::Result<()> {
-        let path = self.data_dir.join("postgresql.auto.conf");
-        let old = std::fs::read_to_string(&path).unwrap_or_default();
-        self.write_file(
-            "postgresql.auto.conf",
-            &config::with_settings(&old, &[("synchronous_standby_names", value)]),
-        )?;
+        self.edit_auto_conf(|old| config::with_settings(old, &[("synchronous_standby_names", value)]))?;
         if let Some(pid) = self.pid() {
             process::signal(pid, Signal::SIGHUP)?;
         }
@@ -437,17 +441,7 @@ impl PgNode {
         std::fs::remove_dir_all(&self.data_dir)
             .with_context(|| format!("emptying {}", self.data_dir.display()))?;
         owner::prepare_private_dir(&self.data_dir, self.owner)?;
-        primary
-            .psql(&format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = {} AND NOT active",
-                config::sql_literal(&self.name)
-            ))
-            .await
-            .with_context(|| format!("dropping a stale slot {} on {}", self.name, primary.name))?;
-        self.base_backup(primary).await?;
-        let _ = std::fs::remove_file(self.data_dir.join(LOG_FILE));
-        self.point_at(primary)?;
+        self.copy_from(primary).await?;
         self.write_config()?;
         self.crashed.store(false, Ordering::Relaxed);
         tracing::info!(node = %self.name, primary = %primary.name, "rebuilt as a replica");
@@ -644,13 +638,15 @@ impl PgNode {
     /// Makes `primary` this node's replication source (read at next start or
     /// reload).
     fn point_at(&self, primary: &PgNode) -> anyhow::Result<()> {
-        let path = self.data_dir.join("postgresql.auto.conf");
-        let old = std::fs::read_to_string(&path).unwrap_or_default();
         let conninfo = config::primary_conninfo(primary.opts.port, ROLE, &self.name);
-        self.write_file(
-            "postgresql.auto.conf",
-            &config::with_primary(&old, &conninfo, &self.name),
-        )
+        self.edit_auto_conf(|old| config::with_primary(old, &conninfo, &self.name))
+    }
+
+    /// Rewrites `postgresql.auto.conf` (read after our settings file, so
+    /// what it sets wins) with `edit`.
+    fn edit_auto_conf(&self, edit: impl FnOnce(&str) -> String) -> anyhow::Result<()> {
+        let old = std::fs::read_to_string(self.data_dir.join(AUTO_CONF)).unwrap_or_default();
+        self.write_file(AUTO_CONF, &edit(&old))
     }
 
     /// Replaces `name` in the data directory atomically, owned by the
