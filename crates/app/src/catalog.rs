@@ -46,7 +46,17 @@ pub struct Catalog {
     photo_loads: Arc<SingleFlight<Result<Option<Photo>, StoreError>>>,
     list_loads: Arc<SingleFlight<Result<Vec<PhotoId>, StoreError>>>,
     /// Invalidations the cache refused, retried until it takes them.
-    pending: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    pending: Arc<Pending>,
+}
+
+/// Keys whose invalidation the cache refused.
+#[derive(Default)]
+struct Pending(std::sync::Mutex<std::collections::BTreeSet<String>>);
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// First retry of a refused invalidation; doubles up to [`RETRY_MAX`].
@@ -110,7 +120,7 @@ impl Catalog {
         if let Err(e) = self.cache.delete(key).await {
             tracing::warn!(error = %e, key, "cache invalidation failed; retrying in the background");
             let first = {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let mut pending = self.pending.lock();
                 pending.insert(key.to_owned());
                 pending.len() == 1
             };
@@ -122,7 +132,7 @@ impl Catalog {
 
     /// Invalidations refused by the cache and not yet retried successfully.
     pub fn pending_invalidations(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.pending.lock().len()
     }
 
     /// A photo, from the cache when possible.
@@ -268,28 +278,20 @@ impl Catalog {
 
 /// Retries the pending invalidations, with a doubling pause, until every one
 /// is taken; the task ends when none is left (the next refusal starts one).
-async fn retry_invalidations(
-    cache: Arc<dyn Cache>,
-    pending: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
-) {
+async fn retry_invalidations(cache: Arc<dyn Cache>, pending: Arc<Pending>) {
     let mut pause = RETRY_FIRST;
     loop {
         tokio::time::sleep(pause).await;
-        let keys: Vec<String> = pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let keys: Vec<String> = pending.lock().iter().cloned().collect();
         for key in keys {
             if cache.delete(&key).await.is_ok() {
-                pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                pending.lock().remove(&key);
             }
         }
         // Decided under the lock a refusal takes too: either it sees this
         // task's keys and leaves the retrying to it, or it finds the set
         // empty after this task ended and starts another.
-        if pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+        if pending.lock().is_empty() {
             tracing::info!("refused cache invalidations retried successfully");
             return;
         }

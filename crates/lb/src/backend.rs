@@ -25,8 +25,8 @@ pub struct Backend {
     /// Smooth weighted round robin's running weight.
     pub(crate) current_weight: AtomicI64,
     pub metrics: BackendMetrics,
-    /// Keep-alive connections to this backend, most recent last.
-    /// Idle keep-alive connections, one pool per worker thread: a socket is
+    /// Idle keep-alive connections to this backend, most recent last, one
+    /// pool per worker thread: a socket is
     /// registered with the reactor of the thread that opened it, and using
     /// it from another thread's runtime would turn every read into a
     /// cross-thread wake-up.
