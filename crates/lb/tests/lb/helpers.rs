@@ -206,6 +206,23 @@ pub async fn start_lb(config: LbConfig) -> TestLb {
 }
 
 impl TestLb {
+    /// `GET` on the admin API (`/metrics`, `/backends`), as text.
+    pub async fn admin_text(&self, path: &str) -> String {
+        client()
+            .get(format!("{}{path}", self.admin))
+            .send()
+            .await
+            .expect("admin request")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `GET` on the admin API, as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        serde_json::from_str(&self.admin_text(path).await).expect("admin JSON")
+    }
+
     /// Starts the graceful shutdown; await `task` for its end.
     pub fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {

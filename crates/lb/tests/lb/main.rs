@@ -143,14 +143,7 @@ async fn failing_backend_is_ejected_then_returns() {
         errors, 2,
         "two 5xx in a row eject the backend; the rest go elsewhere"
     );
-    let metrics = http
-        .get(format!("{}/metrics", lb.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = lb.admin_text("/metrics").await;
     let line = format!(
         "scalestack_lb_backend_ejections_total{{backend=\"{}\"}} 1",
         b[1].addr
@@ -243,14 +236,7 @@ async fn killed_backend_loses_no_request() {
         }
     }
     assert_eq!(failed, 0, "connection refusals are retried on another backend");
-    let metrics = http
-        .get(format!("{}/metrics", lb.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = lb.admin_text("/metrics").await;
     let value = |series: &str| -> f64 {
         metrics
             .lines()
@@ -387,14 +373,7 @@ async fn drain_lets_in_flight_requests_finish_and_sends_no_new_ones() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let list: serde_json::Value = http
-        .get(format!("{}/backends", lb.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = lb.admin_json("/backends").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
 
@@ -580,21 +559,10 @@ async fn clients_that_send_nothing_or_stop_reading_are_cut_off() {
         .write_all(b"GET /big/64 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let http = client();
-    let backend = &b;
-    eventually(patience, "the stalled response to be dropped", || {
-        let (http, admin) = (http.clone(), lb.admin.clone());
-        async move {
-            let list: serde_json::Value = http
-                .get(format!("{admin}/backends"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            backend.hits() == 1 && list[0]["in_flight"].as_u64() == Some(0)
-        }
+    let (backend, lb_ref) = (&b, &lb);
+    eventually(patience, "the stalled response to be dropped", || async move {
+        let list = lb_ref.admin_json("/backends").await;
+        backend.hits() == 1 && list[0]["in_flight"].as_u64() == Some(0)
     })
     .await;
     // What the client then reads ends before 64 MiB: the LB hung up.
@@ -663,22 +631,13 @@ async fn connections_above_the_limit_get_503() {
         TcpStream::connect(lb.addr).await.unwrap(),
     ];
     // Both accepted and holding their slots.
-    let http = client();
-    eventually(Duration::from_secs(10), "two connections open", || {
-        let (http, admin) = (http.clone(), lb.admin.clone());
-        async move {
-            let m = http
-                .get(format!("{admin}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            m.lines().any(|l| l == "scalestack_lb_connections 2")
-        }
+    let lb_ref = &lb;
+    eventually(Duration::from_secs(10), "two connections open", || async move {
+        let m = lb_ref.admin_text("/metrics").await;
+        m.lines().any(|l| l == "scalestack_lb_connections 2")
     })
     .await;
+    let http = client();
     let answer = raw(lb.addr, b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     drop(_held);
