@@ -9,7 +9,6 @@
 
 use crate::helpers::{free_port, free_ports, Up};
 use crate::{signup, upload_and_wait};
-use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -202,14 +201,7 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
     let photo = upload_and_wait(&up.web, &c).await;
     assert_eq!(photo["status"], "ready", "{photo}");
     for _ in 0..9 {
-        let list: Value = c
-            .get(format!("{}/api/users/ada/photos", up.web))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = crate::helpers::get_json(&c, &format!("{}/api/users/ada/photos", up.web)).await;
         assert_eq!(list["photos"].as_array().unwrap().len(), 1, "{list}");
     }
 

@@ -6,6 +6,11 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_scalestack");
 
+/// `GET url` with `c`, its body as JSON.
+pub async fn get_json(c: &reqwest::Client, url: &str) -> serde_json::Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// An HTTP client whose every request gives up after 30 s: a hung request
 /// fails its test instead of hanging the suite (a guard, not a measure).
 pub fn http_client(cookies: bool) -> reqwest::Client {

@@ -47,14 +47,7 @@ async fn upload(web: &str, c: &reqwest::Client, jpeg: Vec<u8>) -> i64 {
 async fn wait_processed(web: &str, c: &reqwest::Client, id: i64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let p: Value = c
-            .get(format!("{web}/api/photos/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let p = helpers::get_json(c, &format!("{web}/api/photos/{id}")).await;
         if p["status"] != "processing" {
             return p;
         }

@@ -167,14 +167,7 @@ async fn the_app_runs_through_the_load_balancer_on_stateless_web_servers() {
     }
     // The upload shows in the owner's list whichever server answers.
     for _ in 0..3 {
-        let list: Value = c
-            .get(format!("{}/api/users/alice/photos", up.web))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = crate::helpers::get_json(&c, &format!("{}/api/users/alice/photos", up.web)).await;
         assert_eq!(list["photos"].as_array().unwrap().len(), 1, "{list}");
     }
     let served: Vec<u64> = backends(&up)
