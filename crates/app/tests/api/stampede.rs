@@ -2,7 +2,7 @@
 //! store query, through the HTTP API of one web server, and across two web
 //! servers sharing a real Redis.
 
-use crate::helpers::{get_text, spawn_app};
+use crate::helpers::{get_text, spawn_app, TestApp};
 use async_trait::async_trait;
 use domain::ports::Store;
 use domain::*;
@@ -66,22 +66,35 @@ impl Store for CountingStore {
     }
 }
 
-#[tokio::test]
-async fn a_stampede_on_one_missing_key_makes_one_store_query() {
-    let app = spawn_app().await;
-    let c = app.user("celebrity").await;
+impl CountingStore {
+    /// The app's store, counting photo reads, its gate closed.
+    fn gated(app: &TestApp) -> Arc<Self> {
+        Arc::new(CountingStore {
+            inner: app.backends.store.clone(),
+            photo_reads: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+        })
+    }
+}
+
+/// Uploads a photo as a new user `name` and waits until it is ready.
+async fn ready_photo(app: &TestApp, name: &str) -> i64 {
+    let c = app.user(name).await;
     let r = app.upload(&c, imaging::samples::png(64, 64), "p.png", None).await;
     let id = r.json::<serde_json::Value>().await.unwrap()["id"]
         .as_i64()
         .unwrap();
     assert_eq!(app.wait_processed(&c, id).await["status"], "ready");
+    id
+}
+
+#[tokio::test]
+async fn a_stampede_on_one_missing_key_makes_one_store_query() {
+    let app = spawn_app().await;
+    let id = ready_photo(&app, "celebrity").await;
 
     // A second web server over the same store, with an empty cache.
-    let store = Arc::new(CountingStore {
-        inner: app.backends.store.clone(),
-        photo_reads: AtomicUsize::new(0),
-        gate: tokio::sync::Semaphore::new(0),
-    });
+    let store = CountingStore::gated(&app);
     let mut backends = app.backends.clone();
     backends.store = store.clone();
     backends.cache = Arc::new(cache::InProcessCache::new(cache::CacheConfig::default()));
@@ -153,19 +166,10 @@ fn photo_misses(m: &app::metrics::Metrics) -> u64 {
 #[tokio::test]
 async fn a_stampede_across_web_servers_sharing_redis_makes_one_store_query() {
     let app = spawn_app().await;
-    let c = app.user("star").await;
-    let r = app.upload(&c, imaging::samples::png(64, 64), "p.png", None).await;
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_i64()
-        .unwrap();
-    assert_eq!(app.wait_processed(&c, id).await["status"], "ready");
+    let id = ready_photo(&app, "star").await;
 
     let redis = test_support::TestRedis::start().await;
-    let store = Arc::new(CountingStore {
-        inner: app.backends.store.clone(),
-        photo_reads: AtomicUsize::new(0),
-        gate: tokio::sync::Semaphore::new(0),
-    });
+    let store = CountingStore::gated(&app);
     // Two web servers' catalogs: each its own near-cache, one Redis.
     let servers: Vec<_> = (0..2)
         .map(|_| {
