@@ -215,25 +215,21 @@ impl Supervisor {
     /// workers (each finishing the job in hand), then the rest (the engines
     /// they use).
     pub async fn stop(&self) {
-        let mut children: Vec<Child> = std::mem::take(&mut *self.lock()).into_values().collect();
-        let rank = |c: &Child| {
-            let role = c.status.lock().unwrap_or_else(|e| e.into_inner()).role.clone();
-            match role.as_str() {
+        let mut tiers: std::collections::BTreeMap<u8, Vec<Child>> = Default::default();
+        for c in std::mem::take(&mut *self.lock()).into_values() {
+            let rank = match c.status.lock().unwrap_or_else(|e| e.into_inner()).role.as_str() {
                 "lb" => 0,
                 "web" => 1,
                 "worker" => 2,
                 _ => 3,
-            }
-        };
-        children.sort_by_key(rank);
-        while let Some(first) = children.first() {
-            let tier = rank(first);
-            let n = children.iter().take_while(|c| rank(c) == tier).count();
-            let batch: Vec<Child> = children.drain(..n).collect();
-            for c in &batch {
+            };
+            tiers.entry(rank).or_default().push(c);
+        }
+        for tier in tiers.into_values() {
+            for c in &tier {
                 c.desired.send_replace(Desired::Removed);
             }
-            for c in batch {
+            for c in tier {
                 let _ = c.task.await;
             }
         }
