@@ -9,6 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
+use domain::consistency;
 use domain::{BlobKey, Caption, NewPhoto, Page, Photo, PhotoId, PhotoStatus, Username, Variant};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -176,7 +177,6 @@ pub async fn upload(
     // The writes run in a task of their own: a client that disconnects
     // drops this handler, and must not stop it between the row and the job.
     // The task carries the request's read-your-writes scope across.
-    use domain::consistency;
     let task = consistency::scope(consistency::read_floor(), store_upload(state.clone(), new, file));
     let (stored, written) = tokio::spawn(task)
         .await
