@@ -1,0 +1,1 @@
+//! The battery of the `queue` port (filled in by the issue-8 work).
