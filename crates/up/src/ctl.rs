@@ -61,12 +61,10 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             print!("{}", table(&ps));
         }
         CtlCommand::Kill { name, signal } => {
-            let role = serde_json::from_str::<ChildStatus>(&text)
-                .map(|c| c.role)
-                .unwrap_or_default();
-            if role == "postgres" {
-                // The cluster watcher owns its nodes: it restarts a replica
-                // and fails over from a primary.
+            let role = serde_json::from_str::<ChildStatus>(&text).map(|c| c.role).ok();
+            if role == Some(crate::Role::Postgres) {
+                // The failover controller decides for its nodes: it
+                // restarts a replica and fails over from a primary.
                 println!("sent SIG{signal} to {name}; up restarts it, or fails over if it was the primary")
             } else {
                 println!("sent SIG{signal} to {name}; it stays down until `ctl start {name}`")

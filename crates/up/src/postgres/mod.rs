@@ -1,8 +1,11 @@
 //! The PostgreSQL cluster `up` runs itself (`[postgres]` in a topology): a
-//! primary and N streaming replicas under `<data>/pg`, watched every half
-//! second. A dead replica is restarted. A primary that is dead, or that
-//! answers no query (hung, frozen), for longer than `failover_after_ms` is
-//! replaced:
+//! primary and N streaming replicas under `<data>/pg`, every node a child of
+//! the one supervisor (restart policy: its controller decides), and a
+//! failover controller that observes the nodes (the supervisor's process
+//! states and a probe over a connection kept open to each node) and carries
+//! out what the pure [`failover::decide`] returns. A dead replica is
+//! restarted. A primary that is dead, or that answers no query (hung,
+//! frozen), for longer than `failover_after_ms` is replaced:
 //! 1. a still-running old primary is killed (it must not wake up and take
 //!    writes), and it is **fenced**: `standby.signal` in its data directory,
 //!    so even a restart by hand brings it back read-only, in recovery;
@@ -21,12 +24,18 @@
 //! fenced then is rebuilt from the primary first). With no replica, a dead
 //! primary is simply restarted.
 
+pub mod failover;
+
+use crate::component::Component;
+use crate::supervisor::{Backoff, ChildSpec, Launch, Supervisor};
 use anyhow::Context;
 use engines::postgres::{PgNode, PgOptions};
+use failover::{Action, ClusterView, NodeState, Process};
+use nix::sys::signal::Signal;
 use serde::Deserialize;
+use sqlx::{ConnectOptions, Connection};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `[postgres]`.
@@ -99,6 +108,29 @@ impl ManagedPostgres {
             .collect()
     }
 
+    /// Every node as a component: `pg1`, `pg2`, ... on consecutive ports,
+    /// ready when it answers a query. The failover controller, not the
+    /// supervisor alone, decides what happens when one dies.
+    pub fn components(&self, site: &str) -> Vec<crate::component::Component> {
+        use crate::component::{Bind, Component, Readiness, RestartPolicy};
+        self.names()
+            .into_iter()
+            .zip(self.addrs())
+            .zip(self.urls())
+            .map(|((name, addr), url)| Component {
+                name,
+                role: crate::role::Role::Postgres,
+                site: site.into(),
+                binds: vec![Bind::tcp(addr, "listen")],
+                addr: Some(addr),
+                metrics: None,
+                ready: Readiness::Postgres { url },
+                depends_on: Vec::new(),
+                restart: RestartPolicy::ByController,
+            })
+            .collect()
+    }
+
     fn options(&self, port: u16, standbys: &[String]) -> PgOptions {
         let mut o = PgOptions::new(port);
         if self.synchronous && !standbys.is_empty() {
@@ -110,19 +142,57 @@ impl ManagedPostgres {
 
 /// Left in a fenced node's data directory until it is rebuilt.
 const FENCED_MARKER: &str = "scalestack.fenced";
+/// How often the controller observes the cluster (it also wakes on every
+/// change of a child's state).
+const TICK: Duration = Duration::from_millis(500);
+/// Deadline of one probe (connection included): a node that answers
+/// nothing within it counts as silent.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node may take to accept connections after its start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a fast shutdown may take before a SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(60);
 
-/// A running cluster.
+/// What the controller last decided about the cluster.
+#[derive(Debug, Clone)]
+struct Roles {
+    primary: usize,
+    fenced: Vec<usize>,
+}
+
+/// A probe's answer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Probe {
+    answers: bool,
+    lsn: Option<u64>,
+}
+
+/// A running cluster: its nodes (children of the supervisor) and its
+/// failover controller.
 pub struct PgCluster {
     config: ManagedPostgres,
     dir: PathBuf,
-    nodes: Vec<PgNode>,
-    primary: AtomicUsize,
-    fenced: Mutex<Vec<usize>>,
+    nodes: Vec<Arc<PgNode>>,
+    roles: Mutex<Roles>,
+    /// One connection kept open per node for the probes; dropped (and
+    /// opened again at the next probe) when a probe fails.
+    probes: Vec<tokio::sync::Mutex<Option<sqlx::PgConnection>>>,
+    supervisor: Arc<Supervisor>,
+    failovers: prometheus::IntCounter,
 }
 
 impl PgCluster {
-    /// Creates (first run) or reopens the cluster and starts every node.
-    pub async fn start(config: &ManagedPostgres, data_dir: &Path) -> anyhow::Result<PgCluster> {
+    /// Creates (first run) or reopens the cluster and starts every node
+    /// under `supervisor`, the primary first; `components` are the nodes'
+    /// declarations ([`ManagedPostgres::components`]). Failovers are
+    /// counted in `failovers`.
+    pub async fn start(
+        config: &ManagedPostgres,
+        components: Vec<Component>,
+        data_dir: &Path,
+        supervisor: Arc<Supervisor>,
+        failovers: prometheus::IntCounter,
+    ) -> anyhow::Result<PgCluster> {
         let dir = data_dir.join("pg");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let names = config.names();
@@ -138,15 +208,17 @@ impl PgCluster {
         })?;
         let port = |i: usize| config.port + i as u16;
         let others: Vec<String> = names.iter().filter(|n| **n != primary_name).cloned().collect();
-        let head = PgNode::init_primary(
-            &names[primary],
-            &dir.join(&names[primary]),
-            &config.options(port(primary), &others),
-        )
-        .await
-        .with_context(|| format!("preparing PostgreSQL node {}", names[primary]))?;
-        head.start().await?;
-        let mut nodes: Vec<Option<PgNode>> = (0..names.len()).map(|_| None).collect();
+        let head = Arc::new(
+            PgNode::init_primary(
+                &names[primary],
+                &dir.join(&names[primary]),
+                &config.options(port(primary), &others),
+            )
+            .await
+            .with_context(|| format!("preparing PostgreSQL node {}", names[primary]))?,
+        );
+        supervise(&supervisor, &components[primary], &head).await?;
+        let mut nodes: Vec<Option<Arc<PgNode>>> = (0..names.len()).map(|_| None).collect();
         for (i, name) in names.iter().enumerate() {
             if i == primary {
                 continue;
@@ -158,244 +230,309 @@ impl PgCluster {
                 std::fs::remove_dir_all(&node_dir)
                     .with_context(|| format!("emptying {}", node_dir.display()))?;
             }
-            let node = PgNode::init_replica(name, &node_dir, port(i), &head)
-                .await
-                .with_context(|| format!("preparing PostgreSQL replica {name}"))?;
-            node.start().await?;
+            let node = Arc::new(
+                PgNode::init_replica(name, &node_dir, port(i), &head)
+                    .await
+                    .with_context(|| format!("preparing PostgreSQL replica {name}"))?,
+            );
+            supervise(&supervisor, &components[i], &node).await?;
             nodes[i] = Some(node);
         }
         nodes[primary] = Some(head);
         std::fs::write(&state, format!("{primary_name}\n"))?;
-        let nodes: Vec<PgNode> = nodes
+        let nodes: Vec<Arc<PgNode>> = nodes
             .into_iter()
             .map(|n| n.expect("every node prepared"))
             .collect();
         nodes[primary]
-            .wait_for_standbys(config.replicas, Duration::from_secs(60))
+            .wait_for_standbys(config.replicas, START_TIMEOUT)
             .await
             .context("waiting for the replicas to stream")?;
         tracing::info!(primary = %primary_name, replicas = config.replicas, "postgres cluster up");
         Ok(PgCluster {
             config: config.clone(),
             dir,
+            probes: nodes.iter().map(|_| tokio::sync::Mutex::new(None)).collect(),
             nodes,
-            primary: AtomicUsize::new(primary),
-            fenced: Mutex::new(Vec::new()),
+            roles: Mutex::new(Roles {
+                primary,
+                fenced: Vec::new(),
+            }),
+            supervisor,
+            failovers,
         })
     }
 
-    fn is_fenced(&self, i: usize) -> bool {
-        self.fenced.lock().unwrap_or_else(|e| e.into_inner()).contains(&i)
+    fn roles(&self) -> Roles {
+        self.roles.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn unfence(&self, i: usize) {
-        self.fenced
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|&f| f != i);
+    fn edit_roles(&self, f: impl FnOnce(&mut Roles)) {
+        f(&mut self.roles.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Watches the cluster until `stop` resolves: restarts dead replicas,
-    /// rebuilds a fenced old primary as a replica, fails over from a
-    /// primary that is dead or unresponsive.
-    pub async fn watch(&self, stop: impl std::future::Future<Output = ()>) {
+    /// The part a running node plays, as `ctl ps` shows it: `primary`,
+    /// `replica` or `fenced`; `None` for a name that is no node here.
+    pub fn part(&self, name: &str) -> Option<&'static str> {
+        let i = self.nodes.iter().position(|n| n.name() == name)?;
+        let roles = self.roles();
+        Some(if roles.fenced.contains(&i) {
+            "fenced"
+        } else if roles.primary == i {
+            "primary"
+        } else {
+            "replica"
+        })
+    }
+
+    /// The failover controller: observes the cluster every 500 ms and at
+    /// every change of a child's state, and carries out what
+    /// [`failover::decide`] says, until `stop` resolves. A failed action
+    /// ends the round; the next round waits the supervisor's back-off
+    /// (doubling while rounds keep failing).
+    pub async fn control(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut primary_down_since: Option<Instant> = None;
-        let failover_after = Duration::from_millis(self.config.failover_after_ms);
+        let mut events = self.supervisor.events();
+        let backoff = Backoff::default();
+        let mut retry_in: Option<Duration> = None;
+        let mut silent_since: Option<Instant> = None;
         loop {
+            let pause = retry_in.unwrap_or(TICK);
             tokio::select! {
                 _ = &mut stop => return,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-            let primary = self.primary.load(Ordering::Relaxed);
-            for (i, node) in self.nodes.iter().enumerate() {
-                if i == primary || node.pid().is_some() {
-                    continue;
-                }
-                if self.is_fenced(i) {
-                    match self.rejoin(i, primary).await {
-                        Ok(()) => self.unfence(i),
-                        Err(e) => {
-                            tracing::error!(node = node.name(), error = %e, "rebuilding the old primary failed")
-                        }
-                    }
-                    continue;
-                }
-                tracing::warn!(node = node.name(), "postgres node down; restarting");
-                if let Err(e) = node.start().await {
-                    tracing::error!(node = node.name(), error = %e, "restart failed");
-                }
+                _ = tokio::time::sleep(pause) => {}
+                _ = events.changed(), if retry_in.is_none() => {}
             }
             let probed_at = Instant::now();
-            if self.answers(primary).await {
-                primary_down_since = None;
-                continue;
-            }
-            let since = *primary_down_since.get_or_insert(probed_at);
-            if since.elapsed() < failover_after {
-                continue;
-            }
-            let Some(new) = self.most_advanced_replica(primary).await else {
-                // Nothing to promote: the primary is the only copy.
-                let node = &self.nodes[primary];
-                if node.pid().is_none() {
-                    tracing::warn!(
-                        node = node.name(),
-                        "primary down and no replica to promote; restarting it"
-                    );
-                    if let Err(e) = node.start().await {
-                        tracing::error!(node = node.name(), error = %e, "restart failed");
-                    }
-                }
-                continue;
+            let nodes = self.observe().await;
+            let roles = self.roles();
+            silent_since = match nodes[roles.primary].answers {
+                true => None,
+                false => Some(silent_since.unwrap_or(probed_at)),
             };
-            match self.failover(primary, new).await {
-                Ok(()) => primary_down_since = None,
-                Err(e) => tracing::error!(error = %e, "failover failed; retrying"),
+            let view = ClusterView {
+                nodes,
+                primary: roles.primary,
+                primary_silent_for: silent_since.map(|t| t.elapsed()),
+                failover_after: Duration::from_millis(self.config.failover_after_ms),
+                synchronous: self.config.synchronous,
+            };
+            let mut failed = false;
+            for action in failover::decide(&view) {
+                if let Err(e) = self.apply(&action).await {
+                    tracing::error!(?action, error = %format!("{e:#}"), "postgres controller: action failed; retrying");
+                    failed = true;
+                    break;
+                }
+                if matches!(action, Action::Promote(_)) {
+                    silent_since = None;
+                }
+            }
+            retry_in = failed.then(|| backoff.next(retry_in.unwrap_or(Duration::ZERO), Duration::ZERO));
+        }
+    }
+
+    /// Every node's state: its process from the supervisor, its probe, and
+    /// whether it is fenced. The probes run concurrently (a hung node takes
+    /// the whole probe deadline).
+    async fn observe(self: &Arc<Self>) -> Vec<NodeState> {
+        let mut running = tokio::task::JoinSet::new();
+        for i in 0..self.nodes.len() {
+            let me = self.clone();
+            running.spawn(async move { (i, me.probe(i).await) });
+        }
+        let mut probes = vec![Probe::default(); self.nodes.len()];
+        while let Some(done) = running.join_next().await {
+            if let Ok((i, probe)) = done {
+                probes[i] = probe;
             }
         }
-    }
-
-    /// Whether node `i` runs and answers a query within 2 s.
-    async fn answers(&self, i: usize) -> bool {
-        let node = &self.nodes[i];
-        node.pid().is_some()
-            && matches!(
-                tokio::time::timeout(Duration::from_secs(2), node.psql("SELECT 1")).await,
-                Ok(Ok(_))
-            )
-    }
-
-    /// The live, unfenced replica that has received the most WAL.
-    async fn most_advanced_replica(&self, old: usize) -> Option<usize> {
-        let mut best: Option<(u64, usize)> = None;
-        for (i, node) in self.nodes.iter().enumerate() {
-            if i == old || self.is_fenced(i) || node.pid().is_none() {
-                continue;
-            }
-            // Received (flushed) rather than replayed: what a synchronous
-            // commit waited for; promotion replays it all first.
-            let lsn = node
-                .psql("SELECT coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())")
-                .await
-                .ok()
-                .and_then(|s| store_postgres::parse_lsn(&s))
-                .unwrap_or(0);
-            if best.is_none_or(|(b, _)| lsn > b) {
-                best = Some((lsn, i));
-            }
-        }
-        best.map(|(_, i)| i)
-    }
-
-    /// Replaces primary `old` by replica `new` (see the module's steps).
-    async fn failover(&self, old: usize, new: usize) -> anyhow::Result<()> {
-        let old_node = &self.nodes[old];
-        let promoted = &self.nodes[new];
-        tracing::warn!(
-            old = old_node.name(),
-            new = promoted.name(),
-            "primary unreachable: failing over"
-        );
-        if old_node.pid().is_some() {
-            // Hung, not dead: make sure it never answers again.
-            old_node.kill9()?;
-        }
-        // Fenced before anything else, so a crash of `up` mid-failover
-        // cannot bring it back as a primary.
-        let dir = old_node.data_dir();
-        std::fs::write(dir.join("standby.signal"), "")
-            .and_then(|()| std::fs::write(dir.join(FENCED_MARKER), "fenced by up after a failover\n"))
-            .with_context(|| format!("fencing {}", old_node.name()))?;
-        self.fenced.lock().unwrap_or_else(|e| e.into_inner()).push(old);
-        if self.config.synchronous {
-            let others: Vec<&str> = (0..self.nodes.len())
-                .filter(|&i| i != new)
-                .map(|i| self.nodes[i].name())
-                .collect();
-            promoted
-                .set_synchronous_standbys(&format!("ANY 1 ({})", others.join(", ")))
-                .await?;
-        }
-        promoted.promote().await?;
-        self.primary.store(new, Ordering::Relaxed);
-        std::fs::write(self.dir.join("primary"), format!("{}\n", promoted.name()))?;
-        for i in (0..self.nodes.len()).filter(|&i| i != old && i != new && !self.is_fenced(i)) {
-            if let Err(e) = self.nodes[i].follow(promoted).await {
-                tracing::error!(node = self.nodes[i].name(), error = %e, "replica cannot follow the new primary");
-            }
-        }
-        tracing::warn!(
-            primary = promoted.name(),
-            fenced = old_node.name(),
-            "failover done"
-        );
-        Ok(())
-    }
-
-    /// Rebuilds fenced node `i` as a replica of `primary` and starts it.
-    async fn rejoin(&self, i: usize, primary: usize) -> anyhow::Result<()> {
-        let node = &self.nodes[i];
-        tracing::warn!(
-            node = node.name(),
-            primary = self.nodes[primary].name(),
-            "rebuilding the fenced old primary as a replica"
-        );
-        node.rebuild_from(&self.nodes[primary]).await?;
-        node.start().await
-    }
-
-    /// Every node as `ctl ps` shows it: state `primary`, `replica`,
-    /// `fenced` or `down`.
-    pub fn ps(&self) -> Vec<crate::supervisor::ChildStatus> {
-        let primary = self.primary.load(Ordering::Relaxed);
+        let roles = self.roles();
         self.nodes
             .iter()
             .enumerate()
-            .map(|(i, node)| {
-                let pid = node.pid();
-                let state = match (pid, i == primary, self.is_fenced(i)) {
-                    (None, _, _) => "down",
-                    (_, _, true) => "fenced",
-                    (_, true, _) => "primary",
-                    _ => "replica",
+            .zip(probes)
+            .map(|((i, node), probe)| {
+                let process = match self.supervisor.status(node.name()).map(|s| s.state) {
+                    Some(s) if s == "running" => Process::Running,
+                    Some(s) if s == "down" => Process::Down,
+                    Some(s) if s == "stopped" || s == "exited" => Process::Stopped,
+                    _ => Process::Starting,
                 };
-                crate::supervisor::ChildStatus {
-                    name: node.name().to_owned(),
-                    role: "postgres".into(),
-                    addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], node.port()))),
-                    state: state.into(),
-                    pid,
-                    restarts: 0,
-                    since: None,
+                NodeState {
+                    process,
+                    answers: probe.answers && process == Process::Running,
+                    received_lsn: probe.lsn,
+                    fenced: roles.fenced.contains(&i),
                 }
             })
             .collect()
     }
 
-    /// Sends `signal` to a node's postmaster (`ctl kill pg1`): the watcher
-    /// then does what it does with any dead node (restart a replica, fail
-    /// over from a primary). `None` if there is no such running node.
-    pub fn kill(
-        &self,
-        name: &str,
-        signal: nix::sys::signal::Signal,
-    ) -> Option<crate::supervisor::ChildStatus> {
-        let node = self.nodes.iter().find(|n| n.name() == name)?;
-        let pid = node.pid()?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).ok()?;
-        tracing::warn!(node = name, ?signal, "postgres node signalled by the operator");
-        self.ps().into_iter().find(|c| c.name == name)
-    }
-
-    /// Stops every node (fast shutdown).
-    pub async fn stop(&self) {
-        for node in &self.nodes {
-            if let Err(e) = node.stop().await {
-                tracing::warn!(node = node.name(), error = %e, "stopping postgres");
+    /// One probe of node `i`: whether, within 2 s, its postmaster takes a
+    /// new session and its kept-open connection (opened if needed) answers,
+    /// and the WAL position it has received (a replica) or written (a
+    /// primary).
+    async fn probe(&self, i: usize) -> Probe {
+        let mut slot = self.probes[i].lock().await;
+        let attempt = async {
+            if slot.is_none() {
+                let url = format!(
+                    "postgres://{}@127.0.0.1:{}/{}",
+                    engines::postgres::SUPERUSER,
+                    self.nodes[i].port(),
+                    engines::postgres::DATABASE
+                );
+                let options: sqlx::postgres::PgConnectOptions = url.parse().ok()?;
+                *slot = Some(options.disable_statement_logging().connect().await.ok()?);
+            }
+            // The kept-open session is served by its own backend process,
+            // which goes on answering when the postmaster hangs (SIGSTOP):
+            // new sessions, which every pool needs, must be accepted too.
+            if !accepts_sessions(self.nodes[i].port()).await {
+                return None;
+            }
+            let conn = slot.as_mut()?;
+            // COALESCE stops at the first non-null: a replica's received
+            // position, else what it replayed, else a primary's own.
+            let (lsn,): (Option<String>,) = sqlx::query_as(
+                "SELECT coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text",
+            )
+            .fetch_one(conn)
+            .await
+            .ok()?;
+            Some(lsn.as_deref().and_then(store_postgres::parse_lsn))
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
+            Ok(Some(lsn)) => Probe { answers: true, lsn },
+            _ => {
+                // Broken or hung: open a fresh one next time.
+                if let Some(conn) = slot.take() {
+                    drop(tokio::time::timeout(Duration::from_millis(100), conn.close()).await);
+                }
+                Probe::default()
             }
         }
     }
+
+    async fn forget_probe(&self, i: usize) {
+        self.probes[i].lock().await.take();
+    }
+
+    /// Carries out one action.
+    async fn apply(&self, action: &Action) -> anyhow::Result<()> {
+        let name = |i: usize| self.nodes[i].name();
+        match *action {
+            Action::Restart(i) => {
+                tracing::warn!(node = name(i), "postgres node down; restarting");
+                self.supervisor.resume(name(i))?;
+            }
+            Action::Fence(i) => self.fence(i).await?,
+            Action::SetQuorum { node, ref standbys } => {
+                let names: Vec<&str> = standbys.iter().map(|&i| name(i)).collect();
+                self.nodes[node]
+                    .set_synchronous_standbys(&format!("ANY 1 ({})", names.join(", ")))
+                    .await?;
+            }
+            Action::Promote(new) => {
+                let old = self.roles().primary;
+                tracing::warn!(
+                    old = name(old),
+                    new = name(new),
+                    "primary unreachable: failing over"
+                );
+                self.nodes[new].promote().await?;
+                self.edit_roles(|r| r.primary = new);
+                std::fs::write(self.dir.join("primary"), format!("{}\n", name(new)))?;
+                self.failovers.inc();
+                tracing::warn!(primary = name(new), fenced = name(old), "failover done");
+            }
+            Action::Repoint { node, to } => {
+                // A replica that cannot follow now is not fatal: it is
+                // restarted or repointed again later.
+                if let Err(e) = self.nodes[node].follow(&self.nodes[to]).await {
+                    tracing::error!(node = name(node), error = %format!("{e:#}"), "replica cannot follow the new primary");
+                }
+            }
+            Action::Rebuild { node, from } => {
+                tracing::warn!(
+                    node = name(node),
+                    primary = name(from),
+                    "rebuilding the fenced old primary as a replica"
+                );
+                self.forget_probe(node).await;
+                self.nodes[node].rebuild_from(&self.nodes[from]).await?;
+                self.edit_roles(|r| r.fenced.retain(|&f| f != node));
+                self.supervisor.resume(name(node))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills node `i` if it runs and keeps it down, then marks it a standby
+    /// (fenced before anything else, so a crash of `up` mid-failover cannot
+    /// bring it back as a primary).
+    async fn fence(&self, i: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[i];
+        self.supervisor.kill(node.name(), Signal::SIGKILL)?;
+        if let Some(pid) = node.pid() {
+            // Hung, not dead: make sure it never answers again (a process
+            // the supervisor did not start, after a restart of `up`).
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.pid().is_some() {
+            anyhow::ensure!(Instant::now() < deadline, "{} does not die", node.name());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.forget_probe(i).await;
+        let dir = node.data_dir();
+        std::fs::write(dir.join("standby.signal"), "")
+            .and_then(|()| std::fs::write(dir.join(FENCED_MARKER), "fenced by up after a failover\n"))
+            .with_context(|| format!("fencing {}", node.name()))?;
+        self.edit_roles(|r| {
+            if !r.fenced.contains(&i) {
+                r.fenced.push(i);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Whether the postmaster on 127.0.0.1:`port` takes a new session: it
+/// answers an `SSLRequest` (`S` or `N`), which only a backend it forked for
+/// the connection does. No session is opened, nothing is logged.
+async fn accepts_sessions(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Length 8, then the SSLRequest code 80877103.
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(&SSL_REQUEST).await.is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).await.is_ok() && matches!(&answer, b"S" | b"N")
+}
+
+/// Adds `node` to the supervisor as `component` and waits until it accepts
+/// connections (and is ours).
+async fn supervise(supervisor: &Supervisor, component: &Component, node: &Arc<PgNode>) -> anyhow::Result<()> {
+    let launch = {
+        let node = node.clone();
+        Launch::Command(Arc::new(move || node.server_command()))
+    };
+    let spec = ChildSpec::new(component.clone(), launch).stopped_with(Signal::SIGINT, STOP_GRACE);
+    supervisor.add(spec)?;
+    if !component.ready.wait(START_TIMEOUT).await {
+        anyhow::bail!(
+            "postgres {} does not accept connections after {START_TIMEOUT:?}; {}",
+            node.name(),
+            node.log_excerpt()
+        );
+    }
+    node.verify_serving().await
 }
 
 #[cfg(test)]
