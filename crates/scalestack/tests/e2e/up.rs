@@ -256,3 +256,72 @@ async fn ctl_scale_worker_n_lists_new_workers_and_lets_removed_ones_finish_their
     let (status, log) = up.stop();
     assert!(status.success(), "{log}");
 }
+
+#[tokio::test]
+async fn ctl_ps_kill_and_start_work_on_the_managed_redis() {
+    let redis_port = crate::helpers::free_port();
+    let up = Up::start(&format!(
+        "[cache]\nkind = \"redis\"\n[redis]\nport = {redis_port}\n"
+    ));
+    up.wait_up(90).await;
+    let ps = ctl_ok(&up, &["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("redis") && l.contains("running")),
+        "{ps}"
+    );
+    let pid = up.pid("redis").unwrap();
+    let out = ctl_ok(&up, &["kill", "redis"]);
+    assert!(out.contains("stays down"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ctl_ok(&up, &["ps"])
+        .lines()
+        .any(|l| l.starts_with("redis") && l.contains("stopped"))
+    {
+        assert!(Instant::now() < deadline, "redis not stopped:\n{}", up.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!crate::helpers::alive(pid), "the engine process is gone");
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+            .await
+            .is_err(),
+        "nothing listens while it is stopped"
+    );
+    // The site is the default one; the engine has no metrics endpoint, so
+    // it is no Prometheus target.
+    let list = targets(&up).await;
+    assert!(!list.contains_key("redis"), "{list:?}");
+
+    ctl_ok(&up, &["start", "redis"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "redis not started again:\n{}",
+            up.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ps = ctl_ok(&up, &["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("redis") && l.contains("running")),
+        "{ps}"
+    );
+    let m = up_metrics(&up).await;
+    assert_eq!(
+        sample(
+            &m,
+            "scalestack_up_child_restarts_total",
+            &["name=\"redis\"", "role=\"redis\""]
+        ),
+        Some(0.0),
+        "an operator's stop and start is no crash: {m}"
+    );
+    let (status, log) = up.stop();
+    assert!(status.success(), "{log}");
+}
