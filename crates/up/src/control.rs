@@ -130,19 +130,20 @@ const DASHBOARD: &str = r#"<!doctype html>
 <style>
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
 table{border-collapse:collapse}td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}
-.running{color:#070}.stopped,.exited{color:#a00}.restarting,.starting{color:#a60}
+.running,.primary,.replica{color:#070}.stopped,.exited,.down,.fenced{color:#a00}.restarting,.starting{color:#a60}
 button{margin-right:.3rem}
 </style></head><body>
 <h1>scalestack</h1>
-<p>Processes of this topology. <code>scalestack ctl</code> does the same from a terminal.</p>
-<table><thead><tr><th>name</th><th>role</th><th>address</th><th>state</th><th>pid</th><th>restarts</th><th></th></tr></thead>
+<p>Processes of this topology. <code>scalestack ctl</code> does the same from a terminal.
+<a href="/metrics">metrics</a> · <a href="/targets">Prometheus targets</a></p>
+<table><thead><tr><th>name</th><th>role</th><th>site</th><th>address</th><th>state</th><th>pid</th><th>restarts</th><th></th></tr></thead>
 <tbody id="ps"></tbody></table>
 <p><label>web servers <input id="n" type="number" min="1" max="64" style="width:4rem"></label>
 <button onclick="scale()">scale</button> <span id="msg"></span></p>
 <script>
 async function refresh(){
   const r = await fetch('/api/ps'); const ps = await r.json();
-  const rows = ps.map(c => `<tr><td>${c.name}</td><td>${c.role}</td><td>${c.addr??''}</td>
+  const rows = ps.map(c => `<tr><td>${c.name}</td><td>${c.role}</td><td>${c.site}</td><td>${c.addr??''}</td>
     <td class="${c.state}">${c.state}</td><td>${c.pid??''}</td><td>${c.restarts}</td>
     <td><button onclick="act('${c.name}','kill')">kill -9</button><button onclick="act('${c.name}','start')">start</button></td></tr>`);
   document.getElementById('ps').innerHTML = rows.join('');

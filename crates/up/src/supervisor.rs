@@ -550,6 +550,110 @@ async fn terminate(name: &str, child: &mut tokio::process::Child, signal: Signal
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::component::Readiness;
+
+    fn component(name: &str, restart: RestartPolicy) -> Component {
+        Component {
+            name: name.into(),
+            role: Role::Worker,
+            site: "local".into(),
+            binds: Vec::new(),
+            addr: None,
+            metrics: None,
+            ready: Readiness::Tcp("127.0.0.1:1".parse().unwrap()),
+            depends_on: Vec::new(),
+            restart,
+        }
+    }
+
+    /// A child that runs `script` in `sh`.
+    fn shell(name: &str, restart: RestartPolicy, script: &str) -> ChildSpec {
+        ChildSpec::new(
+            component(name, restart),
+            Launch::Program {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+            },
+        )
+    }
+
+    async fn wait_for(s: &Supervisor, name: &str, what: impl Fn(&ChildStatus) -> bool) -> ChildStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = s.status(name).unwrap();
+            if what(&st) {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{name}: {st:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn supervisor(dir: &std::path::Path) -> (Supervisor, prometheus::Registry) {
+        let registry = prometheus::Registry::new();
+        let metrics = SupervisorMetrics::register(&registry).unwrap();
+        (
+            Supervisor::new("/bin/false".into(), dir.to_owned(), metrics),
+            registry,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_crashing_child_is_restarted_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, registry) = supervisor(dir.path());
+        s.add(shell("crasher", RestartPolicy::Always, "sleep 0.05; exit 3"))
+            .unwrap();
+        wait_for(&s, "crasher", |st| st.restarts >= 2).await;
+        let counted = registry.gather()[0].get_metric()[0].get_counter().get_value();
+        assert!(counted >= 2.0, "{counted}");
+        s.stop().await;
+        assert!(s.ps().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_child_of_a_controller_waits_for_its_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _registry) = supervisor(dir.path());
+        let mut events = s.events();
+        s.add(shell("node", RestartPolicy::ByController, "sleep 0.05; exit 3"))
+            .unwrap();
+        let down = wait_for(&s, "node", |st| st.state == "down").await;
+        assert_eq!((down.restarts, down.pid), (0, None));
+        assert!(events.has_changed().unwrap(), "controllers are woken");
+        events.mark_unchanged();
+        // Nobody restarts it on its own.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(s.status("node").unwrap().state, "down");
+        s.resume("node").unwrap();
+        wait_for(&s, "node", |st| st.restarts == 1).await;
+        s.remove("node").await.unwrap();
+        assert_eq!(
+            s.remove("node").await,
+            Err(SupervisorError::Unknown("node".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_killed_child_stays_down_until_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _registry) = supervisor(dir.path());
+        s.add(shell("sleeper", RestartPolicy::Always, "exec sleep 60"))
+            .unwrap();
+        let running = wait_for(&s, "sleeper", |st| st.pid.is_some()).await;
+        let pid_file = dir.path().join("sleeper.pid");
+        assert_eq!(
+            std::fs::read_to_string(&pid_file).unwrap().trim(),
+            running.pid.unwrap().to_string()
+        );
+        s.kill("sleeper", Signal::SIGKILL).unwrap();
+        let stopped = wait_for(&s, "sleeper", |st| st.state == "stopped").await;
+        assert_eq!(stopped.restarts, 0, "an operator's stop is no crash");
+        assert!(!pid_file.exists());
+        s.resume("sleeper").unwrap();
+        wait_for(&s, "sleeper", |st| st.state == "running").await;
+        s.stop().await;
+    }
 
     #[test]
     fn backoff_doubles_to_its_ceiling_and_resets_after_a_healthy_run() {
