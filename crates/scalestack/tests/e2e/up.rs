@@ -325,3 +325,57 @@ async fn ctl_ps_kill_and_start_work_on_the_managed_redis() {
     let (status, log) = up.stop();
     assert!(status.success(), "{log}");
 }
+
+/// Waits until `ctl ps` has a line for `name` satisfying `what`; that line.
+async fn wait_ps(up: &Up, name: &str, what: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ps = ctl_ok(up, &["ps"]);
+        if let Some(line) = ps.lines().find(|l| l.starts_with(name) && what(l)) {
+            return line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "{name}: {ps}\n{}", up.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_nodes_are_supervised_children_their_restarts_and_failovers_counted() {
+    let pg = crate::helpers::free_ports(2);
+    let up = Up::start(&format!(
+        "[sql]\nkind = \"postgres\"\n[postgres]\nport = {pg}\nreplicas = 1\nfailover_after_ms = 1000\n"
+    ));
+    up.wait_up(180).await;
+    wait_ps(&up, "pg1", |l| l.contains("primary")).await;
+    let m = up_metrics(&up).await;
+    assert_eq!(sample(&m, "scalestack_up_failovers_total", &[]), Some(0.0), "{m}");
+
+    // A replica killed by the operator is restarted by its controller,
+    // through the supervisor: one restart, counted.
+    let out = ctl_ok(&up, &["kill", "pg2"]);
+    assert!(out.contains("restarts it"), "{out}");
+    wait_sample(
+        &up,
+        "scalestack_up_child_restarts_total",
+        &["name=\"pg2\"", "role=\"postgres\""],
+        1.0,
+    )
+    .await;
+    let line = wait_ps(&up, "pg2", |l| l.contains("replica")).await;
+    assert!(
+        line.split_whitespace().any(|w| w == "1"),
+        "one restart shown: {line}"
+    );
+
+    // The primary killed: a failover, counted; the old primary comes back
+    // as a replica of the new one.
+    ctl_ok(&up, &["kill", "pg1"]);
+    wait_ps(&up, "pg2", |l| l.contains("primary")).await;
+    wait_sample(&up, "scalestack_up_failovers_total", &[], 1.0).await;
+    wait_ps(&up, "pg1", |l| l.contains("replica")).await;
+    let c = signup(&up.web, "after_failover").await;
+    let me = c.get(format!("{}/api/me", up.web)).send().await.unwrap();
+    assert_eq!(me.status(), 200);
+    let (status, log) = up.stop();
+    assert!(status.success(), "{log}");
+}
