@@ -53,8 +53,11 @@ pub struct Orchestrator {
 /// Why a scale request was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleError {
+    /// Refused, nothing changed (an unknown role, a count out of range, a
+    /// port clash).
     #[error("{0}")]
     Invalid(String),
+    /// Started, then failed part-way (a copy that never became ready).
     #[error("{0}")]
     Failed(String),
 }
@@ -104,6 +107,7 @@ impl Orchestrator {
         Ok(self.ps().into_iter().find(|c| c.name == name))
     }
 
+    /// The supervisor of every child.
     pub fn supervisor(&self) -> &Supervisor {
         &self.supervisor
     }
