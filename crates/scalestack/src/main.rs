@@ -76,9 +76,10 @@ struct CtlArgs {
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// List the processes with their state, pid and restarts.
+    /// List the processes (engines included) with their state, pid, restarts and site.
     Ps,
-    /// Send a signal to a process (default KILL); it stays down until `start`.
+    /// Send a signal to a process (default KILL); it stays down until `start`
+    /// (a PostgreSQL node is restarted, or failed over from, by `up`).
     Kill {
         name: String,
         /// KILL, TERM or INT.

@@ -4,9 +4,11 @@
 //! | request | effect |
 //! |---|---|
 //! | `GET /` | dashboard: the processes, refreshed every second |
-//! | `GET /api/ps` | every process: name, role, address, state, pid, restarts |
-//! | `POST /api/processes/{name}/kill?signal=KILL` | send a signal (`KILL`, `TERM`, `INT`); a child stays down, a PostgreSQL node is restarted (replica) or failed over (primary) by the cluster watcher |
+//! | `GET /api/ps` | every process: name, role, site, address, state, pid, restarts |
+//! | `POST /api/processes/{name}/kill?signal=KILL` | send a signal (`KILL`, `TERM`, `INT`); a child stays down (Redis too), a PostgreSQL node is restarted (replica) or failed over (primary) by the failover controller |
 //! | `POST /api/processes/{name}/start` | start again a process stopped with kill |
+//! | `GET /metrics` | `up`'s own metrics (children by state, restarts per child, scale operations, failovers) |
+//! | `GET /targets` | Prometheus `file_sd` list of every child's metrics address (also in `<data>/prometheus/targets.json`) |
 //! | `POST /api/scale {"role": "web", "count": 5}` | start or drain-and-stop copies |
 //! | `GET /healthz` | alive |
 //!
@@ -33,6 +35,8 @@ pub(crate) async fn serve(listener: TcpListener, orchestrator: Arc<Orchestrator>
         .route("/api/processes/{name}/kill", post(kill))
         .route("/api/processes/{name}/start", post(start))
         .route("/api/scale", post(scale))
+        .route("/metrics", get(metrics))
+        .route("/targets", get(targets))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(orchestrator);
     if let Err(e) = axum::serve(listener, router).await {
@@ -53,6 +57,18 @@ fn supervisor_error(e: SupervisorError) -> Response {
 
 async fn ps(State(o): State<AppState>) -> Response {
     Json(o.ps()).into_response()
+}
+
+async fn metrics(State(o): State<AppState>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        o.render_metrics(),
+    )
+        .into_response()
+}
+
+async fn targets(State(o): State<AppState>) -> Response {
+    Json(o.targets()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -84,8 +100,8 @@ async fn kill(State(o): State<AppState>, Path(name): Path<String>, Query(q): Que
 }
 
 async fn start(State(o): State<AppState>, Path(name): Path<String>) -> Response {
-    match o.supervisor().resume(&name) {
-        Ok(()) => Json(o.ps().into_iter().find(|c| c.name == name)).into_response(),
+    match o.start(&name) {
+        Ok(status) => Json(status).into_response(),
         Err(e) => supervisor_error(e),
     }
 }
@@ -114,19 +130,20 @@ const DASHBOARD: &str = r#"<!doctype html>
 <style>
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
 table{border-collapse:collapse}td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}
-.running{color:#070}.stopped,.exited{color:#a00}.restarting,.starting{color:#a60}
+.running,.primary,.replica{color:#070}.stopped,.exited,.down,.fenced{color:#a00}.restarting,.starting{color:#a60}
 button{margin-right:.3rem}
 </style></head><body>
 <h1>scalestack</h1>
-<p>Processes of this topology. <code>scalestack ctl</code> does the same from a terminal.</p>
-<table><thead><tr><th>name</th><th>role</th><th>address</th><th>state</th><th>pid</th><th>restarts</th><th></th></tr></thead>
+<p>Processes of this topology. <code>scalestack ctl</code> does the same from a terminal.
+<a href="/metrics">metrics</a> · <a href="/targets">Prometheus targets</a></p>
+<table><thead><tr><th>name</th><th>role</th><th>site</th><th>address</th><th>state</th><th>pid</th><th>restarts</th><th></th></tr></thead>
 <tbody id="ps"></tbody></table>
 <p><label>web servers <input id="n" type="number" min="1" max="64" style="width:4rem"></label>
 <button onclick="scale()">scale</button> <span id="msg"></span></p>
 <script>
 async function refresh(){
   const r = await fetch('/api/ps'); const ps = await r.json();
-  const rows = ps.map(c => `<tr><td>${c.name}</td><td>${c.role}</td><td>${c.addr??''}</td>
+  const rows = ps.map(c => `<tr><td>${c.name}</td><td>${c.role}</td><td>${c.site}</td><td>${c.addr??''}</td>
     <td class="${c.state}">${c.state}</td><td>${c.pid??''}</td><td>${c.restarts}</td>
     <td><button onclick="act('${c.name}','kill')">kill -9</button><button onclick="act('${c.name}','start')">start</button></td></tr>`);
   document.getElementById('ps').innerHTML = rows.join('');

@@ -61,12 +61,10 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             print!("{}", table(&ps));
         }
         CtlCommand::Kill { name, signal } => {
-            let role = serde_json::from_str::<ChildStatus>(&text)
-                .map(|c| c.role)
-                .unwrap_or_default();
-            if role == "postgres" {
-                // The cluster watcher owns its nodes: it restarts a replica
-                // and fails over from a primary.
+            let role = serde_json::from_str::<ChildStatus>(&text).map(|c| c.role).ok();
+            if role == Some(crate::Role::Postgres) {
+                // The failover controller decides for its nodes: it
+                // restarts a replica and fails over from a primary.
                 println!("sent SIG{signal} to {name}; up restarts it, or fails over if it was the primary")
             } else {
                 println!("sent SIG{signal} to {name}; it stays down until `ctl start {name}`")
@@ -80,18 +78,19 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
 /// `ps` output: one line per process.
 pub fn table(ps: &[ChildStatus]) -> String {
     let mut out = format!(
-        "{:<12} {:<8} {:<22} {:<11} {:>8} {:>8}\n",
-        "NAME", "ROLE", "ADDRESS", "STATE", "PID", "RESTARTS"
+        "{:<12} {:<8} {:<22} {:<11} {:>8} {:>8}  {}\n",
+        "NAME", "ROLE", "ADDRESS", "STATE", "PID", "RESTARTS", "SITE"
     );
     for c in ps {
         out += &format!(
-            "{:<12} {:<8} {:<22} {:<11} {:>8} {:>8}\n",
+            "{:<12} {:<8} {:<22} {:<11} {:>8} {:>8}  {}\n",
             c.name,
             c.role,
             c.addr.map(|a| a.to_string()).unwrap_or_default(),
             c.state,
             c.pid.map(|p| p.to_string()).unwrap_or_default(),
-            c.restarts
+            c.restarts,
+            c.site
         );
     }
     out
@@ -107,6 +106,24 @@ mod tests {
         assert!(parse_scale("web").is_err());
         assert!(parse_scale("web=-1").is_err());
         assert!(parse_scale("web=many").is_err());
+    }
+
+    #[test]
+    fn the_table_has_one_line_per_process() {
+        let ps = [ChildStatus {
+            name: "pg2".into(),
+            role: crate::Role::Postgres,
+            site: "local".into(),
+            addr: Some("127.0.0.1:6433".parse().unwrap()),
+            state: "replica".into(),
+            pid: Some(42),
+            restarts: 1,
+            since: None,
+        }];
+        let t = table(&ps);
+        let line = t.lines().nth(1).unwrap();
+        assert!(line.starts_with("pg2          postgres 127.0.0.1:6433"), "{t}");
+        assert!(line.contains(" replica ") && line.ends_with("1  local"), "{t}");
     }
 
     #[test]

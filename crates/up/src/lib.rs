@@ -1,97 +1,178 @@
 //! `scalestack up`: reads a topology, prepares the shared state, starts every
-//! role as a child process (the same binary with another subcommand),
-//! restarts children that die, serves a dashboard and control API, scales
-//! roles at runtime, and stops everything cleanly on Ctrl-C.
+//! component (the roles as child processes of the same binary, and the
+//! engines it runs) under one supervisor in dependency order, serves a
+//! dashboard, a control API, its own `/metrics` and a Prometheus target
+//! list, scales roles at runtime, and stops everything cleanly on Ctrl-C.
 
+pub mod component;
 pub mod control;
 pub mod ctl;
+pub mod metrics;
 pub mod postgres;
+pub mod role;
 pub mod supervisor;
 pub mod topology;
 
+pub use role::Role;
 pub use topology::Topology;
 
 use anyhow::Context;
 use backends::BackendsConfig;
+use component::Component;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use supervisor::{ChildSpec, ChildStatus, Supervisor};
+use supervisor::{ChildSpec, ChildStatus, Launch, Supervisor};
 
 /// The built-in topology used when none is given: the load balancer in
 /// front of three web servers.
 pub const DEFAULT_TOPOLOGY: &str = include_str!("../../../topologies/web-tier.toml");
 
+/// How long a level of components may take to become ready at start.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A running topology: its children and how to change them.
 pub struct Orchestrator {
     topology: Topology,
     backends: BackendsConfig,
+    data_dir: PathBuf,
     run_dir: PathBuf,
-    supervisor: Supervisor,
+    supervisor: Arc<Supervisor>,
+    metrics: metrics::UpMetrics,
     http: reqwest::Client,
     /// One scale operation at a time.
     scaling: tokio::sync::Mutex<()>,
+    /// One writer of the target list at a time.
+    targets_file: std::sync::Mutex<()>,
     /// The PostgreSQL cluster, when `up` runs one.
-    cluster: Option<Arc<postgres::PgCluster>>,
+    cluster: std::sync::OnceLock<Arc<postgres::PgCluster>>,
 }
 
 /// Why a scale request was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleError {
+    /// Refused, nothing changed (an unknown role, a count out of range, a
+    /// port clash).
     #[error("{0}")]
     Invalid(String),
+    /// Started, then failed part-way (a copy that never became ready).
     #[error("{0}")]
     Failed(String),
 }
 
 impl Orchestrator {
-    /// Every child as `ctl ps` shows it.
+    /// Every child as `ctl ps` shows it; a running PostgreSQL node shows
+    /// its part (`primary`, `replica`, `fenced`), one without a process
+    /// `down`.
     pub fn ps(&self) -> Vec<ChildStatus> {
         let mut all = self.supervisor.ps();
-        if let Some(c) = &self.cluster {
-            all.extend(c.ps());
+        if let Some(cluster) = self.cluster.get() {
+            for c in all.iter_mut().filter(|c| c.role == Role::Postgres) {
+                c.state = match (c.pid, cluster.part(&c.name)) {
+                    (Some(_), Some(part)) => part.into(),
+                    _ => "down".into(),
+                };
+            }
         }
         all
     }
 
-    /// Signals a process: a supervised child (which then stays down until
-    /// `start`) or a PostgreSQL node (which the cluster watcher handles).
+    /// Signals a process. A child the supervisor restarts on its own stays
+    /// down until `start`; one whose controller decides (a PostgreSQL node)
+    /// is left to it: a replica is restarted, a primary failed over.
     pub fn kill(
         &self,
         name: &str,
         signal: nix::sys::signal::Signal,
     ) -> Result<ChildStatus, supervisor::SupervisorError> {
-        if let Some(status) = self.cluster.as_ref().and_then(|c| c.kill(name, signal)) {
-            return Ok(status);
+        let component = self
+            .supervisor
+            .component(name)
+            .ok_or_else(|| supervisor::SupervisorError::Unknown(name.into()))?;
+        let mut status = match component.restart {
+            component::RestartPolicy::Always => self.supervisor.kill(name, signal)?,
+            component::RestartPolicy::ByController => self.supervisor.signal(name, signal)?,
+        };
+        if let Some(shown) = self.ps().into_iter().find(|c| c.name == name) {
+            status.state = shown.state;
         }
-        self.supervisor.kill(name, signal)
+        Ok(status)
     }
 
+    /// Starts again a process stopped with `kill` (an engine too).
+    pub fn start(&self, name: &str) -> Result<Option<ChildStatus>, supervisor::SupervisorError> {
+        self.supervisor.resume(name)?;
+        Ok(self.ps().into_iter().find(|c| c.name == name))
+    }
+
+    /// The supervisor of every child.
     pub fn supervisor(&self) -> &Supervisor {
         &self.supervisor
     }
 
+    /// `up`'s metrics in the text exposition format.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.ps())
+    }
+
+    /// The Prometheus `file_sd` list of every child with metrics, and `up`.
+    pub fn targets(&self) -> Vec<metrics::TargetGroup> {
+        metrics::targets(
+            self.topology.control.listen,
+            &self.topology.site.name,
+            &self.supervisor.components(),
+        )
+    }
+
+    /// Rewrites `<data>/prometheus/targets.json` from the current children.
+    fn publish_targets(&self) {
+        let _one_writer = self.targets_file.lock().unwrap_or_else(|e| e.into_inner());
+        let path = metrics::targets_path(&self.data_dir);
+        if let Err(e) = metrics::write_targets(&path, &self.targets()) {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the target list");
+        }
+    }
+
     /// Starts or stops copies of `role` (`web` or `worker`) until `count`
-    /// run. New web servers join the load balancer once ready; removed ones
+    /// run. A new copy is waited for until ready (at most 30 s); new web
+    /// servers then join the load balancer; removed ones
     /// are drained first (no new requests, in-flight ones finish), then
     /// taken out and stopped with SIGTERM.
     pub async fn scale(&self, role: &str, count: usize) -> Result<Vec<ChildStatus>, ScaleError> {
-        let _one_at_a_time = self.scaling.lock().await;
-        let (min, start_port) = match role {
-            "web" => (1, self.topology.web.listen),
-            "worker" => (0, self.topology.worker.metrics_listen),
-            _ => {
-                return Err(ScaleError::Invalid(format!(
-                    "cannot scale {role:?}: only web and worker"
-                )))
-            }
+        let result = self.scale_role(role, count).await;
+        let label = Role::parse(role).map_or("unknown", Role::as_str);
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ScaleError::Invalid(_)) => "refused",
+            Err(ScaleError::Failed(_)) => "failed",
         };
-        if count < min || count > 64 {
-            return Err(ScaleError::Invalid(format!("{role} count must be {min} to 64")));
+        self.metrics
+            .scale_operations
+            .with_label_values(&[label, outcome])
+            .inc();
+        self.publish_targets();
+        result
+    }
+
+    async fn scale_role(&self, role: &str, count: usize) -> Result<Vec<ChildStatus>, ScaleError> {
+        let _one_at_a_time = self.scaling.lock().await;
+        let Some((role, range)) = Role::parse(role).and_then(|r| Some((r, r.scale_range()?))) else {
+            let names: Vec<&str> = Role::scalable().map(Role::as_str).collect();
+            return Err(ScaleError::Invalid(format!(
+                "cannot scale {role:?}: only {}",
+                names.join(" and ")
+            )));
+        };
+        if !range.contains(&count) {
+            return Err(ScaleError::Invalid(format!(
+                "{role} count must be {} to {}",
+                range.start(),
+                range.end()
+            )));
         }
-        if start_port.port() as usize + count > 65536 {
+        if !self.topology.copies_fit(role, count) {
             return Err(ScaleError::Invalid(format!("{role}: ports run past 65535")));
         }
         let current = self.supervisor.names_of(role).len();
@@ -105,45 +186,47 @@ impl Orchestrator {
         Ok(self.ps())
     }
 
-    async fn start_copy(&self, role: &str, index: usize) -> Result<(), ScaleError> {
-        let taken: Vec<SocketAddr> = self.ps().iter().filter_map(|c| c.addr).collect();
-        // (ps includes the PostgreSQL nodes, whose ports copies must not take.)
-        let spec = match role {
-            "web" => {
-                let (name, config) = self.topology.web_config(index, &self.backends);
-                if taken.contains(&config.listen) || self.reserved().contains(&config.listen) {
-                    return Err(ScaleError::Invalid(format!(
-                        "{} is already in use",
-                        config.listen
-                    )));
-                }
-                web_spec(&self.run_dir, &name, &config).map_err(|e| ScaleError::Failed(e.to_string()))?
+    async fn start_copy(&self, role: Role, index: usize) -> Result<(), ScaleError> {
+        let component = self
+            .topology
+            .copy(role, index)
+            .ok_or_else(|| ScaleError::Invalid(format!("{role} does not run in copies")))?;
+        // Its ports against every other component's (the engines' and the
+        // load balancer's included) and `up`'s own.
+        let others = self.supervisor.components();
+        let taken = self.topology.control_binds().chain(component::binds_of(&others));
+        for (owner, bind) in taken {
+            if let Some(mine) = component.binds.iter().find(|b| b.overlaps(&bind)) {
+                return Err(ScaleError::Invalid(
+                    component::PortClash {
+                        first: component.name.clone(),
+                        first_bind: *mine,
+                        second: owner.to_owned(),
+                        second_bind: bind,
+                    }
+                    .to_string(),
+                ));
             }
-            _ => {
-                let (name, config) = self.topology.worker_config(index, &self.backends);
-                if taken.contains(&config.metrics_listen) || self.reserved().contains(&config.metrics_listen)
-                {
-                    return Err(ScaleError::Invalid(format!(
-                        "{} is already in use",
-                        config.metrics_listen
-                    )));
-                }
-                worker_spec(&self.run_dir, &name, &config).map_err(|e| ScaleError::Failed(e.to_string()))?
-            }
-        };
-        let (name, addr) = (spec.name.clone(), spec.addr);
+        }
+        let spec = self
+            .child_spec(&component)
+            .map_err(|e| ScaleError::Failed(e.to_string()))?;
         self.supervisor
             .add(spec)
             .map_err(|e| ScaleError::Failed(e.to_string()))?;
-        tracing::info!(child = %name, "scaled up");
-        if role != "web" {
+        tracing::info!(child = %component.name, "scaled up");
+        self.publish_targets();
+        if !component.ready.wait(Duration::from_secs(30)).await {
+            let _ = self.supervisor.remove(&component.name).await;
+            return Err(ScaleError::Failed(format!(
+                "{} did not become ready in 30 s",
+                component.name
+            )));
+        }
+        if role != Role::Web {
             return Ok(());
         }
-        let addr = addr.expect("web servers have an address");
-        if !wait_ok(addr, "/readyz", Duration::from_secs(30)).await {
-            let _ = self.supervisor.remove(&name).await;
-            return Err(ScaleError::Failed(format!("{name} did not become ready in 30 s")));
-        }
+        let addr = component.addr.expect("web servers have an address");
         if let Some(lb) = &self.topology.lb {
             let url = format!("http://{}/backends", lb.admin_listen);
             let body = serde_json::json!({ "addr": addr.to_string(), "weight": 1 });
@@ -160,21 +243,19 @@ impl Orchestrator {
         Ok(())
     }
 
-    async fn stop_copy(&self, role: &str, index: usize) -> Result<(), ScaleError> {
-        let name = format!("{role}-{}", index + 1);
-        let addr = self
-            .ps()
-            .into_iter()
-            .find(|c| c.name == name)
-            .and_then(|c| c.addr);
-        if let (Some(lb), Some(addr), "web") = (&self.topology.lb, addr, role) {
+    async fn stop_copy(&self, role: Role, index: usize) -> Result<(), ScaleError> {
+        let Some(component) = self.topology.copy(role, index) else {
+            return Ok(());
+        };
+        if let (Some(lb), Some(addr), Role::Web) = (&self.topology.lb, component.addr, role) {
             self.drain_from_lb(lb.admin_listen, addr).await?;
         }
         self.supervisor
-            .remove(&name)
+            .remove(&component.name)
             .await
             .map_err(|e| ScaleError::Failed(e.to_string()))?;
-        tracing::info!(child = %name, "scaled down");
+        tracing::info!(child = %component.name, "scaled down");
+        self.publish_targets();
         Ok(())
     }
 
@@ -210,15 +291,6 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Addresses of the LB and the control API, which copies must not take.
-    fn reserved(&self) -> Vec<SocketAddr> {
-        let mut r = vec![self.topology.control.listen];
-        if let Some(lb) = &self.topology.lb {
-            r.extend([lb.listen, lb.admin_listen]);
-        }
-        r
-    }
-
     /// Rewrites `lb.toml` with the current web servers, so a restarted LB
     /// starts with the backends of now, not those of the topology file.
     fn write_lb_config(&self) -> Result<(), ScaleError> {
@@ -226,9 +298,10 @@ impl Orchestrator {
             return Ok(());
         };
         config.backends = self
-            .ps()
+            .supervisor
+            .components()
             .iter()
-            .filter(|c| c.role == "web")
+            .filter(|c| c.role == Role::Web)
             .filter_map(|c| c.addr)
             .map(|addr| lb::BackendSpec { addr, weight: 1 })
             .collect();
@@ -236,11 +309,90 @@ impl Orchestrator {
             .map(|_| ())
             .map_err(|e| ScaleError::Failed(e.to_string()))
     }
+
+    /// How to run `component`: its configuration written under the run
+    /// directory and the program to start. (PostgreSQL nodes are launched
+    /// by their cluster, which prepares their data directories first.)
+    fn child_spec(&self, component: &Component) -> anyhow::Result<ChildSpec> {
+        let name = component.name.as_str();
+        let scalestack =
+            |sub: &str, path: PathBuf| Launch::Scalestack(vec![sub.into(), "--config".into(), path.into()]);
+        let launch = match component.role {
+            Role::Web => {
+                let index = copy_index(name)?;
+                let config = self.topology.web_config(index, &self.backends).1;
+                scalestack("web", write_config(&self.run_dir, name, &config)?)
+            }
+            Role::Worker => {
+                let index = copy_index(name)?;
+                let config = self.topology.worker_config(index, &self.backends).1;
+                scalestack("worker", write_config(&self.run_dir, name, &config)?)
+            }
+            Role::Lb => {
+                let config = self.topology.lb_config().context("no [lb] section")?;
+                scalestack("lb", write_config(&self.run_dir, "lb", &config)?)
+            }
+            Role::Redis => redis_launch(&self.topology, &self.data_dir)?,
+            Role::Postgres => anyhow::bail!("postgres nodes are launched by their cluster"),
+        };
+        Ok(ChildSpec::new(component.clone(), launch))
+    }
+
+    /// Starts the components in dependency order, each level once the one
+    /// before is ready (the PostgreSQL cluster first, migrations before the
+    /// first component that is no engine), then waits until the topology
+    /// serves. True when everything became ready.
+    async fn start_all(&self) -> anyhow::Result<bool> {
+        let components = self.topology.components();
+        let mut migrated = false;
+        let mut all_ready = true;
+        for level in component::start_levels(&components) {
+            if !migrated && level.iter().any(|r| !r.is_engine()) {
+                // Migrations run once here, before any child that uses the
+                // stores, so copies never race them.
+                backends::Backends::connect(&self.backends)
+                    .await
+                    .context("preparing the backends")?;
+                migrated = true;
+            }
+            let members: Vec<&Component> = components.iter().filter(|c| level.contains(&c.role)).collect();
+            for c in &members {
+                if c.role == Role::Postgres {
+                    continue; // started by the cluster, in its own order
+                }
+                self.supervisor.add(self.child_spec(c)?)?;
+            }
+            self.publish_targets();
+            let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+            for c in members {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if !c.ready.wait(left).await {
+                    tracing::warn!(child = %c.name, "not ready after {READY_TIMEOUT:?}; starting the rest anyway");
+                    all_ready = false;
+                }
+            }
+        }
+        if !migrated {
+            backends::Backends::connect(&self.backends)
+                .await
+                .context("preparing the backends")?;
+        }
+        Ok(all_ready && wait_in_rotation(&self.topology, &self.http).await)
+    }
+}
+
+/// The index of copy `web-3` (2).
+fn copy_index(name: &str) -> anyhow::Result<usize> {
+    name.rsplit('-')
+        .next()
+        .and_then(|n| n.parse::<usize>().ok())
+        .and_then(|n| n.checked_sub(1))
+        .with_context(|| format!("{name} is not a copy"))
 }
 
 /// The managed Redis: `redis-server` with a generated configuration under
-/// `<data>/redis`, supervised like any other child.
-fn redis_spec(topology: &Topology, data_dir: &Path) -> anyhow::Result<ChildSpec> {
+/// `<data>/redis`.
+fn redis_launch(topology: &Topology, data_dir: &Path) -> anyhow::Result<Launch> {
     let dir = data_dir.join("redis");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let conf = dir.join("redis.conf");
@@ -250,28 +402,10 @@ fn redis_spec(topology: &Topology, data_dir: &Path) -> anyhow::Result<ChildSpec>
         engines::redis::server_conf(listen.port(), &dir, &dir.join("redis.log")),
     )
     .with_context(|| format!("writing {}", conf.display()))?;
-    Ok(ChildSpec::new("redis", "redis", Some(listen), vec![conf.into()])
-        .program(engines::redis::locate_server()?))
-}
-
-fn web_spec(run_dir: &Path, name: &str, config: &app::WebConfig) -> anyhow::Result<ChildSpec> {
-    let path = write_config(run_dir, name, config)?;
-    Ok(ChildSpec::new(
-        name,
-        "web",
-        Some(config.listen),
-        vec!["web".into(), "--config".into(), path.into()],
-    ))
-}
-
-fn worker_spec(run_dir: &Path, name: &str, config: &worker::WorkerConfig) -> anyhow::Result<ChildSpec> {
-    let path = write_config(run_dir, name, config)?;
-    Ok(ChildSpec::new(
-        name,
-        "worker",
-        Some(config.metrics_listen),
-        vec!["worker".into(), "--config".into(), path.into()],
-    ))
+    Ok(Launch::Program {
+        program: engines::redis::locate_server()?,
+        args: vec![conf.into()],
+    })
 }
 
 /// Starts the topology and supervises it until `shutdown` resolves.
@@ -280,97 +414,86 @@ fn worker_spec(run_dir: &Path, name: &str, config: &worker::WorkerConfig) -> any
 /// `std::env::current_exe()`).
 pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let data_dir = prepare_data_dir(&topology.data.dir)?;
-    let backends = topology.backends(&data_dir);
-    // Engines first: the migrations below need the database.
-    let cluster = match topology.needs_managed_postgres() {
-        true => Some(Arc::new(
-            postgres::PgCluster::start(&topology.postgres, &data_dir)
-                .await
-                .context("starting the PostgreSQL cluster")?,
-        )),
-        false => None,
-    };
-    let (cluster_stop, cluster_stopped) = tokio::sync::oneshot::channel::<()>();
-    let watcher = cluster.clone().map(|c| {
-        tokio::spawn(async move {
-            c.watch(async {
-                let _ = cluster_stopped.await;
-            })
-            .await
-        })
-    });
-    // Migrations run once here, before any child, so copies never race them.
-    backends::Backends::connect(&backends)
-        .await
-        .context("preparing the embedded backends")?;
+    let backends = topology.resolve(&data_dir);
     let run_dir = data_dir.join("run");
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let control_listener = tokio::net::TcpListener::bind(topology.control.listen)
         .await
         .with_context(|| format!("cannot listen on {} (control API)", topology.control.listen))?;
-
-    let mut specs = Vec::new();
-    for (name, config) in topology.web_configs(&backends) {
-        specs.push(web_spec(&run_dir, &name, &config)?);
-    }
-    for (name, config) in topology.worker_configs(&backends) {
-        specs.push(worker_spec(&run_dir, &name, &config)?);
-    }
-    if topology.needs_managed_redis() {
-        specs.insert(0, redis_spec(&topology, &data_dir)?);
-    }
-    if let Some(config) = topology.lb_config() {
-        let path = write_config(&run_dir, "lb", &config)?;
-        specs.push(ChildSpec::new(
-            "lb",
-            "lb",
-            Some(config.listen),
-            vec!["lb".into(), "--config".into(), path.into()],
-        ));
-    }
-
+    let metrics = metrics::UpMetrics::new();
+    let supervisor = Arc::new(Supervisor::new(exe, run_dir.clone(), metrics.supervisor.clone()));
     let orchestrator = Arc::new(Orchestrator {
-        supervisor: Supervisor::start(exe, run_dir.clone(), specs),
+        supervisor: supervisor.clone(),
         topology,
         backends,
+        data_dir: data_dir.clone(),
         run_dir,
+        metrics,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .context("building the HTTP client")?,
         scaling: tokio::sync::Mutex::new(()),
-        cluster: cluster.clone(),
+        targets_file: std::sync::Mutex::new(()),
+        cluster: std::sync::OnceLock::new(),
     });
     let control = tokio::spawn(control::serve(control_listener, orchestrator.clone()));
-    let public = orchestrator.topology.public_url();
-    let ready = wait_ready(&orchestrator.topology, &orchestrator.http);
+    let (controller_stop, controller_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut controller = None;
+    let o = &orchestrator;
+    let started = async {
+        // Engines first: the migrations need the database.
+        if o.topology.needs_managed_postgres() {
+            let t = &o.topology;
+            let cluster = postgres::PgCluster::start(
+                &t.postgres,
+                t.postgres.components(&t.site.name),
+                &data_dir,
+                supervisor.clone(),
+                o.metrics.failovers.clone(),
+            )
+            .await
+            .context("starting the PostgreSQL cluster")?;
+            let cluster = Arc::new(cluster);
+            let _ = o.cluster.set(cluster.clone());
+            controller = Some(tokio::spawn(cluster.control(async {
+                let _ = controller_stopped.await;
+            })));
+        }
+        o.start_all().await
+    };
     tokio::pin!(shutdown);
-    tokio::select! {
-        ok = ready => {
-            if ok {
+    let outcome = tokio::select! {
+        ready = started => Some(ready),
+        _ = &mut shutdown => None,
+    };
+    let result = match outcome {
+        Some(Err(e)) => Err(e),
+        Some(Ok(ready)) => {
+            if ready {
                 println!(
-                    "scalestack is up: {public}  (dashboard http://{}, data in {})",
-                    orchestrator.topology.control.listen,
+                    "scalestack is up: {}  (dashboard http://{}, data in {})",
+                    o.topology.public_url(),
+                    o.topology.control.listen,
                     data_dir.display()
                 );
             } else {
                 tracing::warn!("not ready after 60 s; still supervising");
             }
             shutdown.await;
+            Ok(())
         }
-        _ = &mut shutdown => {}
-    }
+        None => Ok(()),
+    };
     println!("scalestack: stopping");
     control.abort();
+    // The controller first: nodes the supervisor stops are no failures.
+    let _ = controller_stop.send(());
+    if let Some(c) = controller {
+        let _ = c.await;
+    }
     orchestrator.supervisor.stop().await;
-    let _ = cluster_stop.send(());
-    if let Some(w) = watcher {
-        let _ = w.await;
-    }
-    if let Some(c) = cluster {
-        c.stop().await;
-    }
-    Ok(())
+    result
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -390,22 +513,11 @@ fn write_config<T: serde::Serialize>(run_dir: &Path, name: &str, config: &T) -> 
     Ok(path)
 }
 
-/// Waits until every web server and then the public address answer
-/// `/readyz` (at most 60 s).
-async fn wait_ready(topology: &Topology, http: &reqwest::Client) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut addrs: Vec<_> = topology.web_addrs().collect();
-    if let Some(lb) = &topology.lb {
-        addrs.push(lb.listen);
-    }
-    for addr in addrs {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if !wait_ok(addr, "/readyz", left).await {
-            return false;
-        }
-    }
-    // Up means every web server is in the LB's rotation, not just one.
+/// Up means every web server is in the load balancer's rotation, not just
+/// one: waits (at most 60 s) until the LB lists them all healthy.
+async fn wait_in_rotation(topology: &Topology, http: &reqwest::Client) -> bool {
     let Some(lb) = &topology.lb else { return true };
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let url = format!("http://{}/backends", lb.admin_listen);
     while tokio::time::Instant::now() < deadline {
         if let Ok(r) = http.get(&url).send().await {
@@ -418,20 +530,6 @@ async fn wait_ready(topology: &Topology, http: &reqwest::Client) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
-}
-
-/// Polls `path` on `addr` until it answers 200 or `limit` passes.
-async fn wait_ok(addr: SocketAddr, path: &str, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if http_ok(addr, path).await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A minimal HTTP/1.1 GET over a fresh connection: true on a 200 answer.

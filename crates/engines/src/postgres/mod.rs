@@ -244,6 +244,45 @@ impl PgNode {
         self.wait_ready().await
     }
 
+    /// The command that runs this node's server (`postgres -D <data_dir>`,
+    /// its output appended to `postgres.log`, as the cluster's owner), for a
+    /// supervisor that spawns and watches the process itself instead of
+    /// [`PgNode::start`]. The caller ties the process to its own lifetime.
+    pub fn server_command(&self) -> anyhow::Result<Command> {
+        let log_path = self.data_dir.join(LOG_FILE);
+        let log = process::open_log(&log_path)?;
+        if let Some(owner) = self.owner {
+            owner.give(&log_path)?;
+        }
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("duplicating the log file")?)
+            .stderr(log);
+        self.crashed.store(false, Ordering::Relaxed);
+        Ok(cmd)
+    }
+
+    /// Checks that the server answering on this node's port runs from this
+    /// node's data directory (not another cluster that holds the port).
+    pub async fn verify_serving(&self) -> anyhow::Result<()> {
+        let dir = self.psql("SHOW data_directory").await?;
+        if Path::new(&dir) != self.data_dir {
+            bail!(
+                "port {} is served by another cluster ({dir}), not {}",
+                self.opts.port,
+                self.data_dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The last lines of the server's log, for error messages.
+    pub fn log_excerpt(&self) -> String {
+        self.log_tail()
+    }
+
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -258,15 +297,7 @@ impl PgNode {
                 // Make sure the server answering is ours, not another one that
                 // holds the port (ours would then exit at once, but the check
                 // above could have raced it).
-                let dir = self.psql("SHOW data_directory").await?;
-                if Path::new(&dir) != self.data_dir {
-                    bail!(
-                        "port {} is served by another cluster ({dir}), not {}",
-                        self.opts.port,
-                        self.data_dir.display()
-                    );
-                }
-                return Ok(());
+                return self.verify_serving().await;
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -435,9 +466,10 @@ impl PgNode {
         if self.pid().is_some() {
             bail!("{} runs: stop it before rebuilding it", self.name);
         }
-        if self.crashed.load(Ordering::Relaxed) {
-            self.release_crashed_segment();
-        }
+        // Whoever killed it (we, or a supervisor that spawned it), a
+        // SIGKILLed postmaster leaves its segment behind; this only acts
+        // when the lock file's postmaster is gone.
+        self.release_crashed_segment();
         std::fs::remove_dir_all(&self.data_dir)
             .with_context(|| format!("emptying {}", self.data_dir.display()))?;
         owner::prepare_private_dir(&self.data_dir, self.owner)?;

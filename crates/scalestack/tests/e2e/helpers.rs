@@ -30,6 +30,8 @@ pub struct Up {
     /// The public address: the load balancer's, or the single web server's.
     pub web: String,
     pub worker_metrics: String,
+    /// Metrics address of each worker copy `ctl scale` may start (8).
+    pub workers: Vec<String>,
     /// The orchestrator's control API.
     pub control: String,
     /// The load balancer's admin API, when there is one.
@@ -68,7 +70,8 @@ impl Up {
 
     fn launch(web_section: String, lb: Option<(u16, u16)>, web_ports: Vec<u16>) -> Up {
         let dir = tempfile::tempdir().unwrap();
-        let worker_port = free_port();
+        // Room for `ctl scale` up to 8 workers.
+        let worker_port = free_ports(8);
         let control_port = free_port();
         let topology = format!(
             "[control]\nlisten = \"127.0.0.1:{control_port}\"\n\
@@ -89,6 +92,9 @@ impl Up {
             dir,
             web: format!("http://127.0.0.1:{public}"),
             worker_metrics: format!("http://127.0.0.1:{worker_port}"),
+            workers: (worker_port..worker_port + 8)
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
             control: format!("http://127.0.0.1:{control_port}"),
             lb_admin: lb.map(|(_, a)| format!("http://127.0.0.1:{a}")),
             webs: web_ports
