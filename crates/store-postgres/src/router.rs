@@ -2,7 +2,8 @@
 //! PostgreSQL: writes go to the primary; reads go to healthy replicas in
 //! turn, never to one whose replay lags more than a ceiling, and under
 //! read-your-writes only to one that has replayed past the caller's read
-//! floor ([`domain::consistency`]); otherwise to the primary.
+//! floor on this router's replica set ([`domain::consistency`]; the set is
+//! named in [`RouterConfig::replica_set`]); otherwise to the primary.
 //!
 //! Which node is the primary is not configured but discovered: a prober
 //! task asks every node, every `probe_interval_ms`, whether it is in
@@ -26,9 +27,10 @@
 //! Read-your-writes: after each successful write inside a consistency
 //! scope, the router measures `pg_current_wal_insert_lsn()` on the primary
 //! (one more round trip, skipped outside a scope) and notes it as the
-//! scope's floor. It is taken after the commit returned, so it is at or past
-//! the end of the commit record, whatever `synchronous_commit` is; a
-//! replica whose replay LSN reached it shows the write. (Measuring inside
+//! scope's floor on its replica set. It is taken after the commit
+//! returned, so it is at or past the end of the commit record, whatever
+//! `synchronous_commit` is; a replica whose replay LSN reached it shows the
+//! write. (Measuring inside
 //! the write's transaction would give a position before its commit record.)
 //! It can overshoot (other sessions' writes), which only sends a read to the
 //! primary that a replica could have served.
@@ -56,6 +58,7 @@ pub use topology::NodeRole;
 
 use crate::{connect_options, unavailable, PgStore, QueueConfig};
 use config::redact;
+use domain::consistency::ReplicaSetId;
 use domain::ports::{JobQueue, SessionStore, Store};
 use domain::*;
 use policy::Policy;
@@ -147,6 +150,8 @@ impl fmt::Debug for PgRouter {
 
 /// The state every clone, facade and the prober share.
 struct Inner {
+    /// The replica set of every node: whose read floor applies.
+    set: ReplicaSetId,
     policy: Policy,
     nodes: Vec<Arc<Node>>,
     /// Index of the elected primary, or [`NO_PRIMARY`].
@@ -185,6 +190,7 @@ impl PgRouter {
             .map(|url| Node::new(url, config.max_connections).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let inner = Arc::new(Inner::new(
+            config.replica_set,
             Policy::new(Duration::from_millis(config.max_lag_ms)),
             nodes,
         ));
@@ -265,8 +271,9 @@ impl PgRouter {
 
 impl Inner {
     /// Shared state over `nodes`, no primary known yet.
-    fn new(policy: Policy, nodes: Vec<Arc<Node>>) -> Inner {
+    fn new(set: ReplicaSetId, policy: Policy, nodes: Vec<Arc<Node>>) -> Inner {
         Inner {
+            set,
             policy,
             nodes,
             primary: AtomicUsize::new(NO_PRIMARY),
@@ -354,7 +361,7 @@ pub(super) mod fixtures {
                 Arc::new(node)
             })
             .collect();
-        let inner = Inner::new(Policy::new(Duration::from_secs(1)), nodes);
+        let inner = Inner::new(ReplicaSetId::DEFAULT, Policy::new(Duration::from_secs(1)), nodes);
         inner
             .primary
             .store(primary.unwrap_or(NO_PRIMARY), Ordering::Release);

@@ -1,6 +1,7 @@
 //! The router's configuration, as read from the topology file, and the
 //! redaction that keeps the nodes' passwords out of every log line.
 
+use domain::consistency::ReplicaSetId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -23,6 +24,12 @@ pub struct RouterConfig {
     /// How often every node is probed. Default 200 ms.
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
+    /// The replica set these nodes form: the key of the read-your-writes
+    /// floor this router reads and raises, and a label of its metrics.
+    /// Default [`ReplicaSetId::DEFAULT`] (`default`); a sharded tier names
+    /// one per shard.
+    #[serde(default)]
+    pub replica_set: ReplicaSetId,
 }
 
 fn default_max_connections() -> u32 {
@@ -43,6 +50,7 @@ impl RouterConfig {
             max_connections: default_max_connections(),
             max_lag_ms: default_max_lag_ms(),
             probe_interval_ms: default_probe_interval_ms(),
+            replica_set: ReplicaSetId::DEFAULT,
         }
     }
 }
@@ -55,6 +63,7 @@ impl fmt::Debug for RouterConfig {
             .field("max_connections", &self.max_connections)
             .field("max_lag_ms", &self.max_lag_ms)
             .field("probe_interval_ms", &self.probe_interval_ms)
+            .field("replica_set", &self.replica_set.as_str())
             .finish()
     }
 }
@@ -119,6 +128,14 @@ mod tests {
         assert_eq!(
             (c.max_connections, c.max_lag_ms, c.probe_interval_ms),
             (10, 1000, 200)
+        );
+        assert_eq!(c.replica_set, ReplicaSetId::DEFAULT);
+        let c: RouterConfig =
+            serde_json::from_str(r#"{"nodes": ["postgres://a@h/db"], "replica_set": "eu-1"}"#).unwrap();
+        assert_eq!(c.replica_set.as_str(), "eu-1");
+        assert!(
+            serde_json::from_str::<RouterConfig>(r#"{"nodes": [], "replica_set": "EU 1"}"#).is_err(),
+            "a replica set's name is checked"
         );
         assert!(serde_json::from_str::<RouterConfig>(r#"{"nodes": [], "lag": 5}"#).is_err());
         assert!(

@@ -26,7 +26,7 @@ impl PgRouter {
     {
         let inner = &self.inner;
         let candidates = inner.nodes.iter().map(|n| Candidate::of(&n.lock_state()));
-        match inner.policy.read(candidates, consistency::read_floor()) {
+        match inner.policy.read(candidates, consistency::read_floor(&inner.set)) {
             Ok(i) => {
                 let node = &inner.nodes[i];
                 match f(node.store.clone()).await {
@@ -68,7 +68,7 @@ impl PgRouter {
         node.writes.fetch_add(1, Ordering::Relaxed);
         if consistency::in_scope() {
             match wal_insert_lsn(node.store.pool()).await {
-                Ok(lsn) => consistency::note_write(lsn),
+                Ok(lsn) => consistency::note_write(&self.inner.set, lsn),
                 // The write is done: failing it now would invite a retry
                 // that writes twice. The primary is most likely gone, and
                 // with it the guarantee.
@@ -179,8 +179,36 @@ mod tests {
         let (result, written) =
             consistency::scope(None, router.create_user(&Username::parse("ann").unwrap(), "h")).await;
         assert!(matches!(result, Err(StoreError::Unavailable(_))));
-        assert_eq!(written, None, "nothing written, no floor raised");
+        assert!(written.is_empty(), "nothing written, no floor raised");
         assert_eq!(router.stats().no_primary, 1);
+    }
+
+    #[tokio::test]
+    async fn only_the_floor_of_the_routers_own_set_holds_reads_back() {
+        let replica = NodeState {
+            seen: Some(super::super::election::Observation {
+                in_recovery: true,
+                timeline: 1,
+                wal_lsn: None,
+                replay_lsn: Some(100),
+                receive_lsn: Some(100),
+            }),
+            ..state(NodeRole::Replica, true)
+        };
+        let router = router_over(vec![state(NodeRole::Down, false), replica.clone()], None);
+        let other = consistency::ReplicaSetId::parse("eu").unwrap();
+        let own = consistency::ReplicaSetId::DEFAULT;
+        // Another set's floor: the replica is tried (and, listening to
+        // nothing here, fails over to the missing primary).
+        let floor = consistency::Positions::at(other, 500);
+        let _ = consistency::scope(floor, router.user_by_id(UserId(1))).await;
+        assert_eq!(router.stats().replica_read_retries, 1);
+        assert_eq!(router.stats().reads_fallback_floor, 0);
+        // Its own: the replica (back in the rotation) has not replayed it,
+        // so the primary is asked.
+        *router.inner.nodes[1].lock_state() = replica;
+        let _ = consistency::scope(consistency::Positions::at(own, 500), router.user_by_id(UserId(1))).await;
+        assert_eq!(router.stats().reads_fallback_floor, 1);
     }
 
     #[tokio::test]

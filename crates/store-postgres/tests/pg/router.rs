@@ -4,7 +4,7 @@
 //! primary fenced when it comes back.
 
 use crate::helpers::eventually;
-use domain::consistency;
+use domain::consistency::{self, Positions, ReplicaSetId};
 use domain::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,6 +51,11 @@ async fn wait_replayed(router: &PgRouter, replicas: &[usize], lsn: u64) {
     .await;
 }
 
+/// What a scope wrote on the default replica set (every router's here).
+fn default_set(written: &Positions) -> Option<u64> {
+    written.get(&ReplicaSetId::DEFAULT)
+}
+
 fn reads(s: &[NodeStatus]) -> Vec<u64> {
     s.iter().map(|n| n.reads).collect()
 }
@@ -88,7 +93,7 @@ async fn reads_spread_over_the_replicas_and_writes_land_on_the_primary() {
         (alice, bob)
     })
     .await;
-    let lsn = lsn.expect("writes in a scope report their LSN");
+    let lsn = default_set(&lsn).expect("writes in a scope report their LSN");
     let status = router.status();
     let roles: Vec<_> = status.iter().map(|s| s.role).collect();
     assert_eq!(
@@ -138,6 +143,46 @@ async fn reads_spread_over_the_replicas_and_writes_land_on_the_primary() {
         "1",
         "replicated from the primary"
     );
+
+    // A router of another replica set (the same nodes, for the test) notes
+    // its writes under that set's name and reads only that set's floor.
+    let eu = ReplicaSetId::parse("eu").unwrap();
+    let eu_router = PgRouter::connect(RouterConfig {
+        probe_interval_ms: 100,
+        replica_set: eu.clone(),
+        ..RouterConfig::new(vec![pg.primary.url(), pg.replicas[0].url()])
+    })
+    .await
+    .unwrap();
+    let eu_store = eu_router.store();
+    let (eve, written) = consistency::scope(None, eu_store.create_user(&name("eve"), "h")).await;
+    let eve = eve.unwrap();
+    assert_eq!(default_set(&written), None, "{written:?}");
+    let eu_lsn = written.get(&eu).expect("the write's LSN, under its set");
+    wait_replayed(&eu_router, &[1], eu_lsn).await;
+    let unreachable = u64::MAX - 1;
+    let before = reads(&eu_router.status());
+    let (found, _) = consistency::scope(Positions::at(ReplicaSetId::DEFAULT, unreachable), async {
+        eu_store.user_by_id(eve).await.unwrap().is_some()
+    })
+    .await;
+    assert!(found);
+    assert_eq!(
+        delta(&before, &reads(&eu_router.status())),
+        [0, 1],
+        "another set's floor does not keep the replica out"
+    );
+    let (found, _) = consistency::scope(Positions::at(eu.clone(), unreachable), async {
+        eu_store.user_by_id(eve).await.unwrap().is_some()
+    })
+    .await;
+    assert!(found);
+    assert_eq!(
+        delta(&before, &reads(&eu_router.status())),
+        [1, 1],
+        "its own set's floor does"
+    );
+    assert_eq!(eu_router.stats().reads_fallback_floor, 1);
 }
 
 #[tokio::test]
@@ -151,8 +196,9 @@ async fn a_lagging_replica_gets_no_reads_and_read_your_writes_holds() {
     let store = router.store();
     let (carol, lsn) = consistency::scope(None, store.create_user(&name("carol"), "h")).await;
     let carol = carol.unwrap();
-    wait_replayed(&router, &[1, 2], lsn.unwrap()).await;
-    wait_replayed(&relaxed, &[1, 2], lsn.unwrap()).await;
+    let lsn = default_set(&lsn).unwrap();
+    wait_replayed(&router, &[1, 2], lsn).await;
+    wait_replayed(&relaxed, &[1, 2], lsn).await;
 
     // replica1 stops applying commits (the delay is far longer than the test).
     let delay = pg.replicas[0]
@@ -168,7 +214,7 @@ async fn a_lagging_replica_gets_no_reads_and_read_your_writes_holds() {
         let (dave, written) =
             consistency::scope(None, store.create_user(&name(&format!("dave{k}")), "h")).await;
         dave.unwrap();
-        lsn = written.unwrap();
+        lsn = default_set(&written).unwrap();
         let seen_lagging = async {
             while tokio::time::Instant::now() < deadline {
                 let s = router.status();
@@ -225,7 +271,7 @@ async fn a_lagging_replica_gets_no_reads_and_read_your_writes_holds() {
     })
     .await;
     assert_eq!(found, 20, "a user reads their own write");
-    let erin_lsn = erin_lsn.expect("the write's LSN, for the next request");
+    let erin_lsn = default_set(&erin_lsn).expect("the write's LSN, for the next request");
     // The next request of that user carries the LSN as its floor.
     let (found, written) = consistency::scope(Some(erin_lsn), async {
         let mut found = 0;
@@ -235,7 +281,7 @@ async fn a_lagging_replica_gets_no_reads_and_read_your_writes_holds() {
         found
     })
     .await;
-    assert_eq!((found, written), (10, None));
+    assert_eq!((found, written), (10, Positions::new()));
     let d = delta(&before, &reads(&relaxed.status()));
     assert_eq!(
         (d[1], d[0] + d[2]),
@@ -280,7 +326,7 @@ async fn a_replica_killed_under_reads_fails_no_read() {
     let store = router.store();
     let (id, lsn) = consistency::scope(None, store.create_user(&name("frank"), "h")).await;
     let id = id.unwrap();
-    wait_replayed(&router, &[1, 2], lsn.unwrap()).await;
+    wait_replayed(&router, &[1, 2], default_set(&lsn).unwrap()).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -336,7 +382,7 @@ async fn a_failover_is_followed_and_the_old_primary_fenced() {
     let sessions = router.sessions();
     let (grace, lsn) = consistency::scope(None, store.create_user(&name("grace"), "h")).await;
     let grace = grace.unwrap();
-    wait_replayed(&router, &[1, 2], lsn.unwrap()).await;
+    wait_replayed(&router, &[1, 2], default_set(&lsn).unwrap()).await;
 
     // The primary crashes: writes are refused at once, reads carry on.
     pg.primary.kill9().unwrap();
