@@ -40,13 +40,15 @@
 //! from a round of answers to every node's routing state: the election,
 //! the fence, the lag), `policy` (which node serves a read, given that
 //! state and the floor), `facade` (the routed [`Store`]) and `primary` (the
-//! session store and the job queue on the current primary). `election` and
-//! `lag` are the topology update's two pure parts.
+//! session store and the job queue on the current primary), `metrics` (the
+//! Prometheus families, exported into a registry the router is handed).
+//! `election` and `lag` are the topology update's two pure parts.
 
 mod config;
 mod election;
 mod facade;
 mod lag;
+mod metrics;
 mod policy;
 mod primary;
 mod probe;
@@ -61,13 +63,14 @@ use config::redact;
 use domain::consistency::ReplicaSetId;
 use domain::ports::{JobQueue, SessionStore, Store};
 use domain::*;
-use policy::Policy;
+use metrics::{Exporter, Metrics, NodeCounters};
+use policy::{Fallback, Policy};
 use primary::{PrimaryQueue, PrimarySessions};
 use probe::Probe;
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -84,7 +87,8 @@ pub const PRIMARY_WAIT: Duration = Duration::from_secs(10);
 
 const NO_PRIMARY: usize = usize::MAX;
 
-/// One node as the router sees it, for `/metrics` and tests.
+/// One node as the router sees it, for logs and tests (the metrics export
+/// the same: [`PgRouter::register_metrics`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeStatus {
     /// The node's URL without its password.
@@ -116,7 +120,8 @@ pub struct NodeStatus {
     pub writes: u64,
 }
 
-/// Router-wide counters, for `/metrics`.
+/// Router-wide counters, the same the metrics export (summed over nodes
+/// where they are per node).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RouterStats {
     /// Reads sent to the primary because no usable replica had replayed
@@ -156,10 +161,8 @@ struct Inner {
     nodes: Vec<Arc<Node>>,
     /// Index of the elected primary, or [`NO_PRIMARY`].
     primary: AtomicUsize,
-    reads_fallback_floor: AtomicU64,
-    reads_fallback_no_replica: AtomicU64,
-    replica_read_retries: AtomicU64,
-    no_primary: AtomicU64,
+    /// The router-wide counters live in the metrics.
+    metrics: Metrics,
     /// Probe rounds completed; [`PgRouter::connect`] waits on it.
     rounds: watch::Sender<u64>,
 }
@@ -170,8 +173,7 @@ struct Node {
     probe: Probe,
     store: PgStore,
     state: Mutex<NodeState>,
-    reads: AtomicU64,
-    writes: AtomicU64,
+    counters: NodeCounters,
 }
 
 impl PgRouter {
@@ -184,15 +186,17 @@ impl PgRouter {
         if config.nodes.is_empty() {
             return Err(unavailable("the database router has no node"));
         }
+        let metrics = Metrics::new(&config.replica_set);
         let nodes = config
             .nodes
             .iter()
-            .map(|url| Node::new(url, config.max_connections).map(Arc::new))
+            .map(|url| Node::new(url, config.max_connections, &metrics).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let inner = Arc::new(Inner::new(
             config.replica_set,
             Policy::new(Duration::from_millis(config.max_lag_ms)),
             nodes,
+            metrics,
         ));
         let mut rounds_seen = inner.rounds.subscribe();
         let every = Duration::from_millis(config.probe_interval_ms.max(1));
@@ -246,12 +250,25 @@ impl PgRouter {
     pub fn stats(&self) -> RouterStats {
         let i = &self.inner;
         RouterStats {
-            reads_fallback_floor: i.reads_fallback_floor.load(Ordering::Relaxed),
-            reads_fallback_no_replica: i.reads_fallback_no_replica.load(Ordering::Relaxed),
-            replica_read_retries: i.replica_read_retries.load(Ordering::Relaxed),
-            no_primary: i.no_primary.load(Ordering::Relaxed),
+            reads_fallback_floor: i.metrics.fallback(Fallback::Floor).get(),
+            reads_fallback_no_replica: i.metrics.fallback(Fallback::NoReplica).get(),
+            replica_read_retries: i.nodes.iter().map(|n| n.counters.read_retries.get()).sum(),
+            no_primary: i.metrics.no_primary().get(),
             probe_rounds: *i.rounds.borrow(),
         }
+    }
+
+    /// Exports the router's metrics into `registry` (see `metrics.rs` for
+    /// the families; every series is labelled with the replica set and,
+    /// per node, the node's URL without its password). Counts from the
+    /// router's start, whenever this is called. The registry does not keep
+    /// the router alive. Fails if the registry already holds this router's
+    /// metrics, or another router's of the same replica set.
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(Exporter::new(
+            self.inner.metrics.clone(),
+            Arc::downgrade(&self.inner),
+        )))
     }
 
     /// Applies the pending migrations on the current primary.
@@ -271,16 +288,13 @@ impl PgRouter {
 
 impl Inner {
     /// Shared state over `nodes`, no primary known yet.
-    fn new(set: ReplicaSetId, policy: Policy, nodes: Vec<Arc<Node>>) -> Inner {
+    fn new(set: ReplicaSetId, policy: Policy, nodes: Vec<Arc<Node>>, metrics: Metrics) -> Inner {
         Inner {
             set,
             policy,
             nodes,
             primary: AtomicUsize::new(NO_PRIMARY),
-            reads_fallback_floor: AtomicU64::new(0),
-            reads_fallback_no_replica: AtomicU64::new(0),
-            replica_read_retries: AtomicU64::new(0),
-            no_primary: AtomicU64::new(0),
+            metrics,
             rounds: watch::channel(0).0,
         }
     }
@@ -289,14 +303,14 @@ impl Inner {
     fn primary(&self) -> Result<&Node, StoreError> {
         let i = self.primary.load(Ordering::Acquire);
         self.nodes.get(i).map(|n| &**n).ok_or_else(|| {
-            self.no_primary.fetch_add(1, Ordering::Relaxed);
+            self.metrics.no_primary().inc();
             unavailable("no primary database is known (failover in progress?)")
         })
     }
 }
 
 impl Node {
-    fn new(url: &str, max_connections: u32) -> Result<Node, StoreError> {
+    fn new(url: &str, max_connections: u32, metrics: &Metrics) -> Result<Node, StoreError> {
         let options = connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
@@ -307,8 +321,7 @@ impl Node {
             probe: Probe::new(redact(url), options),
             store: PgStore::new(pool),
             state: Mutex::new(NodeState::default()),
-            reads: AtomicU64::new(0),
-            writes: AtomicU64::new(0),
+            counters: metrics.node(&redact(url)),
         })
     }
 
@@ -334,8 +347,8 @@ impl Node {
             lag_bytes: st.lag_bytes,
             lag_ms: st.lag_ms,
             usable: st.usable,
-            reads: self.reads.load(Ordering::Relaxed),
-            writes: self.writes.load(Ordering::Relaxed),
+            reads: self.counters.reads.get(),
+            writes: self.counters.writes.get(),
         }
     }
 }
@@ -348,20 +361,33 @@ pub(super) mod fixtures {
 
     /// A router over `states`, with the primary at `primary`.
     pub(in crate::router) fn router_over(states: Vec<NodeState>, primary: Option<usize>) -> PgRouter {
+        router_of(ReplicaSetId::DEFAULT, states, primary)
+    }
+
+    /// [`router_over`] for the replica set `set`.
+    pub(in crate::router) fn router_of(
+        set: ReplicaSetId,
+        states: Vec<NodeState>,
+        primary: Option<usize>,
+    ) -> PgRouter {
         // A port that was free a moment ago: connections are refused.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
+        let metrics = Metrics::new(&set);
         let nodes = states
             .into_iter()
-            .map(|st| {
-                let node = Node::new(&format!("postgres://u@127.0.0.1:{port}/db"), 1).unwrap();
+            .enumerate()
+            .map(|(i, st)| {
+                // Told apart by their database name.
+                let url = format!("postgres://u@127.0.0.1:{port}/db{i}");
+                let node = Node::new(&url, 1, &metrics).unwrap();
                 *node.lock_state() = st;
                 Arc::new(node)
             })
             .collect();
-        let inner = Inner::new(ReplicaSetId::DEFAULT, Policy::new(Duration::from_secs(1)), nodes);
+        let inner = Inner::new(set, Policy::new(Duration::from_secs(1)), nodes, metrics);
         inner
             .primary
             .store(primary.unwrap_or(NO_PRIMARY), Ordering::Release);

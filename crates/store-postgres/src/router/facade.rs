@@ -2,7 +2,7 @@
 //! write run where the [`Policy`] says, with the read-your-writes floor
 //! read before a read and raised after a write.
 
-use super::policy::{Candidate, Fallback, Policy};
+use super::policy::{Candidate, Policy};
 use super::PgRouter;
 use crate::{parse_lsn, unavailable, PgStore};
 use async_trait::async_trait;
@@ -11,7 +11,6 @@ use domain::ports::Store;
 use domain::*;
 use sqlx::PgPool;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 
 impl PgRouter {
     /// Runs a read: on the next usable replica that has replayed the read
@@ -31,27 +30,22 @@ impl PgRouter {
                 let node = &inner.nodes[i];
                 match f(node.store.clone()).await {
                     Ok(v) => {
-                        node.reads.fetch_add(1, Ordering::Relaxed);
+                        node.counters.reads.inc();
                         return Ok(v);
                     }
                     Err(error) if Policy::retry_on_primary(&error) => {
                         node.mark_down();
-                        inner.replica_read_retries.fetch_add(1, Ordering::Relaxed);
+                        node.counters.read_retries.inc();
                         tracing::warn!(node = %node.url, %error, "replica read failed: marked down, retrying on the primary");
                     }
                     Err(error) => return Err(error),
                 }
             }
-            Err(Fallback::Floor) => {
-                inner.reads_fallback_floor.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(Fallback::NoReplica) => {
-                inner.reads_fallback_no_replica.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(why) => inner.metrics.fallback(why).inc(),
         }
         let node = inner.primary()?;
         let v = f(node.store.clone()).await?;
-        node.reads.fetch_add(1, Ordering::Relaxed);
+        node.counters.reads.inc();
         Ok(v)
     }
 
@@ -65,7 +59,7 @@ impl PgRouter {
     {
         let node = self.inner.primary()?;
         let v = f(node.store.clone()).await?;
-        node.writes.fetch_add(1, Ordering::Relaxed);
+        node.counters.writes.inc();
         if consistency::in_scope() {
             match wal_insert_lsn(node.store.pool()).await {
                 Ok(lsn) => consistency::note_write(&self.inner.set, lsn),

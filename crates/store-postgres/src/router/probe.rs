@@ -173,6 +173,7 @@ impl Inner {
         if round.primary().is_none() && was != NO_PRIMARY {
             tracing::warn!(node = %self.nodes[was].url, "no primary: writes are refused until one is found");
         }
+        self.metrics.probe_rounds().inc();
         self.rounds.send_modify(|r| *r += 1);
     }
 }
