@@ -190,7 +190,7 @@ impl Catalog {
         // have been filled from a replica that had not replayed that write
         // (another user's read between the invalidation and this one, or an
         // old generation still in another web server's near-cache).
-        if self.list_ttl.is_zero() || domain::consistency::read_floor().is_some() {
+        if self.list_ttl.is_zero() || domain::consistency::has_floor() {
             return self.store.user_photo_ids(owner, page).await;
         }
         let generation = self.generation(owner).await;

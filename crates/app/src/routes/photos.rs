@@ -177,13 +177,14 @@ pub async fn upload(
     // The writes run in a task of their own: a client that disconnects
     // drops this handler, and must not stop it between the row and the job.
     // The task carries the request's read-your-writes scope across.
-    let task = consistency::scope(consistency::read_floor(), store_upload(state.clone(), new, file));
+    let task = consistency::scope(
+        consistency::current_floor(),
+        store_upload(state.clone(), new, file),
+    );
     let (stored, written) = tokio::spawn(task)
         .await
         .map_err(|e| ApiError::Unavailable(format!("upload task failed: {e}")))?;
-    if let Some(lsn) = written {
-        consistency::note_write(lsn);
-    }
+    consistency::note_writes(&written);
     let photo = stored?;
     tracing::info!(
         user_id = user.id.0,

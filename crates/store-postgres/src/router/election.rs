@@ -1,12 +1,12 @@
 //! Which node is the primary: the election the prober runs after each
 //! round of probes, and the fencing of the nodes that lose it.
 
-/// One node's answer to [`super::PROBE_SQL`].
+/// One node's answer to [`super::probe::PROBE_SQL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Observation {
     /// `pg_is_in_recovery()`: a standby replaying WAL.
     pub in_recovery: bool,
-    /// The node's timeline (see [`super::PROBE_SQL`]).
+    /// The node's timeline (see [`super::probe::PROBE_SQL`]).
     pub timeline: u32,
     /// `pg_current_wal_lsn()`, on a node out of recovery.
     pub wal_lsn: Option<u64>,

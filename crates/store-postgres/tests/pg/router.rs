@@ -4,7 +4,7 @@
 //! primary fenced when it comes back.
 
 use crate::helpers::eventually;
-use domain::consistency;
+use domain::consistency::{self, Positions, ReplicaSetId};
 use domain::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,6 +51,36 @@ async fn wait_replayed(router: &PgRouter, replicas: &[usize], lsn: u64) {
     .await;
 }
 
+/// What a scope wrote on the default replica set (every router's here).
+fn default_set(written: &Positions) -> Option<u64> {
+    written.get(&ReplicaSetId::DEFAULT)
+}
+
+/// The value of the series of `name` whose labels include `labels`.
+fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let family = registry.gather().into_iter().find(|f| f.get_name() == name)?;
+    let m = family.get_metric().iter().find(|m| {
+        labels.iter().all(|&(k, v)| {
+            m.get_label()
+                .iter()
+                .any(|l| l.get_name() == k && l.get_value() == v)
+        })
+    })?;
+    Some(match family.get_field_type() {
+        prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
+        _ => m.get_gauge().get_value(),
+    })
+}
+
+/// The roles whose gauge (the family `name`) is 1 for `node`: one.
+fn metric_role(registry: &prometheus::Registry, name: &str, node: &str) -> Vec<String> {
+    ["primary", "replica", "down", "fenced"]
+        .into_iter()
+        .filter(|role| metric(registry, name, &[("node", node), ("role", role)]) == Some(1.0))
+        .map(String::from)
+        .collect()
+}
+
 fn reads(s: &[NodeStatus]) -> Vec<u64> {
     s.iter().map(|n| n.reads).collect()
 }
@@ -78,6 +108,8 @@ async fn reads_spread_over_the_replicas_and_writes_land_on_the_primary() {
     })
     .await
     .unwrap();
+    let registry = prometheus::Registry::new_custom(Some("web".into()), None).unwrap();
+    router.register_metrics(&registry).unwrap();
     router.migrate().await.unwrap();
     let store = router.store();
 
@@ -88,7 +120,7 @@ async fn reads_spread_over_the_replicas_and_writes_land_on_the_primary() {
         (alice, bob)
     })
     .await;
-    let lsn = lsn.expect("writes in a scope report their LSN");
+    let lsn = default_set(&lsn).expect("writes in a scope report their LSN");
     let status = router.status();
     let roles: Vec<_> = status.iter().map(|s| s.role).collect();
     assert_eq!(
@@ -120,6 +152,42 @@ async fn reads_spread_over_the_replicas_and_writes_land_on_the_primary() {
     assert!(d[1] > 0 && d[2] > 0, "both replicas serve reads: {d:?}");
     assert_eq!(d[3], 0);
 
+    // The registry it was handed shows the same, node by node.
+    let status = router.status();
+    for (i, role) in ["primary", "replica", "replica", "down"].into_iter().enumerate() {
+        let node = [("node", status[i].url.as_str()), ("replica_set", "default")];
+        let roles = metric_role(&registry, "web_db_router_node_role", &status[i].url);
+        assert_eq!(roles, [role], "node {i}");
+        let reads = metric(&registry, "web_db_router_reads_total", &node);
+        let writes = metric(&registry, "web_db_router_writes_total", &node);
+        assert_eq!(
+            (reads, writes),
+            (Some(status[i].reads as f64), Some(status[i].writes as f64)),
+            "node {i}"
+        );
+    }
+    let lag = |i: usize| {
+        metric(
+            &registry,
+            "web_db_router_replica_lag_seconds",
+            &[("node", &status[i].url)],
+        )
+    };
+    assert_eq!(
+        (lag(0), lag(3)),
+        (None, None),
+        "a primary and a dead node have no lag"
+    );
+    assert!(lag(1).is_some() && lag(2).is_some());
+    assert_eq!(
+        metric(
+            &registry,
+            "web_db_router_primary_fallbacks_total",
+            &[("reason", "no_replica")]
+        ),
+        Some(router.stats().reads_fallback_no_replica as f64)
+    );
+
     // Sessions and the queue live on the primary.
     let sessions = router.sessions();
     let token = sessions.create(alice, Duration::from_secs(60)).await.unwrap();
@@ -138,12 +206,54 @@ async fn reads_spread_over_the_replicas_and_writes_land_on_the_primary() {
         "1",
         "replicated from the primary"
     );
+
+    // A router of another replica set (the same nodes, for the test) notes
+    // its writes under that set's name and reads only that set's floor.
+    let eu = ReplicaSetId::parse("eu").unwrap();
+    let eu_router = PgRouter::connect(RouterConfig {
+        probe_interval_ms: 100,
+        replica_set: eu.clone(),
+        ..RouterConfig::new(vec![pg.primary.url(), pg.replicas[0].url()])
+    })
+    .await
+    .unwrap();
+    let eu_store = eu_router.store();
+    let (eve, written) = consistency::scope(None, eu_store.create_user(&name("eve"), "h")).await;
+    let eve = eve.unwrap();
+    assert_eq!(default_set(&written), None, "{written:?}");
+    let eu_lsn = written.get(&eu).expect("the write's LSN, under its set");
+    wait_replayed(&eu_router, &[1], eu_lsn).await;
+    let unreachable = u64::MAX - 1;
+    let before = reads(&eu_router.status());
+    let (found, _) = consistency::scope(Positions::at(ReplicaSetId::DEFAULT, unreachable), async {
+        eu_store.user_by_id(eve).await.unwrap().is_some()
+    })
+    .await;
+    assert!(found);
+    assert_eq!(
+        delta(&before, &reads(&eu_router.status())),
+        [0, 1],
+        "another set's floor does not keep the replica out"
+    );
+    let (found, _) = consistency::scope(Positions::at(eu.clone(), unreachable), async {
+        eu_store.user_by_id(eve).await.unwrap().is_some()
+    })
+    .await;
+    assert!(found);
+    assert_eq!(
+        delta(&before, &reads(&eu_router.status())),
+        [1, 1],
+        "its own set's floor does"
+    );
+    assert_eq!(eu_router.stats().reads_fallback_floor, 1);
 }
 
 #[tokio::test]
 async fn a_lagging_replica_gets_no_reads_and_read_your_writes_holds() {
     let pg = TestPg::start(2).await;
     let router = router(&pg, 500).await;
+    let registry = prometheus::Registry::new();
+    router.register_metrics(&registry).unwrap();
     router.migrate().await.unwrap();
     // Another web server whose ceiling never trips, so that only the read
     // floor keeps its reads off the lagging replica.
@@ -151,8 +261,9 @@ async fn a_lagging_replica_gets_no_reads_and_read_your_writes_holds() {
     let store = router.store();
     let (carol, lsn) = consistency::scope(None, store.create_user(&name("carol"), "h")).await;
     let carol = carol.unwrap();
-    wait_replayed(&router, &[1, 2], lsn.unwrap()).await;
-    wait_replayed(&relaxed, &[1, 2], lsn.unwrap()).await;
+    let lsn = default_set(&lsn).unwrap();
+    wait_replayed(&router, &[1, 2], lsn).await;
+    wait_replayed(&relaxed, &[1, 2], lsn).await;
 
     // replica1 stops applying commits (the delay is far longer than the test).
     let delay = pg.replicas[0]
@@ -168,7 +279,7 @@ async fn a_lagging_replica_gets_no_reads_and_read_your_writes_holds() {
         let (dave, written) =
             consistency::scope(None, store.create_user(&name(&format!("dave{k}")), "h")).await;
         dave.unwrap();
-        lsn = written.unwrap();
+        lsn = default_set(&written).unwrap();
         let seen_lagging = async {
             while tokio::time::Instant::now() < deadline {
                 let s = router.status();
@@ -189,6 +300,12 @@ async fn a_lagging_replica_gets_no_reads_and_read_your_writes_holds() {
     let status = router.status();
     assert!(status[1].replay_lsn.unwrap() < lsn, "{status:?}");
     assert!(status[1].lag_bytes.unwrap() > 0, "{status:?}");
+    let lag = metric(
+        &registry,
+        "db_router_replica_lag_seconds",
+        &[("node", &status[1].url)],
+    );
+    assert!(lag.is_some_and(|l| l > 0.5), "{lag:?}");
 
     // Over the ceiling: no reads for replica1.
     let before = reads(&router.status());
@@ -225,7 +342,7 @@ async fn a_lagging_replica_gets_no_reads_and_read_your_writes_holds() {
     })
     .await;
     assert_eq!(found, 20, "a user reads their own write");
-    let erin_lsn = erin_lsn.expect("the write's LSN, for the next request");
+    let erin_lsn = default_set(&erin_lsn).expect("the write's LSN, for the next request");
     // The next request of that user carries the LSN as its floor.
     let (found, written) = consistency::scope(Some(erin_lsn), async {
         let mut found = 0;
@@ -235,7 +352,7 @@ async fn a_lagging_replica_gets_no_reads_and_read_your_writes_holds() {
         found
     })
     .await;
-    assert_eq!((found, written), (10, None));
+    assert_eq!((found, written), (10, Positions::new()));
     let d = delta(&before, &reads(&relaxed.status()));
     assert_eq!(
         (d[1], d[0] + d[2]),
@@ -276,11 +393,13 @@ async fn a_lagging_replica_gets_no_reads_and_read_your_writes_holds() {
 async fn a_replica_killed_under_reads_fails_no_read() {
     let pg = TestPg::start(2).await;
     let router = router(&pg, 1000).await;
+    let registry = prometheus::Registry::new();
+    router.register_metrics(&registry).unwrap();
     router.migrate().await.unwrap();
     let store = router.store();
     let (id, lsn) = consistency::scope(None, store.create_user(&name("frank"), "h")).await;
     let id = id.unwrap();
-    wait_replayed(&router, &[1, 2], lsn.unwrap()).await;
+    wait_replayed(&router, &[1, 2], default_set(&lsn).unwrap()).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -319,6 +438,26 @@ async fn a_replica_killed_under_reads_fails_no_read() {
     assert!(ok.load(Ordering::Relaxed) > 100);
     assert_eq!(status[1].role, NodeRole::Down);
     assert!(!status[1].usable);
+    // The registry counts what the router did on each node.
+    let retried = |i: usize| {
+        metric(
+            &registry,
+            "db_router_replica_read_retries_total",
+            &[("node", &status[i].url)],
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        retried(1) + retried(2),
+        router.stats().replica_read_retries as f64
+    );
+    assert_eq!(retried(2), 0.0, "replica2 failed nothing");
+    assert_eq!(
+        metric_role(&registry, "db_router_node_role", &status[1].url),
+        ["down"]
+    );
+    let served = metric(&registry, "db_router_reads_total", &[("node", &status[2].url)]);
+    assert_eq!(served, Some(status[2].reads as f64));
     eprintln!(
         "reads {} ok, 0 failed; retried on the primary: {}; by node {:?}",
         ok.load(Ordering::Relaxed),
@@ -331,12 +470,14 @@ async fn a_replica_killed_under_reads_fails_no_read() {
 async fn a_failover_is_followed_and_the_old_primary_fenced() {
     let pg = TestPg::start(2).await;
     let router = router(&pg, 1000).await;
+    let registry = prometheus::Registry::new();
+    router.register_metrics(&registry).unwrap();
     router.migrate().await.unwrap();
     let store = router.store();
     let sessions = router.sessions();
     let (grace, lsn) = consistency::scope(None, store.create_user(&name("grace"), "h")).await;
     let grace = grace.unwrap();
-    wait_replayed(&router, &[1, 2], lsn.unwrap()).await;
+    wait_replayed(&router, &[1, 2], default_set(&lsn).unwrap()).await;
 
     // The primary crashes: writes are refused at once, reads carry on.
     pg.primary.kill9().unwrap();
@@ -393,6 +534,11 @@ async fn a_failover_is_followed_and_the_old_primary_fenced() {
         "{:?} vs {:?}",
         status[0].timeline,
         status[1].timeline
+    );
+    let role = |i: usize| metric_role(&registry, "db_router_node_role", &status[i].url);
+    assert_eq!(
+        (role(0), role(1)),
+        (vec!["fenced".to_owned()], vec!["primary".to_owned()])
     );
     let (old_reads, old_writes) = (status[0].reads, status[0].writes);
     for i in 0..5 {
