@@ -14,9 +14,9 @@ mod metrics;
 pub use metrics::WorkerMetrics;
 
 use anyhow::Context;
-use app::{ProcessPhoto, PROCESS_PHOTO};
 use backends::{Backends, BackendsConfig};
 use bytes::Bytes;
+use domain::jobs::{ProcessPhoto, PROCESS_PHOTO};
 use domain::{Job, NackOutcome, PhotoId, PhotoStatus, Variant};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -173,7 +173,7 @@ impl Worker {
             }
             NackOutcome::DeadLettered => {
                 tracing::error!(error, "job failed for the last time; dead-lettered");
-                if let Ok(p) = serde_json::from_slice::<ProcessPhoto>(&job.payload) {
+                if let Ok(p) = ProcessPhoto::from_payload(&job.payload) {
                     match self
                         .backends
                         .store
@@ -191,7 +191,7 @@ impl Worker {
 
     async fn handle(&self, job: &Job) -> anyhow::Result<Outcome> {
         anyhow::ensure!(job.kind == PROCESS_PHOTO, "unknown job kind {:?}", job.kind);
-        let p: ProcessPhoto = serde_json::from_slice(&job.payload).context("malformed payload")?;
+        let p = ProcessPhoto::from_payload(&job.payload).context("malformed payload")?;
         let id = PhotoId(p.photo_id);
         let b = &self.backends;
         let Some(photo) = b.store.photo(id).await? else {

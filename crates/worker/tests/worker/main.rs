@@ -2,6 +2,7 @@
 
 use backends::{Backends, BackendsConfig, QueueConfig, QueueTier};
 use bytes::Bytes;
+use domain::jobs::{ProcessPhoto, PROCESS_PHOTO};
 use domain::{NewPhoto, PhotoId, PhotoStatus, UserId, Username, Variant};
 use std::time::Duration;
 use worker::{Outcome, Worker, WorkerSettings};
@@ -52,8 +53,8 @@ async fn stored_photo(b: &Backends, bytes: Vec<u8>) -> PhotoId {
         .put(&photo.original_key(), Bytes::from(bytes))
         .await
         .unwrap();
-    let payload = serde_json::to_vec(&app::ProcessPhoto { photo_id: photo.id.0 }).unwrap();
-    b.queue.enqueue(app::PROCESS_PHOTO, &payload).await.unwrap();
+    let payload = ProcessPhoto { photo_id: photo.id.0 }.to_payload();
+    b.queue.enqueue(PROCESS_PHOTO, &payload).await.unwrap();
     photo.id
 }
 
@@ -75,14 +76,14 @@ async fn a_job_is_processed_once_and_redelivery_is_harmless() {
     assert_eq!(w.run_once().await.unwrap(), None);
 
     // At-least-once: the same job delivered again changes nothing.
-    let payload = serde_json::to_vec(&app::ProcessPhoto { photo_id: id.0 }).unwrap();
-    b.queue.enqueue(app::PROCESS_PHOTO, &payload).await.unwrap();
+    let payload = ProcessPhoto { photo_id: id.0 }.to_payload();
+    b.queue.enqueue(PROCESS_PHOTO, &payload).await.unwrap();
     assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Done));
     assert_eq!(status(&b, id).await, PhotoStatus::Ready);
 
     // A job for a photo that no longer exists is skipped, not retried.
-    let payload = serde_json::to_vec(&app::ProcessPhoto { photo_id: 9999 }).unwrap();
-    b.queue.enqueue(app::PROCESS_PHOTO, &payload).await.unwrap();
+    let payload = ProcessPhoto { photo_id: 9999 }.to_payload();
+    b.queue.enqueue(PROCESS_PHOTO, &payload).await.unwrap();
     assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Skipped));
     assert_eq!(b.queue.depth().await.unwrap(), Default::default());
     assert_eq!(w.metrics().jobs("done"), 2);
