@@ -328,10 +328,11 @@ impl PgRouter {
     /// The job queue on the current primary, whichever node that is at each
     /// call (claims lock rows: only a primary can).
     pub fn queue(&self, config: QueueConfig) -> Arc<dyn JobQueue> {
-        Arc::new(PrimaryQueue {
-            inner: Arc::clone(&self.inner),
+        let inner = Arc::clone(&self.inner);
+        Arc::new(PgJobQueue::on_current(
+            move || Ok(inner.primary()?.store.pool().clone()),
             config,
-        })
+        ))
     }
 
     /// Every node (in the configuration's order) as of its last probe, with
@@ -845,44 +846,6 @@ impl SessionStore for PrimarySessions {
 
     async fn delete(&self, token: &SessionToken) -> Result<(), BackendError> {
         self.store()?.delete(token).await
-    }
-}
-
-/// The job queue on whichever node is the primary at each call.
-struct PrimaryQueue {
-    inner: Arc<Inner>,
-    config: QueueConfig,
-}
-
-impl PrimaryQueue {
-    fn queue(&self) -> Result<PgJobQueue, BackendError> {
-        Ok(PgJobQueue::new(
-            self.inner.primary()?.store.pool().clone(),
-            self.config,
-        ))
-    }
-}
-
-#[async_trait]
-impl JobQueue for PrimaryQueue {
-    async fn enqueue(&self, kind: &str, payload: &[u8]) -> Result<i64, BackendError> {
-        self.queue()?.enqueue(kind, payload).await
-    }
-
-    async fn claim(&self, visibility: Duration) -> Result<Option<Job>, BackendError> {
-        self.queue()?.claim(visibility).await
-    }
-
-    async fn ack(&self, job: &Job) -> Result<(), BackendError> {
-        self.queue()?.ack(job).await
-    }
-
-    async fn nack(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
-        self.queue()?.nack(job, error).await
-    }
-
-    async fn depth(&self) -> Result<QueueDepth, BackendError> {
-        self.queue()?.depth().await
     }
 }
 
