@@ -7,7 +7,9 @@
 //! A job that keeps failing is retried with the queue's back-off and
 //! dead-lettered after its attempts, and its photo ends `failed`; a job that
 //! crashed its worker (its ack wait ran out) counts that delivery as an
-//! attempt, so a poison image cannot crash-loop the tier.
+//! attempt, so a poison image cannot crash-loop the tier. While a job
+//! renders, the worker tells the queue it is in progress, so a render longer
+//! than the ack wait is not handed to a second worker.
 
 mod metrics;
 
@@ -17,6 +19,7 @@ use anyhow::Context;
 use backends::{Backends, BackendsConfig, QueueTier};
 use bytes::Bytes;
 use domain::jobs::{ProcessPhoto, PROCESS_PHOTO};
+use domain::ports::Delivery;
 use domain::{Job, NackOutcome, PhotoId, PhotoStatus, Variant};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -115,6 +118,31 @@ impl std::fmt::Display for Permanent {
 
 impl std::error::Error for Permanent {}
 
+/// Runs `work`, telling the queue that `delivery` is in progress three
+/// times per ack wait meanwhile, so a job that takes longer than the ack
+/// wait is not delivered to another worker while this one is on it. A
+/// failed report is logged and the work goes on (if the job is delivered
+/// again meanwhile, this delivery's settlement is fenced off).
+async fn in_progress_while<T>(delivery: &Delivery, work: impl Future<Output = T>) -> T {
+    let period = delivery.ack_wait() / 3;
+    if period.is_zero() {
+        return work.await;
+    }
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticks.tick() => {
+                if let Err(e) = delivery.in_progress().await {
+                    tracing::warn!(error = %e, "could not report the job in progress");
+                }
+            }
+        }
+    }
+}
+
 /// What handling one job came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -172,7 +200,7 @@ impl Worker {
         // The job was enqueued right after its photo was written, perhaps
         // on a primary whose replicas have not replayed it yet.
         let work = domain::consistency::scope(Some(domain::consistency::PRIMARY_ONLY), self.handle(job));
-        let (handled, _) = work.await;
+        let (handled, _) = in_progress_while(&delivery, work).await;
         let outcome = match handled {
             Ok(outcome) => {
                 delivery.ack().await?;

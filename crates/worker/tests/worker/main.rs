@@ -207,3 +207,38 @@ async fn a_late_success_is_not_undone_by_the_redelivery_it_outlived() {
     assert_eq!(status(&b, id).await, PhotoStatus::Ready);
     assert_eq!(b.queue.depth().await.unwrap(), Default::default());
 }
+
+#[tokio::test]
+async fn a_render_longer_than_the_ack_wait_is_not_delivered_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    // An ack wait far shorter than the render: without the worker's
+    // in-progress reports the job would go to the other consumer below.
+    let ack_wait = Duration::from_millis(300);
+    let b = backends_with_ack_wait(&dir, ack_wait.as_millis() as u64).await;
+    let id = stored_photo(&b, imaging::samples::jpeg(3000, 2000)).await;
+    let w = Worker::new(b.clone(), WorkerSettings::default());
+    let started = tokio::time::Instant::now();
+    let run = tokio::spawn(async move { w.run_once().await.unwrap() });
+    // Once the worker has the job, another one asks for work all along.
+    while b.queue.depth().await.unwrap().in_flight == 0 {
+        assert!(!run.is_finished(), "the worker never took the job");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while !run.is_finished() {
+        if let Some(d) = b.queue.next().await.unwrap() {
+            panic!(
+                "delivered again after {:?} of rendering: {:?}",
+                started.elapsed(),
+                d.job()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(run.await.unwrap(), Some(Outcome::Done));
+    assert!(
+        started.elapsed() > ack_wait * 2,
+        "the render outlasted the ack wait, or this test proves nothing"
+    );
+    assert_eq!(status(&b, id).await, PhotoStatus::Ready);
+    assert_eq!(b.queue.depth().await.unwrap(), Default::default());
+}
