@@ -14,7 +14,6 @@ pub mod routes;
 pub mod state;
 
 pub use config::{WebConfig, WebSettings};
-pub use routes::photos::{ProcessPhoto, PROCESS_PHOTO};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};

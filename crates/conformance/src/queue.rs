@@ -1,1 +1,492 @@
-//! The battery of the `queue` port (filled in by the issue-8 work).
+//! The battery of the job queue port ([`JobQueue`] and its [`Delivery`]):
+//! FIFO delivery of byte payloads, settling by ack, nack (with the queue's
+//! back-off or a delay of the caller's), in-progress and terminate, the ack
+//! wait that redelivers the job of a consumer that died (and counts that
+//! delivery as an attempt), the fencing of a delivery that outlived its ack
+//! wait, consumers that never share a job, and the depth counts.
+//!
+//! The cases wait on the queue's state (poll until a condition holds, with
+//! a generous bound) and never assert that something happened quickly; the
+//! only durations they check are lower bounds (a job is not delivered
+//! before its back-off), which a slow machine cannot break.
+
+use async_trait::async_trait;
+use domain::ports::{Delivery, JobQueue};
+use domain::{NackOutcome, QueueConfig, QueueDepth};
+use std::any::Any;
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The queue adapter under test. (Not `Send`: the battery awaits it in
+/// place, and an adapter's set-up, such as sqlx's migrations, need not be.)
+#[async_trait(?Send)]
+pub trait QueueAdapter {
+    /// A fresh, empty queue with the retry policy `config`.
+    async fn fresh(&self, config: QueueConfig) -> Subject;
+}
+
+/// A queue made by [`QueueAdapter::fresh`].
+pub struct Subject {
+    /// The queue under test.
+    pub queue: Arc<dyn JobQueue>,
+    /// Another handle on the same queue with the same configuration, as
+    /// another process would open it (its own connections).
+    pub other: Arc<dyn JobQueue>,
+    /// Whatever must live as long as the queue (a temporary directory, an
+    /// engine); dropped with the subject.
+    pub guard: Box<dyn Any + Send + Sync>,
+}
+
+/// The upper bound of every wait on state: generous, since a loaded
+/// machine may be slow, and never reached by a queue that works.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Lower bounds on delays are checked with this much slack, for the
+/// millisecond rounding of the time columns.
+const SLACK: Duration = Duration::from_millis(20);
+
+/// Few attempts, short back-off, and an ack wait no case outlasts.
+fn policy() -> QueueConfig {
+    QueueConfig {
+        max_attempts: 3,
+        backoff_ms: 20,
+        max_backoff_ms: 1000,
+        ack_wait_ms: 120_000,
+    }
+}
+
+/// [`policy`] with an ack wait short enough to wait out.
+fn expiring(ack_wait_ms: u64) -> QueueConfig {
+    QueueConfig {
+        ack_wait_ms,
+        ..policy()
+    }
+}
+
+/// Polls `check` until it holds, failing after [`PATIENCE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The next delivery, once there is one (after an ack wait or a back-off).
+async fn next_eventually(q: &dyn JobQueue, what: &str) -> Delivery {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(d) = q.next().await.unwrap() {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn depth(ready: i64, in_flight: i64, dead: i64) -> QueueDepth {
+    QueueDepth {
+        ready,
+        in_flight,
+        dead,
+    }
+}
+
+/// Jobs come out in the order they went in, with their kind and their
+/// payload byte for byte (NUL, quotes, backslashes, nothing at all).
+pub async fn fifo_and_byte_payloads(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(policy()).await;
+    let q = &*s.queue;
+    let binary = [0u8, 0xff, 0x80, b'\\', b'\'', 0];
+    let a = q.enqueue("photo", &binary).await.unwrap();
+    let b = q.enqueue("other", b"").await.unwrap();
+    let c = q.enqueue("photo", b"third").await.unwrap();
+    assert!(a < b && b < c, "ids grow: {a} {b} {c}");
+    let da = q.next().await.unwrap().unwrap();
+    let j = da.job();
+    assert_eq!(
+        (j.id, j.kind.as_str(), j.payload.as_slice()),
+        (a, "photo", &binary[..])
+    );
+    assert_eq!((j.attempt, j.max_attempts), (1, 3));
+    assert_eq!(da.ack_wait(), Duration::from_secs(120));
+    let db = q.next().await.unwrap().unwrap();
+    assert_eq!(
+        (db.job().id, db.job().kind.as_str(), db.job().payload.len()),
+        (b, "other", 0)
+    );
+    let dc = s.other.next().await.unwrap().unwrap();
+    assert_eq!((dc.job().id, dc.job().payload.as_slice()), (c, &b"third"[..]));
+}
+
+/// An ack removes the job; the delivery hides it from every consumer until
+/// then; a second ack is harmless.
+pub async fn ack_removes(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(policy()).await;
+    let q = &*s.queue;
+    let id = q.enqueue("photo", b"1").await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), depth(1, 0, 0));
+    let d = q.next().await.unwrap().unwrap();
+    assert_eq!((d.job().id, d.job().attempt), (id, 1));
+    assert!(q.next().await.unwrap().is_none(), "a delivered job is invisible");
+    assert!(s.other.next().await.unwrap().is_none(), "to every consumer");
+    assert_eq!(q.depth().await.unwrap(), depth(0, 1, 0));
+    d.ack().await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
+    d.ack().await.unwrap(); // twice is harmless
+    assert!(q.next().await.unwrap().is_none());
+}
+
+/// A delivery left unsettled past the ack wait makes the job ready again;
+/// the next delivery has the next attempt number, and the first one's late
+/// ack does not remove the job from under it.
+pub async fn ack_wait_expiry_redelivers_and_fences_the_late_ack(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(expiring(200)).await;
+    let q = &*s.queue;
+    q.enqueue("photo", b"1").await.unwrap();
+    let first = q.next().await.unwrap().unwrap();
+    assert_eq!(first.ack_wait(), Duration::from_millis(200));
+    eventually("the expired delivery's job to be ready again", || async {
+        q.depth().await.unwrap().ready == 1
+    })
+    .await;
+    let second = q.next().await.unwrap().expect("a ready job is delivered");
+    assert_eq!((second.job().id, second.job().attempt), (first.job().id, 2));
+    first.ack().await.unwrap();
+    let d = q.depth().await.unwrap();
+    assert_eq!(d.ready + d.in_flight, 1, "the late ack removed the job: {d:?}");
+    second.ack().await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
+}
+
+/// A delivery that outlived its ack wait and the redelivery it caused can
+/// neither nack nor terminate the job (`Stale`), nor keep it with
+/// `in_progress`: the job stays the new delivery's.
+pub async fn late_nack_and_terminate_are_fenced(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(expiring(200)).await;
+    let q = &*s.queue;
+    q.enqueue("photo", b"1").await.unwrap();
+    let first = q.next().await.unwrap().unwrap();
+    let second = next_eventually(q, "the redelivery").await;
+    assert_eq!(second.job().attempt, 2);
+    assert_eq!(first.nack("late", None).await.unwrap(), NackOutcome::Stale);
+    assert_eq!(
+        first.nack("late", Some(Duration::ZERO)).await.unwrap(),
+        NackOutcome::Stale
+    );
+    assert_eq!(first.terminate("late").await.unwrap(), NackOutcome::Stale);
+    first.in_progress().await.unwrap();
+    let d = q.depth().await.unwrap();
+    assert_eq!(
+        (d.ready + d.in_flight, d.dead),
+        (1, 0),
+        "a late settlement acted: {d:?}"
+    );
+    // The second delivery still owns the job: its ack removes it.
+    second.ack().await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
+    // And a delivery already settled is as stale as one that was overtaken.
+    q.enqueue("photo", b"2").await.unwrap();
+    let third = q.next().await.unwrap().unwrap();
+    third.ack().await.unwrap();
+    assert_eq!(
+        third.nack("after the ack", None).await.unwrap(),
+        NackOutcome::Stale
+    );
+    assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
+}
+
+/// A nack without a delay retries after the queue's back-off (doubled each
+/// attempt, capped), which counts as ready; the last attempt's nack
+/// dead-letters the job, which is never delivered again.
+pub async fn nack_backs_off_then_dead_letters(adapter: &dyn QueueAdapter) {
+    let s = adapter
+        .fresh(QueueConfig {
+            max_attempts: 3,
+            backoff_ms: 200,
+            max_backoff_ms: 300,
+            ..policy()
+        })
+        .await;
+    let q = &*s.queue;
+    q.enqueue("photo", b"1").await.unwrap();
+    let d1 = q.next().await.unwrap().unwrap();
+    let nacked = Instant::now();
+    assert_eq!(
+        d1.nack("boom 1", None).await.unwrap(),
+        NackOutcome::Retry { delay_ms: 200 }
+    );
+    assert_eq!(
+        q.depth().await.unwrap(),
+        depth(1, 0, 0),
+        "backing off counts as ready"
+    );
+    let d2 = next_eventually(q, "the retry after the back-off").await;
+    assert!(
+        nacked.elapsed() + SLACK >= Duration::from_millis(200),
+        "delivered before its back-off"
+    );
+    assert_eq!((d2.job().id, d2.job().attempt), (d1.job().id, 2));
+    let nacked = Instant::now();
+    assert_eq!(
+        d2.nack("boom 2", None).await.unwrap(),
+        NackOutcome::Retry { delay_ms: 300 },
+        "400 ms, capped at 300"
+    );
+    let d3 = next_eventually(q, "the second retry").await;
+    assert!(
+        nacked.elapsed() + SLACK >= Duration::from_millis(300),
+        "delivered before its back-off"
+    );
+    assert_eq!((d3.job().attempt, d3.job().max_attempts), (3, 3));
+    assert_eq!(d3.nack("boom 3", None).await.unwrap(), NackOutcome::DeadLettered);
+    assert!(q.next().await.unwrap().is_none(), "a dead job is not delivered");
+    assert_eq!(q.depth().await.unwrap(), depth(0, 0, 1));
+    assert_eq!(d3.nack("again", None).await.unwrap(), NackOutcome::Stale);
+}
+
+/// A nack's own delay replaces the queue's back-off (shorter or longer),
+/// and the last attempt dead-letters whatever delay it asks for.
+pub async fn nack_with_an_explicit_delay(adapter: &dyn QueueAdapter) {
+    // The queue's back-off is a minute, longer than any wait below: a job
+    // that comes back sooner came back after the delay its nack asked for.
+    let s = adapter
+        .fresh(QueueConfig {
+            backoff_ms: 60_000,
+            max_backoff_ms: 60_000,
+            ..policy()
+        })
+        .await;
+    let q = &*s.queue;
+    q.enqueue("photo", b"1").await.unwrap();
+    let d1 = q.next().await.unwrap().unwrap();
+    let nacked = Instant::now();
+    let delay = Duration::from_millis(150);
+    assert_eq!(
+        d1.nack("boom 1", Some(delay)).await.unwrap(),
+        NackOutcome::Retry { delay_ms: 150 }
+    );
+    let d2 = next_eventually(q, "the retry after the nack's delay").await;
+    assert!(
+        nacked.elapsed() + SLACK >= delay,
+        "delivered before the nack's delay"
+    );
+    assert_eq!(d2.job().attempt, 2);
+    assert_eq!(
+        d2.nack("boom 2", Some(Duration::ZERO)).await.unwrap(),
+        NackOutcome::Retry { delay_ms: 0 }
+    );
+    let d3 = next_eventually(q, "the retry without delay").await;
+    assert_eq!(d3.job().attempt, 3);
+    assert_eq!(
+        d3.nack("boom 3", Some(Duration::from_millis(1))).await.unwrap(),
+        NackOutcome::DeadLettered
+    );
+    assert_eq!(q.depth().await.unwrap(), depth(0, 0, 1));
+
+    // A delay too long to represent means "not before the end of time",
+    // never a wrap into the past.
+    q.enqueue("photo", b"2").await.unwrap();
+    let d = q.next().await.unwrap().unwrap();
+    assert_eq!(
+        d.nack("later", Some(Duration::MAX)).await.unwrap(),
+        NackOutcome::Retry { delay_ms: u64::MAX }
+    );
+    assert!(q.next().await.unwrap().is_none(), "delivered before its delay");
+    assert_eq!(q.depth().await.unwrap(), depth(1, 0, 1));
+}
+
+/// A consumer that keeps calling `in_progress` keeps its job past the ack
+/// wait: no other consumer gets it, and its ack still removes it.
+pub async fn in_progress_prevents_redelivery(adapter: &dyn QueueAdapter) {
+    let ack_wait = Duration::from_secs(1);
+    let s = adapter.fresh(expiring(ack_wait.as_millis() as u64)).await;
+    let q = &*s.queue;
+    q.enqueue("render", b"long").await.unwrap();
+    let d = q.next().await.unwrap().unwrap();
+    // Work for three ack waits, reporting progress ten times per ack wait,
+    // while another consumer asks for work all along.
+    let working = Instant::now();
+    while working.elapsed() < ack_wait * 3 {
+        d.in_progress().await.unwrap();
+        if let Some(stolen) = s.other.next().await.unwrap() {
+            panic!(
+                "job redelivered after {:?} in progress: {:?}",
+                working.elapsed(),
+                stolen.job()
+            );
+        }
+        tokio::time::sleep(ack_wait / 10).await;
+    }
+    assert_eq!(q.depth().await.unwrap(), depth(0, 1, 0));
+    d.ack().await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
+}
+
+/// `terminate` dead-letters a job at once, attempts left or not; it is not
+/// delivered again and the delivery can settle it no further.
+pub async fn terminate_dead_letters_at_once(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(policy()).await;
+    let q = &*s.queue;
+    q.enqueue("photo", b"poison").await.unwrap();
+    q.enqueue("photo", b"fine").await.unwrap();
+    let d = q.next().await.unwrap().unwrap();
+    assert_eq!((d.job().attempt, d.job().payload.as_slice()), (1, &b"poison"[..]));
+    assert_eq!(
+        d.terminate("cannot decode").await.unwrap(),
+        NackOutcome::DeadLettered
+    );
+    assert_eq!(q.depth().await.unwrap(), depth(1, 0, 1));
+    assert_eq!(d.terminate("twice").await.unwrap(), NackOutcome::Stale);
+    assert_eq!(
+        d.nack("after", Some(Duration::ZERO)).await.unwrap(),
+        NackOutcome::Stale
+    );
+    d.ack().await.unwrap();
+    assert_eq!(
+        q.depth().await.unwrap(),
+        depth(1, 0, 1),
+        "an ack revived or removed a dead job"
+    );
+    let next = q.next().await.unwrap().unwrap();
+    assert_eq!(next.job().payload, b"fine", "the dead job is not delivered");
+    next.ack().await.unwrap();
+    assert!(q.next().await.unwrap().is_none());
+    assert_eq!(q.depth().await.unwrap(), depth(0, 0, 1));
+}
+
+/// A delivery whose consumer dies (never settles it) counts as an attempt:
+/// a poison job that kills every consumer still reaches its last attempt,
+/// whose nack dead-letters it. And when the last delivery dies too, the job
+/// is delivered once more with an attempt past `max_attempts`, so that a
+/// consumer can see the budget is spent and dead-letter it.
+pub async fn a_dead_worker_counts_as_an_attempt(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(expiring(200)).await;
+    let q = &*s.queue;
+    let poison = q.enqueue("photo", b"poison").await.unwrap();
+    for attempt in 1..=2 {
+        let d = next_eventually(q, "the delivery after a dead one").await;
+        assert_eq!((d.job().id, d.job().attempt), (poison, attempt));
+        drop(d); // the consumer dies
+    }
+    let last = next_eventually(q, "the last delivery").await;
+    assert_eq!((last.job().attempt, last.job().max_attempts), (3, 3));
+    assert_eq!(last.nack("boom", None).await.unwrap(), NackOutcome::DeadLettered);
+    assert_eq!(q.depth().await.unwrap(), depth(0, 0, 1));
+
+    let killer = q.enqueue("photo", b"kills every consumer").await.unwrap();
+    for attempt in 1..=3 {
+        let d = next_eventually(q, "the delivery after a dead one").await;
+        assert_eq!((d.job().id, d.job().attempt), (killer, attempt));
+    }
+    let past = next_eventually(q, "the delivery past the budget").await;
+    assert_eq!(
+        (past.job().id, past.job().attempt, past.job().max_attempts),
+        (killer, 4, 3)
+    );
+    assert_eq!(
+        past.terminate("attempts exhausted").await.unwrap(),
+        NackOutcome::DeadLettered
+    );
+    assert_eq!(q.depth().await.unwrap(), depth(0, 0, 2));
+}
+
+/// Consumers racing on two handles (as two processes) never get the same
+/// job, and together get every job once.
+pub async fn concurrent_consumers_never_share_a_job(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(policy()).await;
+    const JOBS: u32 = 200;
+    for i in 0..JOBS {
+        s.queue.enqueue("photo", &i.to_be_bytes()).await.unwrap();
+    }
+    let mut tasks = vec![];
+    for c in 0..6 {
+        let q = if c % 2 == 0 {
+            s.queue.clone()
+        } else {
+            s.other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            // Deliveries are held (not acked) until every consumer is done,
+            // so a job handed out twice cannot hide behind an early ack.
+            let mut got = vec![];
+            while let Some(d) = q.next().await.unwrap() {
+                assert_eq!(d.job().attempt, 1, "job {} delivered again", d.job().id);
+                got.push(d);
+            }
+            got
+        }));
+    }
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let ids: HashSet<i64> = all.iter().map(|d| d.job().id).collect();
+    assert_eq!(ids.len(), all.len(), "a job was delivered twice");
+    let mut payloads: Vec<u32> = all
+        .iter()
+        .map(|d| u32::from_be_bytes(d.job().payload.as_slice().try_into().unwrap()))
+        .collect();
+    payloads.sort();
+    assert_eq!(payloads, (0..JOBS).collect::<Vec<_>>());
+    assert_eq!(s.queue.depth().await.unwrap(), depth(0, i64::from(JOBS), 0));
+    for d in &all {
+        d.ack().await.unwrap();
+    }
+    assert_eq!(s.other.depth().await.unwrap(), QueueDepth::default());
+}
+
+/// The depth counts ready jobs (backing off included), jobs in flight and
+/// dead jobs, the same from every handle.
+pub async fn depth_counts(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(policy()).await;
+    let q = &*s.queue;
+    assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
+    for i in 0..4u8 {
+        q.enqueue("photo", &[i]).await.unwrap();
+    }
+    assert_eq!(q.depth().await.unwrap(), depth(4, 0, 0));
+    let a = q.next().await.unwrap().unwrap();
+    let b = q.next().await.unwrap().unwrap();
+    assert_eq!(q.depth().await.unwrap(), depth(2, 2, 0));
+    assert_eq!(a.terminate("dead").await.unwrap(), NackOutcome::DeadLettered);
+    assert_eq!(
+        b.nack("later", Some(Duration::from_secs(3600))).await.unwrap(),
+        NackOutcome::Retry { delay_ms: 3_600_000 }
+    );
+    assert_eq!(q.depth().await.unwrap(), depth(3, 0, 1));
+    assert_eq!(s.other.depth().await.unwrap(), depth(3, 0, 1));
+    let c = q.next().await.unwrap().unwrap();
+    c.ack().await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), depth(2, 0, 1));
+}
+
+/// Runs every case, each on a fresh queue.
+pub async fn run_all(adapter: &dyn QueueAdapter) {
+    macro_rules! cases {
+        ($($case:ident),* $(,)?) => {$(
+            eprintln!("queue conformance: {}", stringify!($case));
+            $case(adapter).await;
+        )*};
+    }
+    cases!(
+        fifo_and_byte_payloads,
+        ack_removes,
+        ack_wait_expiry_redelivers_and_fences_the_late_ack,
+        late_nack_and_terminate_are_fenced,
+        nack_backs_off_then_dead_letters,
+        nack_with_an_explicit_delay,
+        in_progress_prevents_redelivery,
+        terminate_dead_letters_at_once,
+        a_dead_worker_counts_as_an_attempt,
+        concurrent_consumers_never_share_a_job,
+        depth_counts,
+    );
+}

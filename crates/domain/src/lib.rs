@@ -5,6 +5,7 @@
 
 pub mod consistency;
 pub mod error;
+pub mod jobs;
 pub mod ports;
 mod queue_config;
 pub mod types;

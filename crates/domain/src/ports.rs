@@ -80,21 +80,126 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn delete(&self, token: &SessionToken) -> Result<(), BackendError>;
 }
 
-/// A durable job queue with at-least-once delivery.
+/// A durable job queue with at-least-once delivery, shaped like a broker's
+/// consumer (NATS JetStream's, for one): [`JobQueue::next`] hands out a
+/// [`Delivery`], which its consumer settles exactly once: acked, nacked
+/// (with a delay or the queue's back-off), or terminated; and marks in
+/// progress while it works on it for long.
+///
+/// The queue owns the retry policy, not the consumer: how long a delivery
+/// stays owned before the job is delivered again (the ack wait), how many
+/// deliveries a job gets, and the back-off between them
+/// ([`QueueConfig`](crate::QueueConfig) for the SQL adapters). A delivery
+/// whose consumer dies (never settles) counts as an attempt: once its ack
+/// wait runs out, the job is delivered again with the next attempt number.
+///
+/// A delivery owns its job until it is settled or the job is delivered
+/// again; after that its settlements change nothing (a late `ack` is
+/// ignored, a late `nack` or `terminate` answers [`NackOutcome::Stale`]), so
+/// a consumer that outlived its ack wait cannot undo the next one's work.
 #[async_trait]
 pub trait JobQueue: Send + Sync + 'static {
-    /// Adds a job; returns its id.
+    /// Adds a job; returns its id. Jobs are delivered in the order they
+    /// were enqueued (FIFO) unless a back-off delays one.
     async fn enqueue(&self, kind: &str, payload: &[u8]) -> Result<i64, BackendError>;
-    /// Claims the next ready job, hiding it from other consumers for
-    /// `visibility`; a job whose consumer dies reappears after that.
-    async fn claim(&self, visibility: Duration) -> Result<Option<Job>, BackendError>;
-    /// Marks a claimed job done.
-    async fn ack(&self, job: &Job) -> Result<(), BackendError>;
-    /// Gives a claimed job back after a failure: retried with back-off, or
-    /// dead-lettered once its attempts are spent.
-    async fn nack(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError>;
+    /// The next ready job, if any (it does not wait for one), owned by the
+    /// caller for the queue's ack wait; no other consumer gets it meanwhile.
+    async fn next(&self) -> Result<Option<Delivery>, BackendError>;
     /// Counts of jobs by state.
     async fn depth(&self) -> Result<QueueDepth, BackendError>;
+}
+
+/// One delivery of a job, handed out by [`JobQueue::next`]: the job, and the
+/// means to settle it with the queue that delivered it.
+pub struct Delivery {
+    job: Job,
+    ack_wait: Duration,
+    handle: Box<dyn DeliveryHandle>,
+}
+
+impl Delivery {
+    /// A delivery of `job`, owned for `ack_wait` unless extended, settled
+    /// through `handle` (the adapter's side).
+    pub fn new(job: Job, ack_wait: Duration, handle: impl DeliveryHandle) -> Self {
+        Delivery {
+            job,
+            ack_wait,
+            handle: Box::new(handle),
+        }
+    }
+
+    /// The job delivered: id, kind, payload, this delivery's attempt number
+    /// (1 on the first) and the queue's number of attempts.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// How long this delivery stays owned without news from its consumer
+    /// (the queue's ack wait); [`Delivery::in_progress`] restarts it. A
+    /// consumer that works for longer calls `in_progress` more often than
+    /// this.
+    pub fn ack_wait(&self) -> Duration {
+        self.ack_wait
+    }
+
+    /// The job is done: the queue forgets it. A late ack (the job was
+    /// delivered again meanwhile, or already settled) changes nothing.
+    pub async fn ack(&self) -> Result<(), BackendError> {
+        self.handle.ack(&self.job).await
+    }
+
+    /// The job failed with `error`: it is delivered again after `delay`
+    /// (`None`: the queue's back-off for this attempt), or dead-lettered if
+    /// this was its last attempt. [`NackOutcome::Stale`] if this delivery
+    /// no longer owns the job: the caller must not act on the failure.
+    pub async fn nack(&self, error: &str, delay: Option<Duration>) -> Result<NackOutcome, BackendError> {
+        self.handle.nack(&self.job, error, delay).await
+    }
+
+    /// The consumer is still working on the job: the ack wait starts again
+    /// from now, so the job is not delivered to another consumer meanwhile.
+    /// Changes nothing if this delivery no longer owns the job.
+    pub async fn in_progress(&self) -> Result<(), BackendError> {
+        self.handle.in_progress(&self.job).await
+    }
+
+    /// The job failed for good with `error` (retrying cannot help): it is
+    /// dead-lettered now, whatever attempts it had left.
+    /// [`NackOutcome::DeadLettered`], or [`NackOutcome::Stale`] if this
+    /// delivery no longer owns the job.
+    pub async fn terminate(&self, error: &str) -> Result<NackOutcome, BackendError> {
+        self.handle.terminate(&self.job, error).await
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("job", &self.job)
+            .field("ack_wait", &self.ack_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The adapter's side of a [`Delivery`]: settles the delivery of `job`
+/// with the queue (a row guarded by its attempt number in SQL, a message's
+/// reply subject in a broker). Consumers call [`Delivery`]'s methods, which
+/// document the contract; only adapters implement this.
+#[async_trait]
+pub trait DeliveryHandle: Send + Sync + 'static {
+    /// See [`Delivery::ack`].
+    async fn ack(&self, job: &Job) -> Result<(), BackendError>;
+    /// See [`Delivery::nack`].
+    async fn nack(
+        &self,
+        job: &Job,
+        error: &str,
+        delay: Option<Duration>,
+    ) -> Result<NackOutcome, BackendError>;
+    /// See [`Delivery::in_progress`].
+    async fn in_progress(&self, job: &Job) -> Result<(), BackendError>;
+    /// See [`Delivery::terminate`].
+    async fn terminate(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError>;
 }
 
 /// Object storage for originals and variants.

@@ -1,9 +1,12 @@
-//! The retry policy of a job queue, shared by every queue adapter.
+//! The retry policy of a job queue, shared by every queue adapter: the
+//! queue owns it (as a broker's consumer owns its ack wait, max deliveries
+//! and back-off), not each consumer's call.
 
 use crate::Job;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
-/// Retry policy of the queue.
+/// Retry policy of the queue (`[queue]` in a topology file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
@@ -16,6 +19,12 @@ pub struct QueueConfig {
     /// Ceiling of the back-off. Default 60000 ms.
     #[serde(default = "default_max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// How long a delivery stays owned by its consumer without news (an
+    /// ack, a nack, an "in progress"); then the job is delivered again, and
+    /// the lost delivery counts as an attempt. Default 120000 ms (the
+    /// worker's former `visibility_secs = 120`).
+    #[serde(default = "default_ack_wait_ms")]
+    pub ack_wait_ms: u64,
 }
 
 fn default_max_attempts() -> u32 {
@@ -27,6 +36,9 @@ fn default_backoff_ms() -> u64 {
 fn default_max_backoff_ms() -> u64 {
     60_000
 }
+fn default_ack_wait_ms() -> u64 {
+    120_000
+}
 
 impl Default for QueueConfig {
     fn default() -> Self {
@@ -34,6 +46,7 @@ impl Default for QueueConfig {
             max_attempts: default_max_attempts(),
             backoff_ms: default_backoff_ms(),
             max_backoff_ms: default_max_backoff_ms(),
+            ack_wait_ms: default_ack_wait_ms(),
         }
     }
 }
@@ -48,9 +61,19 @@ impl QueueConfig {
     }
 
     /// What a failed delivery of `job` becomes: retried after this many
-    /// milliseconds, or `None`, dead-lettered (its attempts are spent).
-    pub fn retry_delay(&self, job: &Job) -> Option<u64> {
-        (job.attempt < job.max_attempts).then(|| self.backoff(job.attempt))
+    /// milliseconds (`requested`, else the back-off of its attempt), or
+    /// `None`, dead-lettered (its attempts are spent, whatever the delay
+    /// asked for).
+    pub fn retry_delay(&self, job: &Job, requested: Option<Duration>) -> Option<u64> {
+        (job.attempt < job.max_attempts).then(|| match requested {
+            Some(delay) => u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            None => self.backoff(job.attempt),
+        })
+    }
+
+    /// [`QueueConfig::ack_wait_ms`] as a duration.
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms)
     }
 }
 
@@ -64,6 +87,7 @@ mod tests {
             max_attempts: 3,
             backoff_ms: 20,
             max_backoff_ms: 1000,
+            ..QueueConfig::default()
         };
         assert_eq!(c.backoff(1), 20);
         assert_eq!(c.backoff(2), 40);
@@ -78,9 +102,41 @@ mod tests {
             QueueConfig {
                 max_attempts: 5,
                 backoff_ms: 1000,
-                max_backoff_ms: 60_000
+                max_backoff_ms: 60_000,
+                ack_wait_ms: 120_000,
             }
         );
+        assert_eq!(QueueConfig::default().ack_wait(), Duration::from_secs(120));
+    }
+
+    fn job(attempt: u32) -> Job {
+        Job {
+            id: 1,
+            kind: "k".into(),
+            payload: vec![],
+            attempt,
+            max_attempts: 3,
+        }
+    }
+
+    #[test]
+    fn retry_or_dead_letter() {
+        let c = QueueConfig {
+            max_attempts: 3,
+            backoff_ms: 20,
+            max_backoff_ms: 1000,
+            ..QueueConfig::default()
+        };
+        assert_eq!(c.retry_delay(&job(1), None), Some(20));
+        assert_eq!(c.retry_delay(&job(2), None), Some(40));
+        assert_eq!(c.retry_delay(&job(1), Some(Duration::from_secs(5))), Some(5000));
+        assert_eq!(c.retry_delay(&job(1), Some(Duration::ZERO)), Some(0));
+        assert_eq!(c.retry_delay(&job(1), Some(Duration::MAX)), Some(u64::MAX));
+        // The last attempt, or a delivery past it, dead-letters whatever
+        // the delay asked for.
+        assert_eq!(c.retry_delay(&job(3), None), None);
+        assert_eq!(c.retry_delay(&job(3), Some(Duration::from_secs(1))), None);
+        assert_eq!(c.retry_delay(&job(4), None), None);
     }
 
     #[test]
@@ -94,5 +150,7 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<QueueConfig>(r#"{"max_attempt": 2}"#).is_err());
+        let c: QueueConfig = serde_json::from_str(r#"{"ack_wait_ms": 500}"#).unwrap();
+        assert_eq!(c.ack_wait(), Duration::from_millis(500));
     }
 }

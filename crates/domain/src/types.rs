@@ -363,27 +363,32 @@ pub struct Session {
     pub expires_at_ms: i64,
 }
 
-/// A job claimed from the queue.
+/// A job as one delivery of it hands it out (see [`Delivery`](crate::ports::Delivery)).
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: i64,
     pub kind: String,
     pub payload: Vec<u8>,
-    /// 1 on the first delivery.
+    /// The number of this delivery: 1 on the first. Deliveries whose
+    /// consumer died count too, so it may exceed `max_attempts` (the
+    /// consumer then gives up at once).
     pub attempt: u32,
+    /// Deliveries the job gets before a failure dead-letters it.
     pub max_attempts: u32,
 }
 
 /// What became of a job that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NackOutcome {
-    /// It will be delivered again after its back-off.
+    /// It will be delivered again after `delay_ms` (the back-off, or the
+    /// delay the nack asked for).
     Retry { delay_ms: u64 },
-    /// The retry budget is spent; it is in the dead-letter set.
+    /// The retry budget is spent, or the job was terminated; it is in the
+    /// dead-letter set.
     DeadLettered,
     /// Nothing changed: this delivery no longer owned the job (its
-    /// visibility timeout ran out and another delivery claimed it, or it was
-    /// already acknowledged). The caller must not act on the failure.
+    /// ack wait ran out and the job was delivered again, or it was already
+    /// settled). The caller must not act on the failure.
     Stale,
 }
 

@@ -1,36 +1,92 @@
-//! The job queue port on PostgreSQL: at-least-once delivery with a
-//! visibility timeout, exponential back-off between attempts and a
-//! dead-letter state once the attempts are spent; store-sqlite's semantics.
+//! The job queue port on PostgreSQL: at-least-once delivery with an ack
+//! wait (a delivery's lease on its row), exponential back-off between
+//! attempts and a dead-letter state once the attempts are spent;
+//! store-sqlite's semantics.
 //!
-//! The attempt counter doubles as a fencing token: `ack` and `nack` only act
-//! on the row if it still carries the attempt the caller claimed, so a worker
-//! whose visibility timeout ran out cannot undo the work of the next one.
+//! The attempt counter doubles as a fencing token: a delivery's `ack`,
+//! `nack`, `in_progress` and `terminate` only act on the row if it still
+//! carries the attempt that delivery handed out, so a worker whose ack wait
+//! ran out cannot undo the work of the next one.
 
 use crate::{backend, now_ms};
 use async_trait::async_trait;
-use domain::ports::JobQueue;
+use domain::ports::{Delivery, DeliveryHandle, JobQueue};
 use domain::*;
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Where each statement runs: one pool, or whichever pool a closure names
+/// at that moment (the primary of a replica set, which a failover moves).
+#[derive(Clone)]
+enum Pools {
+    Fixed(PgPool),
+    Current(Arc<dyn Fn() -> Result<PgPool, BackendError> + Send + Sync>),
+}
 
 /// Jobs in the `jobs` table.
 #[derive(Clone)]
 pub struct PgJobQueue {
-    pool: PgPool,
+    pools: Pools,
     config: QueueConfig,
 }
 
 impl PgJobQueue {
     /// Wraps a connected, migrated pool.
     pub fn new(pool: PgPool, config: QueueConfig) -> Self {
-        PgJobQueue { pool, config }
+        PgJobQueue {
+            pools: Pools::Fixed(pool),
+            config,
+        }
+    }
+
+    /// A queue on whichever pool `current` names at each statement, the
+    /// delivery's settlements included (a delivery handed out before a
+    /// failover is settled on the new primary). `current` fails when there
+    /// is no pool to use now.
+    pub fn on_current(
+        current: impl Fn() -> Result<PgPool, BackendError> + Send + Sync + 'static,
+        config: QueueConfig,
+    ) -> Self {
+        PgJobQueue {
+            pools: Pools::Current(Arc::new(current)),
+            config,
+        }
+    }
+
+    fn pool(&self) -> Result<PgPool, BackendError> {
+        match &self.pools {
+            Pools::Fixed(pool) => Ok(pool.clone()),
+            Pools::Current(current) => current(),
+        }
+    }
+
+    /// Moves this delivery's row from `running` to `state` (`queued` after
+    /// `delay_ms`, or `dead`), recording `error`; `false` if the delivery
+    /// no longer owns the row.
+    async fn settle(&self, job: &Job, state: &str, delay_ms: u64, error: &str) -> Result<bool, BackendError> {
+        let done = sqlx::query(concat!(
+            "UPDATE jobs SET state = $1, run_at = ",
+            now_ms!(),
+            " + $2, locked_until = NULL, last_error = $3 \
+             WHERE id = $4 AND attempts = $5 AND state = 'running'"
+        ))
+        .bind(state)
+        .bind(millis(delay_ms))
+        .bind(error)
+        .bind(job.id)
+        .bind(attempt(job.attempt))
+        .execute(&self.pool()?)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
     }
 }
 
 /// Milliseconds as the BIGINT the time columns hold, saturating rather than
-/// wrapping (a `Duration::MAX` visibility means "for ever", not the past).
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+/// wrapping (a `Duration::MAX` delay means "for ever", not the past).
+fn millis(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX / 2)
 }
 
 /// The attempt counter as its INTEGER column holds it.
@@ -52,12 +108,12 @@ impl JobQueue for PgJobQueue {
         .bind(kind)
         .bind(payload)
         .bind(attempt(self.config.max_attempts))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.pool()?)
         .await
         .map_err(backend)
     }
 
-    async fn claim(&self, visibility: Duration) -> Result<Option<Job>, BackendError> {
+    async fn next(&self) -> Result<Option<Delivery>, BackendError> {
         // The inner SELECT locks the oldest claimable row, skipping rows
         // another consumer has locked; a row claimed and committed by
         // someone else since this statement's snapshot is re-checked
@@ -75,50 +131,20 @@ impl JobQueue for PgJobQueue {
             ") ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, kind, payload, attempts, max_attempts"
         ))
-        .bind(millis(visibility))
-        .fetch_optional(&self.pool)
+        .bind(millis(self.config.ack_wait_ms))
+        .fetch_optional(&self.pool()?)
         .await
         .map_err(backend)?;
-        Ok(row.map(|(id, kind, payload, attempt, max_attempts)| Job {
-            id,
-            kind,
-            payload,
-            attempt: attempt as u32,
-            max_attempts: max_attempts as u32,
+        Ok(row.map(|(id, kind, payload, attempt, max_attempts)| {
+            let job = Job {
+                id,
+                kind,
+                payload,
+                attempt: attempt as u32,
+                max_attempts: max_attempts as u32,
+            };
+            Delivery::new(job, self.config.ack_wait(), self.clone())
         }))
-    }
-
-    async fn ack(&self, job: &Job) -> Result<(), BackendError> {
-        sqlx::query("DELETE FROM jobs WHERE id = $1 AND attempts = $2 AND state = 'running'")
-            .bind(job.id)
-            .bind(attempt(job.attempt))
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn nack(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
-        let retry = self.config.retry_delay(job);
-        let (state, delay_ms) = match retry {
-            None => ("dead", 0),
-            Some(delay_ms) => ("queued", i64::try_from(delay_ms).unwrap_or(i64::MAX / 2)),
-        };
-        let done = sqlx::query(concat!(
-            "UPDATE jobs SET state = $1, run_at = ",
-            now_ms!(),
-            " + $2, locked_until = NULL, last_error = $3 \
-             WHERE id = $4 AND attempts = $5 AND state = 'running'"
-        ))
-        .bind(state)
-        .bind(delay_ms)
-        .bind(error)
-        .bind(job.id)
-        .bind(attempt(job.attempt))
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(NackOutcome::of_update(done.rows_affected(), retry))
     }
 
     async fn depth(&self) -> Result<QueueDepth, BackendError> {
@@ -131,7 +157,7 @@ impl JobQueue for PgJobQueue {
             "), count(*) FILTER (WHERE state = 'dead') \
              FROM jobs"
         ))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.pool()?)
         .await
         .map_err(backend)?;
         Ok(QueueDepth {
@@ -142,14 +168,62 @@ impl JobQueue for PgJobQueue {
     }
 }
 
+/// A delivery's settlements: statements guarded by the attempt it handed out.
+#[async_trait]
+impl DeliveryHandle for PgJobQueue {
+    async fn ack(&self, job: &Job) -> Result<(), BackendError> {
+        sqlx::query("DELETE FROM jobs WHERE id = $1 AND attempts = $2 AND state = 'running'")
+            .bind(job.id)
+            .bind(attempt(job.attempt))
+            .execute(&self.pool()?)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn nack(
+        &self,
+        job: &Job,
+        error: &str,
+        delay: Option<Duration>,
+    ) -> Result<NackOutcome, BackendError> {
+        let retry = self.config.retry_delay(job, delay);
+        let owned = match retry {
+            None => self.settle(job, "dead", 0, error).await?,
+            Some(delay_ms) => self.settle(job, "queued", delay_ms, error).await?,
+        };
+        Ok(NackOutcome::of_update(owned.into(), retry))
+    }
+
+    async fn in_progress(&self, job: &Job) -> Result<(), BackendError> {
+        sqlx::query(concat!(
+            "UPDATE jobs SET locked_until = ",
+            now_ms!(),
+            " + $1 WHERE id = $2 AND attempts = $3 AND state = 'running'"
+        ))
+        .bind(millis(self.config.ack_wait_ms))
+        .bind(job.id)
+        .bind(attempt(job.attempt))
+        .execute(&self.pool()?)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn terminate(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
+        let owned = self.settle(job, "dead", 0, error).await?;
+        Ok(NackOutcome::of_update(owned.into(), None))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn huge_durations_saturate() {
-        assert_eq!(millis(Duration::from_millis(1500)), 1500);
-        assert!(millis(Duration::MAX) > 0);
+        assert_eq!(millis(1500), 1500);
+        assert!(millis(u64::MAX) > 0);
         assert_eq!(attempt(u32::MAX), i32::MAX);
     }
 }

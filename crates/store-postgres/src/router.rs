@@ -65,7 +65,7 @@ use domain::ports::{JobQueue, SessionStore, Store};
 use domain::*;
 use metrics::{Exporter, Metrics, NodeCounters};
 use policy::{Fallback, Policy};
-use primary::{PrimaryQueue, PrimarySessions};
+use primary::PrimarySessions;
 use probe::Probe;
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
@@ -234,10 +234,11 @@ impl PgRouter {
     /// The job queue on the current primary, whichever node that is at each
     /// call (claims lock rows: only a primary can).
     pub fn queue(&self, config: QueueConfig) -> Arc<dyn JobQueue> {
-        Arc::new(PrimaryQueue {
-            inner: Arc::clone(&self.inner),
+        let inner = Arc::clone(&self.inner);
+        Arc::new(PgJobQueue::on_current(
+            move || Ok(inner.primary()?.store.pool().clone()),
             config,
-        })
+        ))
     }
 
     /// Every node (in the configuration's order) as of its last probe, with

@@ -1,14 +1,15 @@
-//! The job queue port on the SQL database: at-least-once delivery with a
-//! visibility timeout, exponential back-off between attempts and a dead-letter
-//! state once the attempts are spent.
+//! The job queue port on the SQL database: at-least-once delivery with an
+//! ack wait (a delivery's lease on its row), exponential back-off between
+//! attempts and a dead-letter state once the attempts are spent.
 //!
-//! The attempt counter doubles as a fencing token: `ack` and `nack` only act
-//! on the row if it still carries the attempt the caller claimed, so a worker
-//! whose visibility timeout ran out cannot undo the work of the next one.
+//! The attempt counter doubles as a fencing token: a delivery's `ack`,
+//! `nack`, `in_progress` and `terminate` only act on the row if it still
+//! carries the attempt that delivery handed out, so a worker whose ack wait
+//! ran out cannot undo the work of the next one.
 
 use crate::backend;
 use async_trait::async_trait;
-use domain::ports::JobQueue;
+use domain::ports::{Delivery, DeliveryHandle, JobQueue};
 use domain::*;
 use sqlx::SqlitePool;
 use std::time::Duration;
@@ -25,6 +26,31 @@ impl SqlJobQueue {
     pub fn new(pool: SqlitePool, config: QueueConfig) -> Self {
         SqlJobQueue { pool, config }
     }
+
+    /// Moves this delivery's row from `running` to `state` (`queued` after
+    /// `delay_ms`, or `dead`), recording `error`; `false` if the delivery
+    /// no longer owns the row.
+    async fn settle(&self, job: &Job, state: &str, delay_ms: u64, error: &str) -> Result<bool, BackendError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = ?, run_at = ?, locked_until = NULL, last_error = ? \
+             WHERE id = ? AND attempts = ? AND state = 'running'",
+        )
+        .bind(state)
+        .bind(now_millis().saturating_add(millis(delay_ms)))
+        .bind(error)
+        .bind(job.id)
+        .bind(job.attempt as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+/// Milliseconds as the INTEGER the time columns hold, saturating rather
+/// than wrapping (a `Duration::MAX` delay means "for ever", not the past).
+fn millis(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX / 2)
 }
 
 #[async_trait]
@@ -45,7 +71,7 @@ impl JobQueue for SqlJobQueue {
         .map_err(backend)
     }
 
-    async fn claim(&self, visibility: Duration) -> Result<Option<Job>, BackendError> {
+    async fn next(&self) -> Result<Option<Delivery>, BackendError> {
         let now = now_millis();
         // One statement: SQLite runs it under the write lock, so two
         // consumers can never claim the same row.
@@ -57,49 +83,21 @@ impl JobQueue for SqlJobQueue {
                          ORDER BY run_at, id LIMIT 1) \
              RETURNING id, kind, payload, attempts, max_attempts",
         )
-        .bind(now + visibility.as_millis() as i64)
+        .bind(now.saturating_add(millis(self.config.ack_wait_ms)))
         .bind(now)
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(row.map(|(id, kind, payload, attempt, max_attempts)| Job {
-            id,
-            kind,
-            payload,
-            attempt: attempt as u32,
-            max_attempts: max_attempts as u32,
+        Ok(row.map(|(id, kind, payload, attempt, max_attempts)| {
+            let job = Job {
+                id,
+                kind,
+                payload,
+                attempt: attempt as u32,
+                max_attempts: max_attempts as u32,
+            };
+            Delivery::new(job, self.config.ack_wait(), self.clone())
         }))
-    }
-
-    async fn ack(&self, job: &Job) -> Result<(), BackendError> {
-        sqlx::query("DELETE FROM jobs WHERE id = ? AND attempts = ? AND state = 'running'")
-            .bind(job.id)
-            .bind(job.attempt as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn nack(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
-        let retry = self.config.retry_delay(job);
-        let (state, run_at) = match retry {
-            None => ("dead", now_millis()),
-            Some(delay_ms) => ("queued", now_millis() + delay_ms as i64),
-        };
-        let done = sqlx::query(
-            "UPDATE jobs SET state = ?, run_at = ?, locked_until = NULL, last_error = ? \
-             WHERE id = ? AND attempts = ? AND state = 'running'",
-        )
-        .bind(state)
-        .bind(run_at)
-        .bind(error)
-        .bind(job.id)
-        .bind(job.attempt as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(NackOutcome::of_update(done.rows_affected(), retry))
     }
 
     async fn depth(&self) -> Result<QueueDepth, BackendError> {
@@ -123,109 +121,106 @@ impl JobQueue for SqlJobQueue {
     }
 }
 
+/// A delivery's settlements: statements guarded by the attempt it handed out.
+#[async_trait]
+impl DeliveryHandle for SqlJobQueue {
+    async fn ack(&self, job: &Job) -> Result<(), BackendError> {
+        sqlx::query("DELETE FROM jobs WHERE id = ? AND attempts = ? AND state = 'running'")
+            .bind(job.id)
+            .bind(job.attempt as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn nack(
+        &self,
+        job: &Job,
+        error: &str,
+        delay: Option<Duration>,
+    ) -> Result<NackOutcome, BackendError> {
+        let retry = self.config.retry_delay(job, delay);
+        let owned = match retry {
+            None => self.settle(job, "dead", 0, error).await?,
+            Some(delay_ms) => self.settle(job, "queued", delay_ms, error).await?,
+        };
+        Ok(NackOutcome::of_update(owned.into(), retry))
+    }
+
+    async fn in_progress(&self, job: &Job) -> Result<(), BackendError> {
+        sqlx::query("UPDATE jobs SET locked_until = ? WHERE id = ? AND attempts = ? AND state = 'running'")
+            .bind(now_millis().saturating_add(millis(self.config.ack_wait_ms)))
+            .bind(job.id)
+            .bind(job.attempt as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn terminate(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
+        let owned = self.settle(job, "dead", 0, error).await?;
+        Ok(NackOutcome::of_update(owned.into(), None))
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use conformance::queue::{QueueAdapter, Subject};
+    use std::sync::Arc;
 
-    const VIS: Duration = Duration::from_secs(30);
+    /// Each queue in its own database file; the other handle is a second
+    /// pool on that file, as a second process would open.
+    struct Sqlite;
 
-    async fn queue(config: QueueConfig) -> (SqlJobQueue, tempfile::TempDir) {
-        let (pool, dir) = crate::test_pool().await;
-        (SqlJobQueue::new(pool, config), dir)
-    }
-
-    fn fast() -> QueueConfig {
-        QueueConfig {
-            max_attempts: 3,
-            backoff_ms: 20,
-            max_backoff_ms: 1000,
-        }
-    }
-
-    #[tokio::test]
-    async fn claim_ack_removes_job() {
-        let (q, _d) = queue(fast()).await;
-        let id = q.enqueue("photo", b"1").await.unwrap();
-        assert_eq!(q.depth().await.unwrap().ready, 1);
-        let job = q.claim(VIS).await.unwrap().unwrap();
-        assert_eq!((job.id, job.attempt, job.payload.as_slice()), (id, 1, &b"1"[..]));
-        assert!(q.claim(VIS).await.unwrap().is_none(), "claimed job is invisible");
-        assert_eq!(q.depth().await.unwrap().in_flight, 1);
-        q.ack(&job).await.unwrap();
-        assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
-    }
-
-    #[tokio::test]
-    async fn visibility_timeout_redelivers() {
-        let (q, _d) = queue(fast()).await;
-        q.enqueue("photo", b"1").await.unwrap();
-        let first = q.claim(Duration::from_millis(10)).await.unwrap().unwrap();
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let second = q.claim(VIS).await.unwrap().unwrap();
-        assert_eq!((second.id, second.attempt), (first.id, 2));
-        // The first consumer's late ack and nack are fenced off.
-        q.ack(&first).await.unwrap();
-        assert_eq!(q.nack(&first, "late").await.unwrap(), NackOutcome::Stale);
-        assert_eq!(q.depth().await.unwrap().in_flight, 1);
-        q.ack(&second).await.unwrap();
-        assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
-    }
-
-    #[tokio::test]
-    async fn nack_backs_off_then_dead_letters() {
-        let (q, _d) = queue(fast()).await;
-        q.enqueue("photo", b"1").await.unwrap();
-        let j1 = q.claim(VIS).await.unwrap().unwrap();
-        assert_eq!(
-            q.nack(&j1, "boom").await.unwrap(),
-            NackOutcome::Retry { delay_ms: 20 }
-        );
-        assert!(q.claim(VIS).await.unwrap().is_none(), "backing off");
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let j2 = q.claim(VIS).await.unwrap().unwrap();
-        assert_eq!(
-            q.nack(&j2, "boom").await.unwrap(),
-            NackOutcome::Retry { delay_ms: 40 }
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let j3 = q.claim(VIS).await.unwrap().unwrap();
-        assert_eq!(j3.attempt, 3);
-        assert_eq!(q.nack(&j3, "boom").await.unwrap(), NackOutcome::DeadLettered);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(q.claim(VIS).await.unwrap().is_none());
-        assert_eq!(
-            q.depth().await.unwrap(),
-            QueueDepth {
-                ready: 0,
-                in_flight: 0,
-                dead: 1
+    #[async_trait(?Send)]
+    impl QueueAdapter for Sqlite {
+        async fn fresh(&self, config: QueueConfig) -> Subject {
+            let (pool, dir) = crate::test_pool().await;
+            let other = crate::open(&dir.path().join("test.db")).await.unwrap();
+            Subject {
+                queue: Arc::new(SqlJobQueue::new(pool, config)),
+                other: Arc::new(SqlJobQueue::new(other, config)),
+                guard: Box::new(dir),
             }
-        );
+        }
     }
 
     #[tokio::test]
-    async fn concurrent_consumers_never_share_a_job() {
-        let (q, _d) = queue(fast()).await;
-        for i in 0..40 {
-            q.enqueue("photo", &[i]).await.unwrap();
-        }
-        let mut tasks = vec![];
-        for _ in 0..4 {
-            let q = q.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut got = vec![];
-                while let Some(j) = q.claim(VIS).await.unwrap() {
-                    got.push(j.payload[0]);
-                    q.ack(&j).await.unwrap();
-                }
-                got
-            }));
-        }
-        let mut all = vec![];
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        all.sort();
-        assert_eq!(all, (0..40).collect::<Vec<u8>>());
+    async fn conformance() {
+        conformance::queue::run_all(&Sqlite).await;
+    }
+
+    async fn last_error(pool: &SqlitePool) -> Option<String> {
+        sqlx::query_scalar("SELECT last_error FROM jobs")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_recorded_and_a_fenced_one_is_not() {
+        let (pool, _dir) = crate::test_pool().await;
+        let q = SqlJobQueue::new(
+            pool.clone(),
+            QueueConfig {
+                max_attempts: 2,
+                ack_wait_ms: 0,
+                ..QueueConfig::default()
+            },
+        );
+        q.enqueue("photo", b"1").await.unwrap();
+        // An ack wait of 0: every delivery is overtaken by the next one.
+        let first = q.next().await.unwrap().unwrap();
+        let second = q.next().await.unwrap().unwrap();
+        assert_eq!(second.job().attempt, 2);
+        assert_eq!(first.nack("late", None).await.unwrap(), NackOutcome::Stale);
+        assert_eq!(last_error(&pool).await, None);
+        assert_eq!(
+            second.terminate("boom 2").await.unwrap(),
+            NackOutcome::DeadLettered
+        );
+        assert_eq!(last_error(&pool).await.as_deref(), Some("boom 2"));
     }
 }

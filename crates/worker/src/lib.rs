@@ -4,19 +4,22 @@
 //! Delivery is at least once, so handling is idempotent: variants are
 //! overwritten with the same bytes, a photo already `ready` is acknowledged
 //! without work, a photo that no longer exists is acknowledged and skipped.
-//! A job that keeps failing is retried with back-off and dead-lettered after
-//! its attempts, and its photo ends `failed`; a job that crashed its worker
-//! (visibility timeout expired) counts that delivery as an attempt, so a
-//! poison image cannot crash-loop the tier.
+//! A job that keeps failing is retried with the queue's back-off and
+//! dead-lettered after its attempts, and its photo ends `failed`; a job that
+//! crashed its worker (its ack wait ran out) counts that delivery as an
+//! attempt, so a poison image cannot crash-loop the tier. While a job
+//! renders, the worker tells the queue it is in progress, so a render longer
+//! than the ack wait is not handed to a second worker.
 
 mod metrics;
 
 pub use metrics::WorkerMetrics;
 
 use anyhow::Context;
-use app::{ProcessPhoto, PROCESS_PHOTO};
-use backends::{Backends, BackendsConfig};
+use backends::{Backends, BackendsConfig, QueueTier};
 use bytes::Bytes;
+use domain::jobs::{ProcessPhoto, PROCESS_PHOTO};
+use domain::ports::Delivery;
 use domain::{Job, NackOutcome, PhotoId, PhotoStatus, Variant};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -44,9 +47,12 @@ pub struct WorkerSettings {
     /// Jobs processed at once by one process. Default 1.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// How long a claimed job stays hidden from other workers. Default 120 s.
-    #[serde(default = "default_visibility_secs")]
-    pub visibility_secs: u64,
+    /// Former home of the queue's ack wait (how long a delivered job stays
+    /// hidden from other workers), kept so that existing files load: when
+    /// set, it overrides `[queue] ack_wait_ms` for this worker's deliveries.
+    /// Default unset (the queue's ack wait, 120 s unless configured).
+    #[serde(default)]
+    pub visibility_secs: Option<u64>,
     /// Sleep between polls of an empty queue. Default 200 ms.
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
@@ -57,9 +63,6 @@ pub struct WorkerSettings {
 
 fn default_concurrency() -> usize {
     1
-}
-fn default_visibility_secs() -> u64 {
-    120
 }
 fn default_poll_ms() -> u64 {
     200
@@ -82,9 +85,60 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             concurrency: default_concurrency(),
-            visibility_secs: default_visibility_secs(),
+            visibility_secs: None,
             poll_ms: default_poll_ms(),
             max_pixels: default_max_pixels(),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The backends to connect: `backends`, with the queue's ack wait
+    /// replaced by the deprecated `settings.visibility_secs` if that is set.
+    pub fn backends_with_ack_wait(&self) -> BackendsConfig {
+        let mut backends = self.backends.clone();
+        if let Some(secs) = self.settings.visibility_secs {
+            let QueueTier::Embedded { config } = &mut backends.queue;
+            config.ack_wait_ms = secs.saturating_mul(1000);
+        }
+        backends
+    }
+}
+
+/// A failure that retrying cannot mend: the delivery is terminated (the job
+/// dead-lettered now) instead of nacked.
+#[derive(Debug)]
+struct Permanent(&'static str);
+
+impl std::fmt::Display for Permanent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Permanent {}
+
+/// Runs `work`, telling the queue that `delivery` is in progress three
+/// times per ack wait meanwhile, so a job that takes longer than the ack
+/// wait is not delivered to another worker while this one is on it. A
+/// failed report is logged and the work goes on (if the job is delivered
+/// again meanwhile, this delivery's settlement is fenced off).
+async fn in_progress_while<T>(delivery: &Delivery, work: impl Future<Output = T>) -> T {
+    let period = delivery.ack_wait() / 3;
+    if period.is_zero() {
+        return work.await;
+    }
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticks.tick() => {
+                if let Err(e) = delivery.in_progress().await {
+                    tracing::warn!(error = %e, "could not report the job in progress");
+                }
+            }
         }
     }
 }
@@ -101,7 +155,7 @@ pub enum Outcome {
     /// Failed for the last time; photo marked `failed`.
     DeadLettered,
     /// Failed, but the job had already passed to another delivery (this
-    /// one outlived its visibility timeout): left to that one.
+    /// one outlived its ack wait): left to that one.
     Stale,
 }
 
@@ -123,9 +177,10 @@ impl Worker {
         }
     }
 
-    /// Connects the backends of `config`.
+    /// Connects the backends of `config` (with the queue's ack wait taken
+    /// from the deprecated `visibility_secs`, if set).
     pub async fn build(config: &WorkerConfig) -> anyhow::Result<Self> {
-        let backends = Backends::connect(&config.backends).await?;
+        let backends = Backends::connect(&config.backends_with_ack_wait()).await?;
         Ok(Worker::new(backends, config.settings.clone()))
     }
 
@@ -134,32 +189,41 @@ impl Worker {
         &self.metrics
     }
 
-    /// Claims and handles at most one job; `None` when the queue was empty.
+    /// Takes and handles at most one job; `None` when the queue was empty.
     pub async fn run_once(&self) -> anyhow::Result<Option<Outcome>> {
-        let visibility = Duration::from_secs(self.settings.visibility_secs);
-        let Some(job) = self.backends.queue.claim(visibility).await? else {
+        let Some(delivery) = self.backends.queue.next().await? else {
             return Ok(None);
         };
+        let job = delivery.job();
         let span = tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempt);
         let _enter = span.enter();
         // The job was enqueued right after its photo was written, perhaps
         // on a primary whose replicas have not replayed it yet.
-        let (handled, _) =
-            domain::consistency::scope(Some(domain::consistency::PRIMARY_ONLY), self.handle(&job)).await;
+        let work = domain::consistency::scope(Some(domain::consistency::PRIMARY_ONLY), self.handle(job));
+        let (handled, _) = in_progress_while(&delivery, work).await;
         let outcome = match handled {
             Ok(outcome) => {
-                self.backends.queue.ack(&job).await?;
+                delivery.ack().await?;
                 tracing::info!(?outcome, "job done");
                 outcome
             }
-            Err(e) => self.fail(&job, &format!("{e:#}")).await?,
+            Err(e) => {
+                let error = format!("{e:#}");
+                let settled = if e.is::<Permanent>() {
+                    delivery.terminate(&error).await?
+                } else {
+                    delivery.nack(&error, None).await?
+                };
+                self.failed(job, &error, settled).await?
+            }
         };
         self.metrics.job(outcome);
         Ok(Some(outcome))
     }
 
-    async fn fail(&self, job: &Job, error: &str) -> anyhow::Result<Outcome> {
-        match self.backends.queue.nack(job, error).await? {
+    /// What a failure of `job`, `settled` with the queue, comes to.
+    async fn failed(&self, job: &Job, error: &str, settled: NackOutcome) -> anyhow::Result<Outcome> {
+        match settled {
             NackOutcome::Retry { delay_ms } => {
                 tracing::warn!(error, delay_ms, "job failed; will retry");
                 Ok(Outcome::Retrying)
@@ -173,7 +237,7 @@ impl Worker {
             }
             NackOutcome::DeadLettered => {
                 tracing::error!(error, "job failed for the last time; dead-lettered");
-                if let Ok(p) = serde_json::from_slice::<ProcessPhoto>(&job.payload) {
+                if let Ok(p) = ProcessPhoto::from_payload(&job.payload) {
                     match self
                         .backends
                         .store
@@ -191,7 +255,7 @@ impl Worker {
 
     async fn handle(&self, job: &Job) -> anyhow::Result<Outcome> {
         anyhow::ensure!(job.kind == PROCESS_PHOTO, "unknown job kind {:?}", job.kind);
-        let p: ProcessPhoto = serde_json::from_slice(&job.payload).context("malformed payload")?;
+        let p = ProcessPhoto::from_payload(&job.payload).context("malformed payload")?;
         let id = PhotoId(p.photo_id);
         let b = &self.backends;
         let Some(photo) = b.store.photo(id).await? else {
@@ -205,7 +269,7 @@ impl Worker {
         if job.attempt > job.max_attempts {
             // The previous delivery never came back (the worker died in
             // it, e.g. on a poison image): stop here.
-            anyhow::bail!("attempts exhausted by deliveries that never finished");
+            return Err(Permanent("attempts exhausted by deliveries that never finished").into());
         }
         let original = b
             .blobs
@@ -286,5 +350,34 @@ impl Worker {
                 tracing::error!(error = %e, "metrics server failed");
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_former_visibility_key_still_sets_the_ack_wait() {
+        let old: WorkerConfig = serde_json::from_str(
+            r#"{"metrics_listen": "127.0.0.1:9201", "settings": {"concurrency": 2, "visibility_secs": 30}}"#,
+        )
+        .unwrap();
+        assert_eq!(old.settings.visibility_secs, Some(30));
+        let QueueTier::Embedded { config } = old.backends_with_ack_wait().queue;
+        assert_eq!(config.ack_wait_ms, 30_000);
+
+        let new: WorkerConfig = serde_json::from_str(
+            r#"{"metrics_listen": "127.0.0.1:9201", "backends": {"queue": {"kind": "embedded", "ack_wait_ms": 5000}}}"#,
+        )
+        .unwrap();
+        assert_eq!(new.settings, WorkerSettings::default());
+        assert_eq!(
+            new.backends_with_ack_wait(),
+            new.backends,
+            "unset: the queue's own"
+        );
+        let QueueTier::Embedded { config } = new.backends.queue;
+        assert_eq!(config.ack_wait_ms, 5000);
     }
 }

@@ -10,19 +10,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use domain::consistency;
+use domain::jobs::{ProcessPhoto, PROCESS_PHOTO};
 use domain::{BlobKey, Caption, NewPhoto, Page, Photo, PhotoId, PhotoStatus, Username, Variant};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
-
-/// Job kind of photo processing.
-pub const PROCESS_PHOTO: &str = "photo.process";
-
-/// Payload of a [`PROCESS_PHOTO`] job.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ProcessPhoto {
-    pub photo_id: i64,
-}
 
 /// A photo as the API shows it.
 #[derive(Serialize)]
@@ -208,8 +200,8 @@ async fn store_upload(state: AppState, new: NewPhoto, file: Bytes) -> ApiResult<
     let photo = b.store.create_photo(&new).await?;
     let stored = async {
         b.blobs.put(&photo.original_key(), file).await?;
-        let payload = serde_json::to_vec(&ProcessPhoto { photo_id: photo.id.0 }).expect("payload serialises");
-        b.queue.enqueue(PROCESS_PHOTO, &payload).await
+        let job = ProcessPhoto { photo_id: photo.id.0 };
+        b.queue.enqueue(PROCESS_PHOTO, &job.to_payload()).await
     }
     .await;
     if let Err(e) = stored {

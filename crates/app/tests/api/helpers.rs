@@ -30,6 +30,7 @@ pub async fn spawn_app() -> TestApp {
                 max_attempts: 3,
                 backoff_ms: 20,
                 max_backoff_ms: 200,
+                ..QueueConfig::default()
             },
         },
         ..Default::default()

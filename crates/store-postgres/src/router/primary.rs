@@ -1,4 +1,5 @@
-//! The facades that follow the primary: sessions and the job queue, each
+//! The facade that follows the primary for sessions (the job queue does the
+//! same with `PgJobQueue::on_current`): each
 //! call on whichever node is the primary at that moment (a session must be
 //! seen by the next request at once; a claim locks rows, which only a
 //! primary can). Without a primary they fail at once.
@@ -34,44 +35,6 @@ impl SessionStore for PrimarySessions {
 
     async fn delete(&self, token: &SessionToken) -> Result<(), BackendError> {
         self.store()?.delete(token).await
-    }
-}
-
-/// The job queue on whichever node is the primary at each call.
-pub(super) struct PrimaryQueue {
-    pub inner: Arc<Inner>,
-    pub config: QueueConfig,
-}
-
-impl PrimaryQueue {
-    fn queue(&self) -> Result<PgJobQueue, BackendError> {
-        Ok(PgJobQueue::new(
-            self.inner.primary()?.store.pool().clone(),
-            self.config,
-        ))
-    }
-}
-
-#[async_trait]
-impl JobQueue for PrimaryQueue {
-    async fn enqueue(&self, kind: &str, payload: &[u8]) -> Result<i64, BackendError> {
-        self.queue()?.enqueue(kind, payload).await
-    }
-
-    async fn claim(&self, visibility: Duration) -> Result<Option<Job>, BackendError> {
-        self.queue()?.claim(visibility).await
-    }
-
-    async fn ack(&self, job: &Job) -> Result<(), BackendError> {
-        self.queue()?.ack(job).await
-    }
-
-    async fn nack(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
-        self.queue()?.nack(job, error).await
-    }
-
-    async fn depth(&self) -> Result<QueueDepth, BackendError> {
-        self.queue()?.depth().await
     }
 }
 

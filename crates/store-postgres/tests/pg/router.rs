@@ -194,9 +194,9 @@ async fn reads_spread_over_the_replicas_and_writes_land_on_the_primary() {
     assert_eq!(sessions.get(&token).await.unwrap().unwrap().user_id, alice);
     let queue = router.queue(QueueConfig::default());
     let job = queue.enqueue("photo", b"1").await.unwrap();
-    let claimed = queue.claim(Duration::from_secs(30)).await.unwrap().unwrap();
-    assert_eq!(claimed.id, job);
-    queue.ack(&claimed).await.unwrap();
+    let claimed = queue.next().await.unwrap().unwrap();
+    assert_eq!(claimed.job().id, job);
+    claimed.ack().await.unwrap();
     store.ping().await.unwrap();
     assert_eq!(
         pg.replicas[0]

@@ -2,11 +2,19 @@
 
 use backends::{Backends, BackendsConfig, QueueConfig, QueueTier};
 use bytes::Bytes;
+use domain::jobs::{ProcessPhoto, PROCESS_PHOTO};
+use domain::ports::Delivery;
 use domain::{NewPhoto, PhotoId, PhotoStatus, UserId, Username, Variant};
 use std::time::Duration;
 use worker::{Outcome, Worker, WorkerSettings};
 
 async fn backends(dir: &tempfile::TempDir) -> Backends {
+    backends_with_ack_wait(dir, QueueConfig::default().ack_wait_ms).await
+}
+
+/// Backends whose queue redelivers a job `ack_wait_ms` after a delivery
+/// its worker stopped reporting on.
+async fn backends_with_ack_wait(dir: &tempfile::TempDir, ack_wait_ms: u64) -> Backends {
     let config = BackendsConfig {
         data_dir: dir.path().to_path_buf(),
         queue: QueueTier::Embedded {
@@ -14,11 +22,34 @@ async fn backends(dir: &tempfile::TempDir) -> Backends {
                 max_attempts: 2,
                 backoff_ms: 10,
                 max_backoff_ms: 10,
+                ack_wait_ms,
             },
         },
         ..Default::default()
     };
     Backends::connect(&config).await.unwrap()
+}
+
+/// The next delivery, once the previous one's ack wait has run out.
+async fn next_eventually(b: &Backends) -> Delivery {
+    for _ in 0..3000 {
+        if let Some(d) = b.queue.next().await.unwrap() {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the job was never delivered again");
+}
+
+/// Waits until the job of a delivery left unsettled is ready again.
+async fn until_ready_again(b: &Backends) {
+    for _ in 0..3000 {
+        if b.queue.depth().await.unwrap().ready == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the job never became ready again");
 }
 
 /// Stores a photo the way the web tier does and enqueues its job.
@@ -52,8 +83,8 @@ async fn stored_photo(b: &Backends, bytes: Vec<u8>) -> PhotoId {
         .put(&photo.original_key(), Bytes::from(bytes))
         .await
         .unwrap();
-    let payload = serde_json::to_vec(&app::ProcessPhoto { photo_id: photo.id.0 }).unwrap();
-    b.queue.enqueue(app::PROCESS_PHOTO, &payload).await.unwrap();
+    let payload = ProcessPhoto { photo_id: photo.id.0 }.to_payload();
+    b.queue.enqueue(PROCESS_PHOTO, &payload).await.unwrap();
     photo.id
 }
 
@@ -75,14 +106,14 @@ async fn a_job_is_processed_once_and_redelivery_is_harmless() {
     assert_eq!(w.run_once().await.unwrap(), None);
 
     // At-least-once: the same job delivered again changes nothing.
-    let payload = serde_json::to_vec(&app::ProcessPhoto { photo_id: id.0 }).unwrap();
-    b.queue.enqueue(app::PROCESS_PHOTO, &payload).await.unwrap();
+    let payload = ProcessPhoto { photo_id: id.0 }.to_payload();
+    b.queue.enqueue(PROCESS_PHOTO, &payload).await.unwrap();
     assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Done));
     assert_eq!(status(&b, id).await, PhotoStatus::Ready);
 
     // A job for a photo that no longer exists is skipped, not retried.
-    let payload = serde_json::to_vec(&app::ProcessPhoto { photo_id: 9999 }).unwrap();
-    b.queue.enqueue(app::PROCESS_PHOTO, &payload).await.unwrap();
+    let payload = ProcessPhoto { photo_id: 9999 }.to_payload();
+    b.queue.enqueue(PROCESS_PHOTO, &payload).await.unwrap();
     assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Skipped));
     assert_eq!(b.queue.depth().await.unwrap(), Default::default());
     assert_eq!(w.metrics().jobs("done"), 2);
@@ -136,13 +167,13 @@ async fn sigterm_lets_the_job_in_hand_finish() {
 #[tokio::test]
 async fn deliveries_that_never_finish_end_the_job_without_a_crash_loop() {
     let dir = tempfile::tempdir().unwrap();
-    let b = backends(&dir).await;
+    let b = backends_with_ack_wait(&dir, 50).await;
     let id = stored_photo(&b, imaging::samples::png(10, 10)).await;
-    // Two deliveries whose worker "died" (claimed, never acked): the budget.
+    // Two deliveries whose worker "died" (delivered, never settled): the budget.
     for _ in 0..2 {
-        assert!(b.queue.claim(Duration::from_millis(1)).await.unwrap().is_some());
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(next_eventually(&b).await);
     }
+    until_ready_again(&b).await;
     let w = Worker::new(b.clone(), WorkerSettings::default());
     assert_eq!(w.run_once().await.unwrap(), Some(Outcome::DeadLettered));
     assert_eq!(status(&b, id).await, PhotoStatus::Failed);
@@ -154,15 +185,14 @@ async fn deliveries_that_never_finish_end_the_job_without_a_crash_loop() {
 #[tokio::test]
 async fn a_late_success_is_not_undone_by_the_redelivery_it_outlived() {
     let dir = tempfile::tempdir().unwrap();
-    let b = backends(&dir).await;
+    let b = backends_with_ack_wait(&dir, 50).await;
     let id = stored_photo(&b, imaging::samples::png(40, 30)).await;
     // Both deliveries of the budget time out, as if the last one were slow...
     let mut slow = None;
     for _ in 0..2 {
-        slow = b.queue.claim(Duration::from_millis(1)).await.unwrap();
-        assert!(slow.is_some());
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        slow = Some(next_eventually(&b).await);
     }
+    until_ready_again(&b).await;
     // ...and the slow one finishes after all: the photo is ready.
     b.store.set_photo_status(id, PhotoStatus::Ready).await.unwrap();
     // The redelivery that outlived the budget finds the photo ready.
@@ -171,12 +201,44 @@ async fn a_late_success_is_not_undone_by_the_redelivery_it_outlived() {
     assert_eq!(status(&b, id).await, PhotoStatus::Ready);
     // The slow delivery's own failure report, had it failed, changes nothing.
     let slow = slow.unwrap();
-    assert_eq!(
-        b.queue.nack(&slow, "late").await.unwrap(),
-        domain::NackOutcome::Stale
-    );
+    assert_eq!(slow.nack("late", None).await.unwrap(), domain::NackOutcome::Stale);
     // And a failure can never turn a ready photo back.
     b.store.set_photo_status(id, PhotoStatus::Failed).await.unwrap();
+    assert_eq!(status(&b, id).await, PhotoStatus::Ready);
+    assert_eq!(b.queue.depth().await.unwrap(), Default::default());
+}
+
+#[tokio::test]
+async fn a_render_longer_than_the_ack_wait_is_not_delivered_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    // An ack wait far shorter than the render: without the worker's
+    // in-progress reports the job would go to the other consumer below.
+    let ack_wait = Duration::from_millis(300);
+    let b = backends_with_ack_wait(&dir, ack_wait.as_millis() as u64).await;
+    let id = stored_photo(&b, imaging::samples::jpeg(3000, 2000)).await;
+    let w = Worker::new(b.clone(), WorkerSettings::default());
+    let started = tokio::time::Instant::now();
+    let run = tokio::spawn(async move { w.run_once().await.unwrap() });
+    // Once the worker has the job, another one asks for work all along.
+    while b.queue.depth().await.unwrap().in_flight == 0 {
+        assert!(!run.is_finished(), "the worker never took the job");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while !run.is_finished() {
+        if let Some(d) = b.queue.next().await.unwrap() {
+            panic!(
+                "delivered again after {:?} of rendering: {:?}",
+                started.elapsed(),
+                d.job()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(run.await.unwrap(), Some(Outcome::Done));
+    assert!(
+        started.elapsed() > ack_wait * 2,
+        "the render outlasted the ack wait, or this test proves nothing"
+    );
     assert_eq!(status(&b, id).await, PhotoStatus::Ready);
     assert_eq!(b.queue.depth().await.unwrap(), Default::default());
 }
