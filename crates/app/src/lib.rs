@@ -46,7 +46,7 @@ impl MakeRequestId for RandomRequestId {
 
 /// Builds the router over already-connected backends.
 pub fn router(backends: Backends, settings: WebSettings) -> Router {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::in_registry(&backends.metrics));
     let catalog = Catalog::new(
         backends.store.clone(),
         backends.cache.clone(),

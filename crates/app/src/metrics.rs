@@ -5,13 +5,14 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use domain::QueueDepth;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The web tier's metrics, registered in their own registry.
+/// The web tier's metrics (component `scalestack` of the process's
+/// registry, which also holds what the adapters count).
 pub struct Metrics {
-    registry: Registry,
+    registry: telemetry::Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
     cache: IntCounterVec,
@@ -19,9 +20,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric in a registry of its own.
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("scalestack".into()), None).expect("valid prefix");
+        Self::in_registry(&telemetry::Registry::new())
+    }
+
+    /// Registers every metric as the `scalestack` component of `process`;
+    /// [`Metrics::render`] renders all of `process`.
+    pub fn in_registry(process: &telemetry::Registry) -> Self {
+        let registry = process.component("scalestack");
         let requests = IntCounterVec::new(
             Opts::new("http_requests_total", "HTTP requests by route, method and status"),
             &["route", "method", "status"],
@@ -61,7 +68,7 @@ impl Metrics {
             registry.register(c).expect("unique metric names");
         }
         Metrics {
-            registry,
+            registry: process.clone(),
             requests,
             latency,
             cache,
@@ -83,11 +90,9 @@ impl Metrics {
                 .set(d.in_flight);
             self.queue_depth.with_label_values(&["dead"]).set(d.dead);
         }
-        // Plus what adapters count in the process-wide registry (e.g. session
-        // reads that fell back from Redis to SQL).
-        let mut families = self.registry.gather();
-        families.extend(prometheus::gather());
-        TextEncoder::new().encode_to_string(&families).unwrap_or_default()
+        // With what the adapters count (the DB router, the Redis breaker,
+        // session reads that fell back from Redis to SQL).
+        self.registry.render()
     }
 }
 

@@ -1,18 +1,34 @@
 //! The one place that knows which adapter serves which port. A
-//! [`BackendsConfig`] names, per tier, the kind of backend (today only
-//! `embedded`; `managed` and `external` engines slot in as new variants), and
-//! [`Backends::connect`] builds the adapters behind `Arc<dyn Port>`s.
+//! [`BackendsConfig`] is the *resolved* configuration a process is handed
+//! (every address filled in; the topology's model is `up`'s own): per tier
+//! a tagged `kind`, and one builder per port (`sql`, `cache`, `sessions`,
+//! `queue`, `blobs`) turns its tier into an adapter behind `Arc<dyn Port>`.
+//! Each tier chooses its engine on its own; tiers that keep their data in
+//! the SQL store (sessions, the queue) borrow the open [`SqlEngine`].
+//! Every builder is handed the process's metrics registry.
+
+pub mod blobs;
+pub mod cache;
+pub mod queue;
+pub mod sessions;
+pub mod sql;
+
+pub use self::blobs::BlobsTier;
+pub use self::cache::{CacheTier, RedisCacheTier};
+pub use self::queue::QueueTier;
+pub use self::sessions::{RedisSessionsTier, SessionsTier};
+pub use self::sql::{PostgresTier, SqlEngine, SqlTier};
+pub use ::cache::{CacheConfig, EvictionPolicy};
+pub use domain::QueueConfig;
 
 use anyhow::Context;
 use domain::ports::{BlobStore, Cache, JobQueue, SessionStore, Store};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use cache::{CacheConfig, EvictionPolicy};
-pub use domain::QueueConfig;
-
-/// Where every shared tier lives. Deserialised from the topology file.
+/// Where every shared tier lives. Deserialised from the configuration `up`
+/// hands a child (or a hand-written one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendsConfig {
@@ -35,6 +51,14 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
 
+pub(crate) fn default_redis_prefix() -> String {
+    "scalestack:".into()
+}
+
+pub(crate) fn default_redis_timeout_ms() -> u64 {
+    200
+}
+
 impl Default for BackendsConfig {
     fn default() -> Self {
         BackendsConfig {
@@ -48,187 +72,10 @@ impl Default for BackendsConfig {
     }
 }
 
-/// The SQL store tier.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SqlTier {
-    /// SQLite in WAL mode; `path` defaults to `<data_dir>/scalestack.db`.
-    Embedded {
-        #[serde(default)]
-        path: Option<PathBuf>,
-    },
-    /// PostgreSQL primary and replicas.
-    Postgres(PostgresTier),
-}
-
-/// `[sql] kind = "postgres"`: a primary and replicas behind the DB router.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresTier {
-    /// URL of every node, primary and replicas, in any order: the router
-    /// finds out which is the primary, and follows a failover. Empty in a
-    /// topology: the cluster `up` runs (`[postgres]`).
-    #[serde(default)]
-    pub nodes: Vec<String>,
-    /// Connections per node and process. Default 10.
-    #[serde(default = "default_pg_connections")]
-    pub max_connections: u32,
-    /// A replica further behind than this gets no reads. Default 1000.
-    #[serde(default = "default_max_lag_ms")]
-    pub max_lag_ms: u64,
-    /// How often the router probes every node. Default 200.
-    #[serde(default = "default_probe_interval_ms")]
-    pub probe_interval_ms: u64,
-}
-
-fn default_pg_connections() -> u32 {
-    10
-}
-fn default_max_lag_ms() -> u64 {
-    1000
-}
-fn default_probe_interval_ms() -> u64 {
-    200
-}
-
-impl Default for SqlTier {
-    fn default() -> Self {
-        SqlTier::Embedded { path: None }
-    }
-}
-
-/// The cache tier.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum CacheTier {
-    /// In-process cache in every web server.
-    Embedded {
-        #[serde(flatten)]
-        config: CacheConfig,
-    },
-    /// Redis, shared by every web server, behind an in-process near-cache.
-    Redis(RedisCacheTier),
-}
-
-/// `[cache] kind = "redis"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisCacheTier {
-    /// `redis://host:port` of an external Redis. Absent in a topology: the
-    /// Redis that `up` starts itself (`[redis]`); `up` fills it in for its
-    /// children.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Prefix of every key. Default `scalestack:`.
-    #[serde(default = "default_redis_prefix")]
-    pub prefix: String,
-    /// Deadline of each Redis call, ms; past it the call is a miss. Default 200.
-    #[serde(default = "default_redis_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Entries live ttl × (1 ± jitter) so that entries set together do not
-    /// expire together. Default 0.1.
-    #[serde(default = "default_ttl_jitter")]
-    pub ttl_jitter: f64,
-    /// Lifetime of near-cache entries in each web server, ms; also the
-    /// bound on how stale another server's write can look. 0 turns the
-    /// near-cache off. Default 2000.
-    #[serde(default = "default_near_ttl_ms")]
-    pub near_ttl_ms: u64,
-    /// Size bound of the near-cache. Default 16 MiB.
-    #[serde(default = "default_near_max_bytes")]
-    pub near_max_bytes: usize,
-}
-
-fn default_redis_prefix() -> String {
-    "scalestack:".into()
-}
-fn default_redis_timeout_ms() -> u64 {
-    200
-}
-fn default_ttl_jitter() -> f64 {
-    0.1
-}
-fn default_near_ttl_ms() -> u64 {
-    2000
-}
-fn default_near_max_bytes() -> usize {
-    16 << 20
-}
-
-impl Default for CacheTier {
-    fn default() -> Self {
-        CacheTier::Embedded {
-            config: CacheConfig::default(),
-        }
-    }
-}
-
-/// The session store tier.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SessionsTier {
-    /// A table of the SQL store.
-    #[default]
-    Embedded,
-    /// Redis in front of the SQL table: reads from Redis, the table stays
-    /// the truth, so a Redis outage logs nobody out.
-    Redis(RedisSessionsTier),
-}
-
-/// `[sessions] kind = "redis"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisSessionsTier {
-    /// As `[cache] url`: absent means the Redis `up` manages.
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default = "default_redis_prefix")]
-    pub prefix: String,
-    #[serde(default = "default_redis_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Longest a session stays in Redis before it is re-read from SQL.
-    /// Default 300.
-    #[serde(default = "default_session_fast_ttl_secs")]
-    pub fast_ttl_secs: u64,
-}
-
-fn default_session_fast_ttl_secs() -> u64 {
-    300
-}
-
-/// The job queue tier.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum QueueTier {
-    /// A table of the SQL store with a visibility timeout.
-    Embedded {
-        #[serde(flatten)]
-        config: QueueConfig,
-    },
-}
-
-impl Default for QueueTier {
-    fn default() -> Self {
-        QueueTier::Embedded {
-            config: QueueConfig::default(),
-        }
-    }
-}
-
-/// The blob store tier.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum BlobsTier {
-    /// Files under `dir`, default `<data_dir>/blobs`.
-    Embedded {
-        #[serde(default)]
-        dir: Option<PathBuf>,
-    },
-}
-
-impl Default for BlobsTier {
-    fn default() -> Self {
-        BlobsTier::Embedded { dir: None }
+impl BackendsConfig {
+    /// The SQLite file of the embedded SQL tier.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self.sql.sqlite_path(&self.data_dir)
     }
 }
 
@@ -240,133 +87,36 @@ pub struct Backends {
     pub sessions: Arc<dyn SessionStore>,
     pub queue: Arc<dyn JobQueue>,
     pub blobs: Arc<dyn BlobStore>,
-}
-
-impl BackendsConfig {
-    /// The SQLite file of the embedded SQL tier.
-    pub fn sqlite_path(&self) -> Option<PathBuf> {
-        match &self.sql {
-            SqlTier::Embedded { path } => Some(self.under_data(path.as_deref(), "scalestack.db")),
-            SqlTier::Postgres(_) => None,
-        }
-    }
-
-    fn under_data(&self, explicit: Option<&Path>, default: &str) -> PathBuf {
-        explicit.map_or_else(|| self.data_dir.join(default), Path::to_path_buf)
-    }
+    /// The registry the adapters registered their metrics in; the process
+    /// adds its own components and serves it on `/metrics`.
+    pub metrics: telemetry::Registry,
 }
 
 impl Backends {
-    /// Opens every tier (creating embedded state and applying migrations).
+    /// Opens every tier (creating embedded state and applying migrations),
+    /// their metrics in a registry of their own ([`Backends::metrics`]).
     pub async fn connect(config: &BackendsConfig) -> anyhow::Result<Self> {
+        Self::connect_with(config, &telemetry::Registry::new()).await
+    }
+
+    /// Opens every tier, each with its own builder; adapters register their
+    /// metrics in `registry`, which the process serves on `/metrics`.
+    pub async fn connect_with(
+        config: &BackendsConfig,
+        registry: &telemetry::Registry,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let queue_config = match &config.queue {
-            QueueTier::Embedded { config } => *config,
-        };
-        // The SQL tier serves the store, the durable sessions and the queue.
-        let (store, sql_sessions, queue): (Arc<dyn Store>, Arc<dyn SessionStore>, Arc<dyn JobQueue>) =
-            match &config.sql {
-                SqlTier::Embedded { .. } => {
-                    let path = config.sqlite_path().expect("embedded tier has a path");
-                    let pool = store_sqlite::open(&path)
-                        .await
-                        .with_context(|| format!("opening SQLite database {}", path.display()))?;
-                    (
-                        Arc::new(store_sqlite::SqliteStore::new(pool.clone())),
-                        Arc::new(store_sqlite::SqlSessionStore::new(pool.clone())),
-                        Arc::new(store_sqlite::SqlJobQueue::new(pool, queue_config)),
-                    )
-                }
-                SqlTier::Postgres(tier) => {
-                    anyhow::ensure!(
-                        !tier.nodes.is_empty(),
-                        "sql.nodes is empty (up fills it in when it runs the PostgreSQL cluster)"
-                    );
-                    let router =
-                        store_postgres::router::PgRouter::connect(store_postgres::router::RouterConfig {
-                            nodes: tier.nodes.clone(),
-                            max_connections: tier.max_connections,
-                            max_lag_ms: tier.max_lag_ms,
-                            probe_interval_ms: tier.probe_interval_ms,
-                            replica_set: domain::consistency::ReplicaSetId::DEFAULT,
-                        })
-                        .await
-                        .context("connecting to PostgreSQL")?;
-                    router.migrate().await.context("migrating PostgreSQL")?;
-                    (router.store(), router.sessions(), router.queue(queue_config))
-                }
-            };
-        let cache: Arc<dyn Cache> = match &config.cache {
-            CacheTier::Embedded { config } => Arc::new(cache::InProcessCache::new(*config)),
-            CacheTier::Redis(tier) => redis_cache(tier)?,
-        };
-        let sessions: Arc<dyn SessionStore> = match &config.sessions {
-            SessionsTier::Embedded => sql_sessions,
-            SessionsTier::Redis(tier) => {
-                let url = tier
-                    .url
-                    .clone()
-                    .context("sessions.url is missing (up sets it when it manages the Redis)")?;
-                let redis_config = store_redis::RedisConfig {
-                    url,
-                    prefix: tier.prefix.clone(),
-                    timeout_ms: tier.timeout_ms,
-                    ..Default::default()
-                };
-                let (_, fast) = store_redis::connect(&redis_config).context("configuring Redis sessions")?;
-                Arc::new(store_redis::LayeredSessions::new(
-                    fast,
-                    sql_sessions,
-                    std::time::Duration::from_secs(tier.fast_ttl_secs),
-                ))
-            }
-        };
-        let blobs: Arc<dyn BlobStore> = match &config.blobs {
-            BlobsTier::Embedded { dir } => {
-                let dir = config.under_data(dir.as_deref(), "blobs");
-                Arc::new(
-                    blob::LocalBlobStore::open(&dir)
-                        .await
-                        .with_context(|| format!("opening blob directory {}", dir.display()))?,
-                )
-            }
-        };
+        let sql = SqlEngine::open(&config.sql, &config.data_dir, registry).await?;
         Ok(Backends {
-            store,
-            cache,
-            sessions,
-            queue,
-            blobs,
+            store: sql.store(),
+            cache: self::cache::build(&config.cache, registry)?,
+            sessions: self::sessions::build(&config.sessions, &sql, registry)?,
+            queue: self::queue::build(&config.queue, &sql)?,
+            blobs: self::blobs::build(&config.blobs, &config.data_dir).await?,
+            metrics: registry.clone(),
         })
     }
-}
-
-/// The Redis cache, behind a near-cache unless that is turned off.
-fn redis_cache(tier: &RedisCacheTier) -> anyhow::Result<Arc<dyn Cache>> {
-    let url = tier
-        .url
-        .clone()
-        .context("cache.url is missing (up sets it when it manages the Redis)")?;
-    let redis_config = store_redis::RedisConfig {
-        url,
-        prefix: tier.prefix.clone(),
-        timeout_ms: tier.timeout_ms,
-        ttl_jitter: tier.ttl_jitter,
-    };
-    let (remote, _sessions) = store_redis::connect(&redis_config).context("configuring the Redis cache")?;
-    if tier.near_ttl_ms == 0 {
-        return Ok(Arc::new(remote));
-    }
-    let near = CacheConfig {
-        policy: EvictionPolicy::Lru,
-        max_bytes: tier.near_max_bytes,
-    };
-    Ok(Arc::new(cache::NearCache::new(
-        near,
-        std::time::Duration::from_millis(tier.near_ttl_ms),
-        Arc::new(remote),
-    )))
 }
 
 #[cfg(test)]

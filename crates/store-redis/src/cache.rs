@@ -44,6 +44,12 @@ impl RedisCache {
         self.client.stats()
     }
 
+    /// Exports the connection's breaker state and counters to `registry`
+    /// (`breaker_open`, `failures_total`, `skips_total`, labelled `tier`).
+    pub fn register_metrics(&self, registry: &prometheus::Registry, tier: &str) {
+        crate::metrics::register(&self.client, registry, tier);
+    }
+
     /// One `PING` round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), BackendError> {
         self.client.run::<()>(&redis::cmd("PING")).await

@@ -12,6 +12,7 @@
 mod breaker;
 mod cache;
 mod client;
+mod metrics;
 mod sessions;
 
 pub use breaker::RedisStats;

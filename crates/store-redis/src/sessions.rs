@@ -45,6 +45,12 @@ impl RedisSessionStore {
         self.client.stats()
     }
 
+    /// Exports the connection's breaker state and counters to `registry`
+    /// (`breaker_open`, `failures_total`, `skips_total`, labelled `tier`).
+    pub fn register_metrics(&self, registry: &prometheus::Registry, tier: &str) {
+        crate::metrics::register(&self.client, registry, tier);
+    }
+
     /// Stores a session issued elsewhere (by the durable store a
     /// [`LayeredSessions`] fronts), for at most `ttl`.
     pub async fn put(
@@ -66,19 +72,6 @@ impl RedisSessionStore {
     }
 }
 
-/// Session reads served by the durable store because Redis failed, in the
-/// process-wide Prometheus registry (the web tier's `/metrics` includes it).
-/// The outage itself is logged once, when the circuit breaker opens.
-pub static FALLBACKS: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
-    let c = prometheus::IntCounter::new(
-        "scalestack_session_redis_fallbacks_total",
-        "Session reads served from SQL because Redis failed",
-    )
-    .expect("valid metric");
-    let _ = prometheus::default_registry().register(Box::new(c.clone()));
-    c
-});
-
 /// Sessions in Redis in front of a durable session store (SQL): reads hit
 /// Redis and fall back to the durable store on a miss (then refill Redis)
 /// or on any Redis error, so a Redis outage or restart logs nobody out.
@@ -90,17 +83,39 @@ pub struct LayeredSessions {
     /// Longest a session stays in Redis before it is re-read from the
     /// durable store.
     fast_ttl: Duration,
+    /// Session reads served by the durable store because Redis failed. The
+    /// outage itself is logged once, when the circuit breaker opens.
+    fallbacks: prometheus::IntCounter,
 }
 
 impl LayeredSessions {
+    /// Redis sessions (`fast`, kept at most `fast_ttl`) in front of
+    /// `durable`. Fallbacks are counted but exported nowhere until
+    /// [`LayeredSessions::with_metrics`].
     pub fn new(fast: RedisSessionStore, durable: Arc<dyn SessionStore>, fast_ttl: Duration) -> Self {
         LayeredSessions {
             fast,
             durable,
             fast_ttl,
+            fallbacks: prometheus::IntCounter::new(FALLBACKS_NAME, FALLBACKS_HELP).expect("valid metric"),
         }
     }
+
+    /// Exports the fallback count as `session_redis_fallbacks_total` in
+    /// `registry` (the web tier's is prefixed `scalestack_`).
+    pub fn with_metrics(self, registry: &prometheus::Registry) -> Self {
+        let _ = registry.register(Box::new(self.fallbacks.clone()));
+        self
+    }
+
+    /// Session reads served by the durable store because Redis failed.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.get()
+    }
 }
+
+const FALLBACKS_NAME: &str = "session_redis_fallbacks_total";
+const FALLBACKS_HELP: &str = "Session reads served from SQL because Redis failed";
 
 #[async_trait]
 impl SessionStore for LayeredSessions {
@@ -121,7 +136,7 @@ impl SessionStore for LayeredSessions {
             Ok(Some(s)) => return Ok(Some(s)),
             Ok(None) => {}
             Err(e) => {
-                FALLBACKS.inc();
+                self.fallbacks.inc();
                 tracing::debug!(error = %e, "redis unavailable for sessions; reading the store");
                 return self.durable.get(token).await;
             }

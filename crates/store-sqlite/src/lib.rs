@@ -12,12 +12,12 @@ mod store;
 pub use domain::QueueConfig;
 pub use queue::SqlJobQueue;
 pub use sessions::SqlSessionStore;
+/// The connection pool every adapter of one database shares.
+pub use sqlx::sqlite::SqlitePool;
 pub use store::SqliteStore;
 
 use domain::StoreError;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;

@@ -170,10 +170,11 @@ pub struct Worker {
 impl Worker {
     /// A worker over `backends`.
     pub fn new(backends: Backends, settings: WorkerSettings) -> Self {
+        let metrics = Arc::new(WorkerMetrics::in_registry(&backends.metrics));
         Worker {
             backends,
             settings: Arc::new(settings),
-            metrics: Arc::new(WorkerMetrics::new()),
+            metrics,
         }
     }
 

@@ -7,20 +7,27 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use backends::Backends;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use std::sync::Arc;
 
-/// Jobs by outcome and the queue depth.
+/// Jobs by outcome and the queue depth (component `scalestack` of the
+/// process's registry, which also holds what the adapters count).
 pub struct WorkerMetrics {
-    registry: Registry,
+    registry: telemetry::Registry,
     jobs: IntCounterVec,
     queue_depth: IntGaugeVec,
 }
 
 impl WorkerMetrics {
-    /// Registers every metric.
+    /// Registers every metric in a registry of its own.
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("scalestack".into()), None).expect("valid prefix");
+        Self::in_registry(&telemetry::Registry::new())
+    }
+
+    /// Registers every metric as the `scalestack` component of `process`;
+    /// `/metrics` renders all of `process`.
+    pub fn in_registry(process: &telemetry::Registry) -> Self {
+        let registry = process.component("scalestack");
         let jobs = IntCounterVec::new(
             Opts::new(
                 "jobs_total",
@@ -40,7 +47,7 @@ impl WorkerMetrics {
         registry.register(Box::new(jobs.clone())).expect("unique");
         registry.register(Box::new(queue_depth.clone())).expect("unique");
         WorkerMetrics {
-            registry,
+            registry: process.clone(),
             jobs,
             queue_depth,
         }
@@ -76,9 +83,7 @@ async fn render(State((m, b)): State<(Arc<WorkerMetrics>, Backends)>) -> Respons
         m.queue_depth.with_label_values(&["in_flight"]).set(d.in_flight);
         m.queue_depth.with_label_values(&["dead"]).set(d.dead);
     }
-    let text = TextEncoder::new()
-        .encode_to_string(&m.registry.gather())
-        .unwrap_or_default();
+    let text = m.registry.render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

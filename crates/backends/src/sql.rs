@@ -1,0 +1,147 @@
+//! The SQL store tier (`[sql]`) and the engine it opens: SQLite embedded, or
+//! PostgreSQL replica sets behind the DB router. The engine serves the
+//! `Store` port, and also the session store and the job queue when their
+//! tiers choose a table of the SQL store.
+
+use anyhow::Context;
+use domain::ports::{JobQueue, SessionStore, Store};
+use domain::QueueConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The SQL store tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SqlTier {
+    /// SQLite in WAL mode; `path` defaults to `<data_dir>/scalestack.db`.
+    Embedded {
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+    /// PostgreSQL primary and replicas.
+    Postgres(PostgresTier),
+}
+
+impl Default for SqlTier {
+    fn default() -> Self {
+        SqlTier::Embedded { path: None }
+    }
+}
+
+/// `[sql] kind = "postgres"`: a primary and replicas behind the DB router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTier {
+    /// URL of every node, primary and replicas, in any order: the router
+    /// finds out which is the primary, and follows a failover. Empty in a
+    /// topology: the cluster `up` runs (`[postgres]`).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Connections per node and process. Default 10.
+    #[serde(default = "default_pg_connections")]
+    pub max_connections: u32,
+    /// A replica further behind than this gets no reads. Default 1000.
+    #[serde(default = "default_max_lag_ms")]
+    pub max_lag_ms: u64,
+    /// How often the router probes every node. Default 200.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+}
+
+fn default_pg_connections() -> u32 {
+    10
+}
+fn default_max_lag_ms() -> u64 {
+    1000
+}
+fn default_probe_interval_ms() -> u64 {
+    200
+}
+
+impl SqlTier {
+    /// The SQLite file of the embedded tier under `data_dir`; `None` for
+    /// PostgreSQL.
+    pub fn sqlite_path(&self, data_dir: &Path) -> Option<PathBuf> {
+        match self {
+            SqlTier::Embedded { path } => {
+                Some(path.clone().unwrap_or_else(|| data_dir.join("scalestack.db")))
+            }
+            SqlTier::Postgres(_) => None,
+        }
+    }
+}
+
+/// An open SQL engine: what the `[sql]` tier chose, connected and migrated.
+/// Other tiers that keep their data in the SQL store (sessions, the queue)
+/// borrow it.
+pub enum SqlEngine {
+    /// One SQLite database shared by every adapter.
+    Sqlite(store_sqlite::SqlitePool),
+    /// The DB router over the PostgreSQL nodes.
+    Postgres(store_postgres::router::PgRouter),
+}
+
+impl SqlEngine {
+    /// Opens (creating an embedded database) and migrates the tier's engine.
+    /// The router's metrics go to `registry`.
+    pub async fn open(
+        tier: &SqlTier,
+        data_dir: &Path,
+        registry: &telemetry::Registry,
+    ) -> anyhow::Result<Self> {
+        match tier {
+            SqlTier::Embedded { .. } => {
+                let path = tier.sqlite_path(data_dir).expect("embedded tier has a path");
+                let pool = store_sqlite::open(&path)
+                    .await
+                    .with_context(|| format!("opening SQLite database {}", path.display()))?;
+                Ok(SqlEngine::Sqlite(pool))
+            }
+            SqlTier::Postgres(tier) => {
+                anyhow::ensure!(
+                    !tier.nodes.is_empty(),
+                    "sql.nodes is empty (up fills it in when it runs the PostgreSQL cluster)"
+                );
+                let router =
+                    store_postgres::router::PgRouter::connect(store_postgres::router::RouterConfig {
+                        nodes: tier.nodes.clone(),
+                        max_connections: tier.max_connections,
+                        max_lag_ms: tier.max_lag_ms,
+                        probe_interval_ms: tier.probe_interval_ms,
+                    })
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                router.migrate().await.context("migrating PostgreSQL")?;
+                router
+                    .register_metrics(&registry.component("scalestack"))
+                    .context("registering the DB router's metrics")?;
+                Ok(SqlEngine::Postgres(router))
+            }
+        }
+    }
+
+    /// The `Store` port.
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            SqlEngine::Sqlite(pool) => Arc::new(store_sqlite::SqliteStore::new(pool.clone())),
+            SqlEngine::Postgres(router) => router.store(),
+        }
+    }
+
+    /// Sessions in a table of the SQL store.
+    pub fn sessions(&self) -> Arc<dyn SessionStore> {
+        match self {
+            SqlEngine::Sqlite(pool) => Arc::new(store_sqlite::SqlSessionStore::new(pool.clone())),
+            SqlEngine::Postgres(router) => router.sessions(),
+        }
+    }
+
+    /// A job queue in a table of the SQL store.
+    pub fn queue(&self, config: QueueConfig) -> Arc<dyn JobQueue> {
+        match self {
+            SqlEngine::Sqlite(pool) => Arc::new(store_sqlite::SqlJobQueue::new(pool.clone(), config)),
+            SqlEngine::Postgres(router) => router.queue(config),
+        }
+    }
+}
