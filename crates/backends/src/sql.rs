@@ -109,6 +109,7 @@ impl SqlEngine {
                         max_connections: tier.max_connections,
                         max_lag_ms: tier.max_lag_ms,
                         probe_interval_ms: tier.probe_interval_ms,
+                        replica_set: domain::consistency::ReplicaSetId::DEFAULT,
                     })
                     .await
                     .context("connecting to PostgreSQL")?;

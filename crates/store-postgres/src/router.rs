@@ -235,7 +235,7 @@ impl PgRouter {
     /// call (claims lock rows: only a primary can).
     pub fn queue(&self, config: QueueConfig) -> Arc<dyn JobQueue> {
         let inner = Arc::clone(&self.inner);
-        Arc::new(PgJobQueue::on_current(
+        Arc::new(crate::PgJobQueue::on_current(
             move || Ok(inner.primary()?.store.pool().clone()),
             config,
         ))

@@ -5,9 +5,9 @@
 //! primary can). Without a primary they fail at once.
 
 use super::Inner;
-use crate::{PgJobQueue, PgSessionStore, QueueConfig};
+use crate::PgSessionStore;
 use async_trait::async_trait;
-use domain::ports::{JobQueue, SessionStore};
+use domain::ports::SessionStore;
 use domain::*;
 use std::sync::Arc;
 use std::time::Duration;
