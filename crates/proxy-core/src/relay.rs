@@ -50,6 +50,14 @@ pub trait ProxyHooks {
         error.retry_safe(method)
     }
 
+    /// Whether the client connection may stay open after this answer, asked
+    /// when the response head is written (a proxy that began to stop while
+    /// the upstream worked says no, and the head says `connection: close`).
+    /// Default: yes.
+    fn client_keep_alive(&mut self) -> bool {
+        true
+    }
+
     /// Whether an end-to-end field of the response is passed to the client
     /// (hop-by-hop ones and `Content-Length` never are; the relay writes
     /// the framing itself). Default: all.
@@ -223,7 +231,7 @@ async fn relay_response<H: ProxyHooks, W: AsyncWrite + Unpin>(
 ) -> io::Result<bool> {
     let framing = response.framing();
     let decode = framing == Framing::Chunked && !side.http11;
-    let mut keep = side.keep_alive && framing != Framing::UntilClose && !decode;
+    let mut keep = side.keep_alive && framing != Framing::UntilClose && !decode && hooks.client_keep_alive();
     out.clear();
     encode_response_head(hooks, response.head(), method, side.http11, keep, out);
     loop {
