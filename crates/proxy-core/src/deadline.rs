@@ -122,7 +122,9 @@ impl Deadline {
 /// upstream client, the relay).
 #[derive(Clone, Copy)]
 pub struct Timer<'a> {
+    /// The shared coarse clock.
     pub clock: &'a Clock,
+    /// The connection's deadline slot.
     pub deadline: &'a Deadline,
 }
 

@@ -157,6 +157,7 @@ pub async fn read_head<R: AsyncRead + Unpin>(
 /// A request body and its share of the memory budget, given back when the
 /// body is dropped.
 pub struct Body {
+    /// The whole body, chunk framing removed.
     pub bytes: Bytes,
     _budget: Option<OwnedSemaphorePermit>,
 }

@@ -132,7 +132,9 @@ pub struct Relayed {
 /// response encoded for the client. Reused from one request to the next.
 #[derive(Debug, Default)]
 pub struct Scratch {
+    /// The request as encoded for the upstream.
     pub request: Vec<u8>,
+    /// The response (head and body pieces) as written to the client.
     pub response: Vec<u8>,
 }
 

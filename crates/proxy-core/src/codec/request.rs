@@ -11,6 +11,7 @@ use std::ops::Range;
 /// A parsed request head.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
+    /// The request method.
     pub method: Method,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,

@@ -11,6 +11,7 @@ use std::ops::Range;
 /// A parsed final (non-1xx) response head.
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
+    /// The status code (200 to 599).
     pub status: u16,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
