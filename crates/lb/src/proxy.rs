@@ -29,7 +29,7 @@ use proxy_core::{BodyError, SendError, Timer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts until the load balancer stops (or the task is dropped);
@@ -175,26 +175,8 @@ async fn refuse(stream: &mut TcpStream, shared: &Shared, e: &ReadError) {
         .await
         .is_ok()
     {
-        lingering_close(stream).await;
+        downstream::lingering_close(stream).await;
     }
-}
-
-/// Half-closes and discards what the client still sends for a moment, so
-/// the kernel does not reset the connection (and destroy our answer) when
-/// unread request bytes are pending.
-async fn lingering_close(stream: &mut TcpStream) {
-    let _ = stream.shutdown().await;
-    let drain = async {
-        let mut sink = [0u8; 8192];
-        let mut total = 0usize;
-        while let Ok(n) = stream.read(&mut sink).await {
-            total += n;
-            if n == 0 || total > (1 << 20) {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// The error page of a failure.

@@ -244,6 +244,24 @@ pub async fn read_body<R: AsyncRead + Unpin>(
     Ok(Body { bytes, _budget: held })
 }
 
+/// Half-closes and discards what the client still sends for a moment, so
+/// the kernel does not reset the connection (and destroy our answer) when
+/// unread request bytes are pending. Up to 1 s and 1 MiB.
+pub async fn lingering_close(stream: &mut tokio::net::TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 8192];
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > (1 << 20) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 /// The reason phrase of a status, `Unknown` for unregistered ones.
 pub fn reason(status: u16) -> &'static str {
     http::StatusCode::from_u16(status)
