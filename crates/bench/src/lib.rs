@@ -2,9 +2,10 @@
 //! minimal backend (`bench serve`), used to compare the project's load
 //! balancer with nginx and HAProxy (see `scripts/bench-lb.sh`).
 //!
-//! The generator speaks HTTP/1.1 on plain tokio `TcpStream`s with a small
-//! response parser, one task per keep-alive connection, and records latency in
-//! an HDR histogram (microseconds, 3 significant digits). It runs closed loop
+//! The generator speaks HTTP/1.1 on plain tokio `TcpStream`s, reads
+//! responses with `proxy_core`'s codec (the LB's), runs one task per
+//! keep-alive connection, and records latency in an HDR histogram
+//! (microseconds, 3 significant digits). It runs closed loop
 //! by default, or open loop at a fixed `--rate` with latency measured from
 //! each request's intended start, so a stalled server is charged for the
 //! queueing it causes.

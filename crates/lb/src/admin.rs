@@ -14,7 +14,8 @@
 
 use crate::backend::{BackendStatus, SetError};
 use crate::config::BackendSpec;
-use crate::Shared;
+use crate::health_check;
+use crate::shared::Shared;
 use axum::extract::{rejection::JsonRejection, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -71,8 +72,10 @@ async fn add(State(s): State<AppState>, body: Result<Json<BackendSpec>, JsonReje
     if !(1..=1000).contains(&spec.weight) {
         return error(StatusCode::BAD_REQUEST, "weight must be 1 to 1000");
     }
-    match s.add_backend(&spec).await {
+    match s.add_backend(&spec) {
         Ok(b) => {
+            // Probed once right away, so a healthy one takes traffic at once.
+            health_check::check_and_record(&b, &s.config.health).await;
             tracing::info!(backend = %spec.addr, healthy = b.is_healthy(), "backend added");
             (StatusCode::CREATED, Json(b.status())).into_response()
         }
@@ -110,7 +113,11 @@ async fn remove(State(s): State<AppState>, Path(addr): Path<String>) -> Response
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let text = s.metrics.render(&s.backends.snapshot());
+    let backends = s.backends.snapshot();
+    let in_flight = backends
+        .iter()
+        .map(|b| (b.addr, b.in_flight.load(std::sync::atomic::Ordering::Relaxed)));
+    let text = s.metrics.render(in_flight);
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         text,

@@ -4,7 +4,6 @@
 use crate::config::{BackendSpec, OutlierConfig};
 use crate::metrics::BackendMetrics;
 use serde::Serialize;
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,12 +24,6 @@ pub struct Backend {
     /// Smooth weighted round robin's running weight.
     pub(crate) current_weight: AtomicI64,
     pub metrics: BackendMetrics,
-    /// Idle keep-alive connections to this backend, most recent last, one
-    /// pool per worker thread: a socket is
-    /// registered with the reactor of the thread that opened it, and using
-    /// it from another thread's runtime would turn every read into a
-    /// cross-thread wake-up.
-    idle: Box<[Mutex<Vec<crate::upstream::IdleConn>>]>,
 }
 
 #[derive(Default)]
@@ -66,20 +59,6 @@ pub struct BackendStatus {
     pub errors: u64,
 }
 
-/// Pools per backend; worker threads beyond this share them (correct, only
-/// slower).
-const POOL_SLOTS: usize = 64;
-
-thread_local! {
-    /// The pool this thread's runtime uses: its worker index.
-    static POOL_SLOT: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Makes the calling thread use pool `slot` (each worker thread its own).
-pub(crate) fn set_pool_slot(slot: usize) {
-    POOL_SLOT.with(|s| s.set(slot));
-}
-
 impl Backend {
     /// A backend that is not yet known to be healthy: it gets traffic after
     /// its first passed health check.
@@ -95,7 +74,6 @@ impl Backend {
             outlier: Mutex::new(OutlierState::default()),
             current_weight: AtomicI64::new(0),
             metrics,
-            idle: (0..POOL_SLOTS).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 
@@ -190,24 +168,6 @@ impl Backend {
         o.ejected_until = Some(Instant::now() + Duration::from_millis(ms));
         self.metrics.ejections.inc();
         Some(Duration::from_millis(ms))
-    }
-
-    fn pool(&self) -> &Mutex<Vec<crate::upstream::IdleConn>> {
-        &self.idle[POOL_SLOT.with(Cell::get) % POOL_SLOTS]
-    }
-
-    /// This thread's most recently used idle connection, if any.
-    pub(crate) fn take_idle(&self) -> Option<crate::upstream::IdleConn> {
-        self.pool().lock().unwrap_or_else(|e| e.into_inner()).pop()
-    }
-
-    /// Gives a connection back to this thread's pool (dropped when the pool
-    /// is full).
-    pub(crate) fn put_idle(&self, conn: crate::upstream::IdleConn, max: usize) {
-        let mut idle = self.pool().lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < max {
-            idle.push(conn);
-        }
     }
 
     /// What the admin API shows.

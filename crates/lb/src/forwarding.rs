@@ -15,10 +15,10 @@
 //! Also the consistent-hash key, read from the same fields.
 
 use crate::config::HashKey;
-use crate::http1::{is_hop_by_hop_bytes, list_tokens, RequestHead};
 use crate::selection::stable_hash;
-use crate::upstream::push_decimal;
-use http::Method;
+use proxy_core::codec::RequestHead;
+use proxy_core::hop_by_hop::{connection_named, is_dropped};
+use proxy_core::relay::{encode_request_end, encode_request_line, field, is_framing_field};
 use std::net::{IpAddr, SocketAddr};
 
 /// The client of a connection, worked out once per connection.
@@ -85,17 +85,10 @@ impl RequestId {
 /// returns the request's id.
 pub(crate) fn encode_request(out: &mut Vec<u8>, head: &RequestHead, body: &[u8], peer: &Peer) -> RequestId {
     out.clear();
-    out.extend_from_slice(head.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(head.target().as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-
+    encode_request_line(head, out);
     // Names the client's Connection header declares hop-by-hop (rare:
     // no allocation unless there are some).
-    let mut named: Vec<&[u8]> = Vec::new();
-    for v in head.values(b"connection") {
-        named.extend(list_tokens(v));
-    }
+    let named = connection_named(head.fields());
     let trusted = peer.trusted;
     let kept_id = {
         let mut ids = head.values(b"x-request-id");
@@ -106,15 +99,13 @@ pub(crate) fn encode_request(out: &mut Vec<u8>, head: &RequestHead, body: &[u8],
     };
     let (mut has_proto, mut has_host) = (false, false);
     for (name, value) in head.headers() {
-        let dropped = is_hop_by_hop_bytes(name)
-            || name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"expect")
+        let dropped = is_dropped(name, &named)
+            || is_framing_field(name)
             || name.eq_ignore_ascii_case(b"x-forwarded-for")
             // Other spellings of the client's address: only ours reach the
             // backend, unless the peer is a trusted proxy.
             || (!trusted && (name.eq_ignore_ascii_case(b"forwarded") || name.eq_ignore_ascii_case(b"x-real-ip")))
-            || (name.eq_ignore_ascii_case(b"x-request-id") && kept_id.is_none())
-            || named.iter().any(|n| n.eq_ignore_ascii_case(name));
+            || (name.eq_ignore_ascii_case(b"x-request-id") && kept_id.is_none());
         if dropped {
             continue;
         }
@@ -154,21 +145,8 @@ pub(crate) fn encode_request(out: &mut Vec<u8>, head: &RequestHead, body: &[u8],
         field(out, b"x-request-id", id.as_str().as_bytes());
         id
     });
-    if !body.is_empty() || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
-        out.extend_from_slice(b"content-length: ");
-        push_decimal(out, body.len() as u64);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
+    encode_request_end(head, body, out);
     id
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The consistent-hash key of a request; the client IP when the configured
@@ -201,7 +179,13 @@ pub(crate) fn hash_key(key: &HashKey, head: &RequestHead, ip: IpAddr) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::parse_for_test;
+
+    fn parse_for_test(raw: &[u8]) -> RequestHead {
+        let limits = proxy_core::HeadLimits::default();
+        proxy_core::codec::parse_request(&mut bytes::BytesMut::from(raw), &limits)
+            .expect("a valid head")
+            .expect("a complete head")
+    }
 
     fn encoded(raw: &str, body: &[u8], peer: &Peer) -> (String, String) {
         let head = parse_for_test(raw.as_bytes());

@@ -3,20 +3,20 @@
 //! failures unhealthy. A fresh connection (not the pool) is used on purpose:
 //! the check must see what a new request would see.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendSet};
 use crate::config::HealthConfig;
-use crate::Shared;
+use crate::shared::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Probes every backend once, concurrently.
-pub(crate) async fn check_all(shared: &Shared) {
+pub(crate) async fn check_all(backends: &BackendSet, config: &HealthConfig) {
     let mut set = tokio::task::JoinSet::new();
-    for b in shared.backends.snapshot().iter() {
+    for b in backends.snapshot().iter() {
         let b = b.clone();
-        let config = shared.config.health.clone();
+        let config = config.clone();
         set.spawn(async move { check_and_record(&b, &config).await });
     }
     while set.join_next().await.is_some() {}
@@ -41,7 +41,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     tick.tick().await; // the first round ran in build()
     loop {
         tick.tick().await;
-        check_all(&shared).await;
+        check_all(&shared.backends, &shared.config.health).await;
     }
 }
 

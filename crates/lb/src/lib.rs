@@ -1,74 +1,44 @@
 //! `scalestack lb`: the HTTP load balancer in front of the web tier.
 //!
-//! A strict HTTP/1.1 front end ([`http1`]) reads each client request in
-//! full (limits, timeouts, no ambiguous framing), picks a backend with the
-//! configured [`selection`] algorithm among those the health checks
-//! ([`health_check`]) and passive ejection ([`backend`]) allow, forwards it
-//! over a keep-alive pool ([`upstream`]) and streams the answer back. Backends
-//! change at runtime through the [`admin`] API.
+//! The HTTP machinery is `proxy_core`'s (the strict codec, deadlines, the
+//! keep-alive pool, the upstream client and the relay); this crate is the
+//! policy: it picks a backend with the configured [`selection`] algorithm
+//! among those the health checks ([`health_check`]) and passive ejection
+//! ([`backend`]) allow, rewrites the request ([`forwarding`]: `X-Forwarded-*`,
+//! request id), decides retries, counts [`metrics`] through the relay's
+//! hooks ([`proxy`]), and changes backends at runtime through the [`admin`]
+//! API.
 //!
 //! ```text
-//! client ─▶ accept (max_connections) ─▶ http1::read_head/read_body
-//!        ─▶ proxy::forward ─▶ selection::choose ─▶ upstream::send (pooled) ─▶ backend
+//! client ─▶ accept (max_connections) ─▶ proxy_core::downstream::read_head/read_body
+//!        ─▶ proxy_core::relay(LbHooks) ─▶ selection::choose ─▶ proxy_core::Client::send (pooled) ─▶ backend
 //! ```
+//!
+//! Modules depend one way: `lib` ─▶ `admin`, `proxy`, `health_check` ─▶
+//! `shared` ─▶ `backend`, `selection`, `metrics`, `config`.
 
 pub mod admin;
 pub mod backend;
 pub mod config;
-mod deadline;
 mod forwarding;
 mod health_check;
-pub mod http1;
 pub mod metrics;
 mod proxy;
 pub mod selection;
-mod upstream;
+mod shared;
 
 pub use backend::{Backend, BackendSet, BackendStatus};
 pub use config::{Algorithm, BackendSpec, HashKey, HealthConfig, LbConfig, Limits, OutlierConfig};
 
 use anyhow::Context;
+use proxy_core::{Clock, ReadLimits};
+use shared::Shared;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-
-/// State shared by every connection, the health checker and the admin API.
-pub(crate) struct Shared {
-    pub config: LbConfig,
-    pub backends: BackendSet,
-    pub selector: Box<dyn selection::Selector>,
-    pub metrics: metrics::Metrics,
-    pub upstream: upstream::Upstream,
-    pub read_limits: http1::ReadLimits,
-    /// One permit per open client connection.
-    pub connection_slots: Arc<Semaphore>,
-    /// Bytes of request bodies that may be held at once (`max_buffered_bytes`).
-    pub body_budget: Arc<Semaphore>,
-    /// Flips to true when shutdown starts.
-    pub stopping: watch::Receiver<bool>,
-    /// Coarse clock of the data path's deadlines.
-    pub clock: Arc<deadline::Clock>,
-}
-
-impl Shared {
-    /// Adds a backend, probes it once right away and returns its state.
-    pub(crate) async fn add_backend(&self, spec: &BackendSpec) -> Result<Arc<Backend>, backend::SetError> {
-        let b = self
-            .backends
-            .add(Backend::new(spec, self.metrics.backend(spec.addr)))?;
-        health_check::check_and_record(&b, &self.config.health).await;
-        Ok(b)
-    }
-
-    pub(crate) fn remove_backend(&self, addr: SocketAddr) -> Result<Arc<Backend>, backend::SetError> {
-        let b = self.backends.remove(addr)?;
-        self.metrics.forget(addr);
-        Ok(b)
-    }
-}
 
 /// A load balancer bound to its ports, not yet serving.
 pub struct LoadBalancer {
@@ -91,7 +61,7 @@ impl LoadBalancer {
             .await
             .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
         let l = &config.limits;
-        let read_limits = http1::ReadLimits {
+        let read_limits = ReadLimits {
             max_header_bytes: l.max_header_bytes,
             max_headers: l.max_headers,
             max_body_bytes: l.max_body_bytes,
@@ -104,7 +74,7 @@ impl LoadBalancer {
             selector: selection::selector(config.algorithm),
             metrics: metrics::Metrics::new(),
             backends: BackendSet::default(),
-            upstream: upstream::Upstream::new(&config),
+            upstream: shared::upstream_client(&config),
             read_limits,
             connection_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             body_budget: Arc::new(Semaphore::new(
@@ -114,7 +84,7 @@ impl LoadBalancer {
                     .min(Semaphore::MAX_PERMITS as u64) as usize,
             )),
             stopping,
-            clock: deadline::Clock::new(),
+            clock: Clock::new(),
             config,
         });
         for spec in &shared.config.backends {
@@ -123,7 +93,7 @@ impl LoadBalancer {
                 .add(Backend::new(spec, shared.metrics.backend(spec.addr)))
                 .map_err(|e| anyhow::anyhow!("invalid lb configuration: {e}"))?;
         }
-        health_check::check_all(&shared).await;
+        health_check::check_all(&shared.backends, &shared.config.health).await;
         Ok(LoadBalancer {
             listener,
             admin_listener,
@@ -174,7 +144,7 @@ impl LoadBalancer {
             let worker = std::thread::Builder::new()
                 .name(format!("lb-worker-{i}"))
                 .spawn(move || {
-                    backend::set_pool_slot(i);
+                    proxy_core::pool::set_thread_slot(i);
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;

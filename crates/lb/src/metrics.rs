@@ -2,7 +2,6 @@
 //! kind, latency, health, in-flight, ejections; totals by status; retries
 //! and refused requests.
 
-use crate::backend::Backend;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -158,12 +157,13 @@ impl Metrics {
         let _ = self.backend_ejections.remove_label_values(&[&a]);
     }
 
-    /// Text exposition, with in-flight gauges as of now.
-    pub fn render(&self, backends: &[std::sync::Arc<Backend>]) -> String {
-        for b in backends {
+    /// Text exposition, with the in-flight gauges set from `in_flight`
+    /// (each backend's requests in flight as of now).
+    pub fn render(&self, in_flight: impl IntoIterator<Item = (SocketAddr, u64)>) -> String {
+        for (addr, n) in in_flight {
             self.backend_in_flight
-                .with_label_values(&[&b.addr.to_string()])
-                .set(b.in_flight.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                .with_label_values(&[&addr.to_string()])
+                .set(n as i64);
         }
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())

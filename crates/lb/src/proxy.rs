@@ -1,6 +1,8 @@
-//! The data path: accept, read a request with [`crate::http1`], choose a
-//! backend, forward over the keep-alive pool, retry when it is safe, stream
-//! the answer back.
+//! The data path: accept, read a request with `proxy_core::downstream`,
+//! hand it to `proxy_core::relay` with [`LbHooks`], the balancer's policy:
+//! which backend, what the request carries (`X-Forwarded-*`, request id),
+//! whether a failed attempt goes elsewhere, and the metrics and passive
+//! ejection each outcome feeds.
 //!
 //! Retry rules (a request is tried on at most `1 + retries` backends):
 //! - the backend refused the connection or could not be reached: nothing
@@ -15,17 +17,19 @@
 
 use crate::backend::{Backend, InFlight, RequestResult};
 use crate::config::Algorithm;
-use crate::forwarding::{self, Peer};
-use crate::http1::{self, BodyFraming, ReadError, RequestHead};
+use crate::forwarding::{self, Peer, RequestId};
 use crate::selection;
-use crate::upstream::{self, ClientSide, SendError};
-use crate::Shared;
+use crate::shared::Shared;
 use bytes::BytesMut;
 use http::Method;
+use proxy_core::codec::{Framing, RequestHead, ResponseHead};
+use proxy_core::downstream::{self, ReadError};
+use proxy_core::relay::{field, Downstream, Failure, ProxyHooks, Scratch};
+use proxy_core::{BodyError, SendError, Timer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts until the load balancer stops (or the task is dropped);
@@ -59,7 +63,8 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 tokio::spawn(async move {
                     let mut stream = stream;
                     let body = br#"{"error":"too many connections"}"#;
-                    let write = http1::write_simple(&mut stream, 503, body, &[("retry-after", "1")], false);
+                    let write =
+                        downstream::write_simple(&mut stream, 503, body, &[("retry-after", "1")], false);
                     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
                 });
             }
@@ -67,17 +72,12 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Scratch capacity a connection keeps between requests.
-const SCRATCH_KEPT: usize = 64 * 1024;
-
 /// What a client connection carries from one request to the next.
 struct Connection<'a> {
     peer: Peer,
-    /// Scratch space: the request encoded for the backend, the response
-    /// encoded for the client.
-    request: Vec<u8>,
-    out: Vec<u8>,
-    timer: http1::Timer<'a>,
+    /// The request encoded for the backend, the response for the client.
+    scratch: Scratch,
+    timer: Timer<'a>,
 }
 
 /// Decrements the open-connection gauge when a connection ends.
@@ -99,14 +99,13 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
     let mut stopping = shared.stopping.clone();
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let deadline = shared.clock.deadline();
-    let t = http1::Timer {
+    let t = Timer {
         clock: &shared.clock,
         deadline: &deadline,
     };
     let mut conn = Connection {
         peer: Peer::new(peer, &shared.config.trusted_proxies),
-        request: Vec::with_capacity(1024),
-        out: Vec::with_capacity(1024),
+        scratch: Scratch::new(),
         timer: t,
     };
     // A new connection gets the header timeout for its first byte; between
@@ -121,24 +120,24 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         let read = if buf.is_empty() {
             tokio::select! {
                 biased;
-                r = http1::read_head(&mut stream, &mut buf, &limits, first_byte, t) => Some(r),
+                r = downstream::read_head(&mut stream, &mut buf, &limits, first_byte, t) => Some(r),
                 _ = stopping.wait_for(|s| *s) => None,
             }
         } else {
-            Some(http1::read_head(&mut stream, &mut buf, &limits, first_byte, t).await)
+            Some(downstream::read_head(&mut stream, &mut buf, &limits, first_byte, t).await)
         };
         let read = match read {
             Some(r) => r,
             None if buf.is_empty() => break,
-            None => http1::read_head(&mut stream, &mut buf, &limits, first_byte, t).await,
+            None => downstream::read_head(&mut stream, &mut buf, &limits, first_byte, t).await,
         };
         first_byte = limits.idle_timeout;
         let head = match read {
             Ok(h) => h,
             Err(e) => return refuse(&mut stream, shared, &e).await,
         };
-        if head.expect_continue && head.body != BodyFraming::None {
-            if matches!(head.body, BodyFraming::Length(n) if n > limits.max_body_bytes) {
+        if head.expect_continue && head.body != Framing::None {
+            if matches!(head.body, Framing::Length(n) if n > limits.max_body_bytes) {
                 return refuse(&mut stream, shared, &ReadError::BodyTooLarge).await;
             }
             if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
@@ -146,7 +145,9 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
             }
         }
         let body =
-            match http1::read_body(&mut stream, &mut buf, head.body, &limits, &shared.body_budget, t).await {
+            match downstream::read_body(&mut stream, &mut buf, head.body, &limits, &shared.body_budget, t)
+                .await
+            {
                 Ok(b) => b,
                 Err(e) => return refuse(&mut stream, shared, &e).await,
             };
@@ -155,11 +156,7 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         let served = proxy_request(shared, &mut stream, &mut conn, head, body, keep_alive).await;
         // The scratch buffers keep their capacity between requests; not
         // that of a large body (the budget gave those bytes back already).
-        for scratch in [&mut conn.request, &mut conn.out] {
-            if scratch.capacity() > SCRATCH_KEPT {
-                *scratch = Vec::with_capacity(1024);
-            }
-        }
+        conn.scratch.trim();
         match served {
             Ok(true) => {}
             Ok(false) | Err(_) => break,
@@ -174,58 +171,20 @@ async fn refuse(stream: &mut TcpStream, shared: &Shared, e: &ReadError) {
     tracing::debug!(error = %e, status, "request refused");
     shared.metrics.count_response(status);
     let body = serde_json::json!({ "error": e.to_string() }).to_string();
-    if http1::write_simple(stream, status, body.as_bytes(), &[], false)
+    if downstream::write_simple(stream, status, body.as_bytes(), &[], false)
         .await
         .is_ok()
     {
-        lingering_close(stream).await;
+        downstream::lingering_close(stream).await;
     }
 }
 
-/// Half-closes and discards what the client still sends for a moment, so
-/// the kernel does not reset the connection (and destroy our answer) when
-/// unread request bytes are pending.
-async fn lingering_close(stream: &mut TcpStream) {
-    let _ = stream.shutdown().await;
-    let drain = async {
-        let mut sink = [0u8; 8192];
-        let mut total = 0usize;
-        while let Ok(n) = stream.read(&mut sink).await {
-            total += n;
-            if n == 0 || total > (1 << 20) {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
-}
-
-/// Why no backend answered.
-#[derive(Debug, Clone, Copy)]
-enum Failure {
-    /// No available backend, or none accepted a connection.
-    Unavailable,
-    /// The backend failed after the request was sent.
-    BadGateway,
-    /// The backend did not answer within `upstream_timeout_ms`.
-    Timeout,
-}
-
-impl Failure {
-    fn status(self) -> u16 {
-        match self {
-            Failure::Unavailable => 503,
-            Failure::BadGateway => 502,
-            Failure::Timeout => 504,
-        }
-    }
-
-    fn message(self) -> &'static str {
-        match self {
-            Failure::Unavailable => r#"{"error":"no backend available"}"#,
-            Failure::BadGateway => r#"{"error":"bad gateway: the backend failed before answering"}"#,
-            Failure::Timeout => r#"{"error":"gateway timeout: the backend did not answer in time"}"#,
-        }
+/// The error page of a failure.
+fn failure_message(f: Failure) -> &'static str {
+    match f {
+        Failure::Unavailable => r#"{"error":"no backend available"}"#,
+        Failure::BadGateway => r#"{"error":"bad gateway: the backend failed before answering"}"#,
+        Failure::Timeout => r#"{"error":"gateway timeout: the backend did not answer in time"}"#,
     }
 }
 
@@ -236,53 +195,58 @@ async fn proxy_request(
     stream: &mut TcpStream,
     conn: &mut Connection<'_>,
     head: RequestHead,
-    body: http1::Body,
+    body: downstream::Body,
     keep_alive: bool,
 ) -> std::io::Result<bool> {
     let Connection {
         peer,
-        request,
-        out,
+        scratch,
         timer: t,
     } = conn;
     let t = *t;
     let started = shared.config.access_log.then(Instant::now);
-    let method = &head.method;
-    let request_id = forwarding::encode_request(request, &head, &body.bytes, peer);
-    let request_id = request_id.as_str();
     let key = match shared.config.algorithm {
         Algorithm::ConsistentHash => forwarding::hash_key(&shared.config.hash_key, &head, peer.addr.ip()),
         _ => 0,
     };
-
-    let (result, backend) = forward(shared, method, request, key, t).await;
-    let (status, keep) = match result {
-        Ok((response, in_flight)) => {
-            let status = response.status;
-            let side = ClientSide {
-                method,
-                http11: head.minor_version == 1,
-                // A stop that began while the backend worked closes this
-                // connection after the answer: say so in it.
-                keep_alive: keep_alive && !*shared.stopping.borrow(),
-                request_id,
-                write_timeout: shared.read_limits.body_timeout,
-            };
-            let keep = response
-                .relay(stream, out, &side, &shared.upstream, &in_flight.0, t)
-                .await;
-            drop(in_flight);
-            // A client gone mid-answer (`Err`) still had its request served:
-            // it is counted and logged, then its connection is dropped.
-            (status, keep.unwrap_or(false))
-        }
+    let mut hooks = LbHooks {
+        shared,
+        client: peer,
+        key,
+        attempts: 1 + shared.config.retries as usize,
+        tried: Vec::new(),
+        request_id: None,
+        has_request_id: false,
+    };
+    let side = Downstream {
+        http11: head.minor_version == 1,
+        keep_alive,
+        write_timeout: shared.read_limits.body_timeout,
+    };
+    let relayed = proxy_core::relay(
+        &shared.upstream,
+        &mut hooks,
+        &head,
+        &body.bytes,
+        &side,
+        stream,
+        scratch,
+        t,
+    )
+    .await;
+    let request_id = hooks.request_id.as_ref().map_or("-", RequestId::as_str);
+    let (status, keep) = match relayed.result {
+        // A client gone mid-answer still had its request served: it is
+        // counted and logged, then its connection is dropped.
+        Ok(answered) => answered,
         Err(f) => {
             let status = f.status();
             let extra: &[(&str, &str)] = match f {
                 Failure::Unavailable => &[("retry-after", "1"), ("x-request-id", request_id)],
                 _ => &[("x-request-id", request_id)],
             };
-            http1::write_simple(stream, status, f.message().as_bytes(), extra, keep_alive).await?;
+            downstream::write_simple(stream, status, failure_message(f).as_bytes(), extra, keep_alive)
+                .await?;
             (status, keep_alive)
         }
     };
@@ -291,10 +255,10 @@ async fn proxy_request(
         tracing::info!(
             target: "scalestack::access",
             client = %peer.addr,
-            %method,
+            method = %head.method,
             path = head.target(),
             status,
-            backend = backend.map(|a| a.to_string()).unwrap_or_default(),
+            backend = relayed.peer.map(|a| a.to_string()).unwrap_or_default(),
             request_id,
             ms = started.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0),
         );
@@ -302,86 +266,109 @@ async fn proxy_request(
     Ok(keep)
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
+/// The balancer's decisions for one request (the retry rules are the
+/// module's).
+struct LbHooks<'a> {
+    shared: &'a Shared,
+    client: &'a Peer,
+    /// The consistent-hash key (0 for other algorithms).
+    key: u64,
+    /// Backends this request may try.
+    attempts: usize,
+    tried: Vec<SocketAddr>,
+    /// Set when the request is encoded.
+    request_id: Option<RequestId>,
+    /// The backend's response carries its own `X-Request-Id`.
+    has_request_id: bool,
 }
 
-type Forwarded = (
-    Result<(upstream::Response, InFlight), Failure>,
-    Option<SocketAddr>,
-);
+impl ProxyHooks for LbHooks<'_> {
+    type Peer = InFlight;
 
-/// Tries backends until one answers or the retry rules say stop.
-async fn forward(
-    shared: &Shared,
-    method: &Method,
-    request: &[u8],
-    key: u64,
-    t: http1::Timer<'_>,
-) -> Forwarded {
-    let attempts = 1 + shared.config.retries as usize;
-    let mut tried: Vec<SocketAddr> = Vec::with_capacity(attempts);
-    let mut last_failure = Failure::Unavailable;
-    while tried.len() < attempts {
+    fn select(&mut self) -> Option<(SocketAddr, InFlight)> {
+        if self.tried.len() >= self.attempts {
+            return None;
+        }
+        let shared = self.shared;
         let (all, version) = shared.backends.versioned_snapshot();
-        let Some(b) = selection::choose(&*shared.selector, &all, &tried, key, version) else {
-            break;
-        };
-        tried.push(b.addr);
-        if tried.len() > 1 {
+        let b = selection::choose(&*shared.selector, &all, &self.tried, self.key, version)?;
+        self.tried.push(b.addr);
+        if self.tried.len() > 1 {
             shared.metrics.retries.inc();
         }
-        let in_flight = InFlight::new(b.clone());
         b.metrics.requests.inc();
-        let sent = Instant::now();
-        match shared.upstream.send(&b, request, method, t).await {
-            Ok(response) => {
-                b.metrics.latency.observe(sent.elapsed().as_secs_f64());
-                let result = if response.status >= 500 {
-                    b.metrics.status_5xx.inc();
-                    RequestResult::Failed
-                } else {
-                    RequestResult::Ok
-                };
-                note_result(&b, result, shared);
-                return (Ok((response, in_flight)), Some(b.addr));
-            }
-            Err(SendError::Connect(e)) => {
-                // Nothing was sent: any method may go elsewhere.
+        Some((b.addr, InFlight::new(b)))
+    }
+
+    fn encode_request(&mut self, head: &RequestHead, body: &[u8], out: &mut Vec<u8>) {
+        self.request_id = Some(forwarding::encode_request(out, head, body, self.client));
+    }
+
+    fn on_response(&mut self, peer: &InFlight, head: &ResponseHead, elapsed: Duration) {
+        let b = &peer.0;
+        b.metrics.latency.observe(elapsed.as_secs_f64());
+        let result = if head.status >= 500 {
+            b.metrics.status_5xx.inc();
+            RequestResult::Failed
+        } else {
+            RequestResult::Ok
+        };
+        note_result(b, result, self.shared);
+    }
+
+    fn retry(&mut self, peer: InFlight, error: &SendError, method: &Method) -> bool {
+        let b = &peer.0;
+        match error {
+            SendError::Connect(e) => {
                 b.metrics.connect_errors.inc();
-                note_result(&b, RequestResult::TransportFailed, shared);
+                note_result(b, RequestResult::TransportFailed, self.shared);
                 tracing::warn!(backend = %b.addr, error = %e, "backend unreachable; trying another");
-                last_failure = Failure::Unavailable;
-                continue;
             }
-            Err(SendError::Broken(e)) => {
+            SendError::Broken(e) => {
                 b.metrics.other_errors.inc();
-                note_result(&b, RequestResult::TransportFailed, shared);
+                note_result(b, RequestResult::TransportFailed, self.shared);
                 tracing::warn!(backend = %b.addr, error = %e, %method, "backend failed before answering");
-                last_failure = Failure::BadGateway;
             }
-            Err(SendError::BadResponse(why)) => {
+            SendError::BadResponse(why) => {
                 b.metrics.other_errors.inc();
-                note_result(&b, RequestResult::Failed, shared);
+                note_result(b, RequestResult::Failed, self.shared);
                 tracing::warn!(backend = %b.addr, why, %method, "backend sent an invalid response");
-                last_failure = Failure::BadGateway;
             }
-            Err(SendError::Timeout) => {
+            SendError::Timeout => {
                 b.metrics.timeouts.inc();
-                note_result(&b, RequestResult::Failed, shared);
+                note_result(b, RequestResult::Failed, self.shared);
                 tracing::warn!(backend = %b.addr, %method, "backend timed out");
-                last_failure = Failure::Timeout;
             }
         }
-        // The request reached the backend: only an idempotent one may go again.
-        if !is_idempotent(method) {
-            return (Err(last_failure), Some(b.addr));
+        // Nothing sent: any method may go elsewhere; the request reached the
+        // backend: only an idempotent one may go again.
+        error.retry_safe(method)
+    }
+
+    fn client_keep_alive(&mut self) -> bool {
+        // A stop that began while the backend worked closes this connection
+        // after the answer: say so in it.
+        !*self.shared.stopping.borrow()
+    }
+
+    fn keep_response_field(&mut self, name: &[u8], _value: &[u8]) -> bool {
+        self.has_request_id |= name.eq_ignore_ascii_case(b"x-request-id");
+        true
+    }
+
+    fn add_response_fields(&mut self, _head: &ResponseHead, out: &mut Vec<u8>) {
+        if !self.has_request_id {
+            if let Some(id) = &self.request_id {
+                field(out, b"x-request-id", id.as_str().as_bytes());
+            }
         }
     }
-    (Err(last_failure), tried.last().copied())
+
+    fn on_body_error(&mut self, peer: &InFlight, error: &BodyError) {
+        let request_id = self.request_id.as_ref().map_or("-", RequestId::as_str);
+        tracing::warn!(request_id, backend = %peer.0.addr, %error, "backend response cut short");
+        peer.0.metrics.other_errors.inc();
+    }
 }
 
 fn note_result(b: &Backend, result: RequestResult, shared: &Shared) {

@@ -698,38 +698,107 @@ async fn smuggling_attempts_are_rejected_and_the_connection_closed() {
     assert_eq!(b.hits(), 0, "no smuggling attempt reached the backend");
 }
 
+/// One slowloris connection: trickles a header that never ends, a byte
+/// every 100 ms, until the LB answers; returns the answer.
+async fn trickle(addr: std::net::SocketAddr) -> String {
+    let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+    let trickling = async move {
+        let endless = b"GET / HTTP/1.1\r\nX-Slow: "
+            .iter()
+            .chain(std::iter::repeat(&b'a'));
+        for byte in endless.take(600) {
+            if w.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Out of patience (60 s): hold the connection without a word.
+        std::future::pending::<()>().await
+    };
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::select! {
+        n = r.read(&mut buf) => answer.extend_from_slice(&buf[..n.unwrap_or(0)]),
+        _ = trickling => {}
+    }
+    // The rest of the answer, up to the close.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(n @ 1..) = r.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[tokio::test]
 async fn slowloris_cannot_exhaust_the_balancer() {
     let b = TestBackend::start();
     let mut c = config(&[&b]);
     c.limits.header_timeout_ms = 500;
+    // Three times more tricklers than connection slots, trickling for as
+    // long as they are let: without the header timeout they would hold
+    // every slot for good and no one else would get in.
+    let slots = 20;
+    c.limits.max_connections = slots;
     let lb = start_lb(c).await;
-    // 200 connections each trickling a byte of header every 100 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tricklers = Vec::new();
-    for _ in 0..200 {
-        let addr = lb.addr;
+    for _ in 0..3 * slots {
+        let (addr, stop) = (lb.addr, stop.clone());
         tricklers.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            for byte in b"GET / HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
-                if s.write_all(&[*byte]).await.is_err() {
-                    break;
+            // What the trickler was told each time it held a slot; turned
+            // away at the door (503, all slots taken), it comes back. It
+            // goes on until told to stop and once served at least.
+            let mut served = Vec::new();
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+            while (served.is_empty() || !stop.load(SeqCst)) && tokio::time::Instant::now() < give_up {
+                let answer = trickle(addr).await;
+                // Turned away: the 503, or nothing if the close raced it
+                // (the LB does not linger on a connection it refuses).
+                if answer.is_empty() || answer.starts_with("HTTP/1.1 503") {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                } else {
+                    served.push(answer);
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            read_all(&mut s, Duration::from_secs(1)).await
+            served
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The tricklers do take every slot.
+    let lb_ref = &lb;
+    let full = format!("scalestack_lb_connections {slots}");
+    eventually(
+        Duration::from_secs(20),
+        "the tricklers to hold every slot",
+        || {
+            let full = full.clone();
+            async move { lb_ref.admin_text("/metrics").await.lines().any(|l| l == full) }
+        },
+    )
+    .await;
+    // And yet, while they keep at it, a client gets its answers: slots come
+    // free every header timeout.
     let http = client();
+    let url = format!("{}/who", lb.url);
     for _ in 0..20 {
-        assert_eq!(get(&http, &format!("{}/who", lb.url)).await.0, 200);
+        eventually(Duration::from_secs(30), "a GET to get through", || {
+            let (http, url) = (http.clone(), url.clone());
+            // Turned away (503) or reset at the door until a slot is free.
+            async move { http.get(&url).send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
     }
+    stop.store(true, SeqCst);
     for t in tricklers {
-        let answer = t.await.unwrap();
-        assert!(
-            answer.starts_with("HTTP/1.1 408"),
-            "cut off however slowly it trickles: {answer}"
-        );
+        let served = t.await.unwrap();
+        assert!(!served.is_empty(), "every trickler got a slot in the end");
+        for answer in served {
+            assert!(
+                answer.starts_with("HTTP/1.1 408"),
+                "cut off however slowly it trickles: {answer}"
+            );
+        }
     }
 }
 

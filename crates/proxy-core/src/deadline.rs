@@ -11,12 +11,13 @@
 //! for timeouts of seconds.
 
 use std::future::Future;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// How often the sweeper runs.
+/// How often the sweeper runs (the precision of every deadline).
 pub const TICK: Duration = Duration::from_millis(25);
 
 /// The shared coarse clock and the registry of deadlines.
@@ -36,6 +37,7 @@ struct Slot {
 pub struct Deadline(Arc<Slot>);
 
 impl Clock {
+    /// A clock at 0; it only advances while [`Clock::run`] is polled.
     pub fn new() -> Arc<Clock> {
         Arc::new(Clock {
             start: Instant::now(),
@@ -112,6 +114,48 @@ impl Deadline {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// The clock and one connection's deadline slot, handed to everything that
+/// reads or writes on the connection's behalf (the request reader, the
+/// upstream client, the relay).
+#[derive(Clone, Copy)]
+pub struct Timer<'a> {
+    /// The shared coarse clock.
+    pub clock: &'a Clock,
+    /// The connection's deadline slot.
+    pub deadline: &'a Deadline,
+}
+
+impl Timer<'_> {
+    /// Sets the connection's deadline `after` from now.
+    pub fn set(&self, after: Duration) {
+        self.deadline.set_after(self.clock, after);
+    }
+
+    /// Runs `fut` until it completes (`Some`) or the deadline passes (`None`).
+    pub async fn guard<F: Future>(&self, fut: F) -> Option<F::Output> {
+        self.deadline.guard(self.clock, fut).await
+    }
+
+    /// Writes all of `bytes` within `within`: a peer that stops reading
+    /// cannot hold its connection (and a backend's) for ever.
+    pub async fn write_all<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        io: &mut W,
+        bytes: &[u8],
+        within: Duration,
+    ) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.set(within);
+        match self.guard(io.write_all(bytes)).await {
+            Some(r) => r,
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer did not read in time",
+            )),
+        }
     }
 }
 
