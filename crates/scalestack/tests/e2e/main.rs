@@ -3,6 +3,7 @@
 mod cache_tier;
 mod data_tier;
 mod helpers;
+mod log_format;
 mod web_tier;
 
 use helpers::{alive, run, signal, Up};
