@@ -201,3 +201,54 @@ async fn the_format_can_come_from_the_environment_and_text_is_the_default() {
         "text lines by default:\n{text}"
     );
 }
+
+/// `up` hands the format to every process it starts: given `--log-format
+/// json`, its children write JSON lines too, not text between its own
+/// (only `up`'s banner lines for the person at the terminal are text).
+#[tokio::test]
+async fn up_hands_the_format_to_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let (control, worker, web) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.path().join("topology.toml"),
+        format!(
+            "[control]\nlisten = \"127.0.0.1:{control}\"\n\
+             [worker]\nmetrics_listen = \"127.0.0.1:{worker}\"\npoll_ms = 20\n\
+             [web]\nlisten = \"127.0.0.1:{web}\"\nargon2_memory_kib = 1024\n"
+        ),
+    )
+    .unwrap();
+    let up = spawn(
+        dir.path(),
+        &["--log-format", "json", "up", "--topology", "topology.toml"],
+        &[],
+    );
+    let base = format!("http://127.0.0.1:{web}");
+    wait_ok(&format!("{base}/readyz"), dir.path()).await;
+    let r = http_client(false)
+        .get(format!("{base}/healthz"))
+        .header("x-request-id", "json-log-e2e-up")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    stop(up);
+
+    assert_eq!(read(dir.path(), "stderr"), "");
+    let out = read(dir.path(), "stdout");
+    let logs: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("scalestack is up: ") && *l != "scalestack: stopping")
+        .collect();
+    let lines = json_lines(&logs.join("\n"));
+    // `up`'s own lines and each child's.
+    assert_eq!(find(&lines, "child started")["target"], "up::supervisor");
+    find(&lines, "web server listening");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["span"]["request_id"] == "json-log-e2e-up" && l["fields"]["status"] == 200),
+        "no access-log line of the web child in {lines:#?}"
+    );
+    find(&lines, "worker stopped");
+}
