@@ -96,6 +96,51 @@ mod tests {
         }
     }
 
+    /// The `Cache` port's battery on a near layer over an in-process
+    /// "remote" (claims are then those of one process: always granted).
+    #[tokio::test]
+    async fn conforms_to_the_cache_port() {
+        let remote = Arc::new(InProcessCache::new(CacheConfig::default()));
+        let near = NearCache::new(CacheConfig::default(), Duration::from_secs(2), remote);
+        conformance::cache::run_all(&near, conformance::cache::Claims::AlwaysGranted).await;
+    }
+
+    /// Another server's delete reaches this one's near layer only when the
+    /// near entry expires: the near TTL bounds the staleness, however long
+    /// the entry's own TTL.
+    #[tokio::test]
+    async fn another_servers_delete_is_seen_once_the_near_ttl_ran_out() {
+        let shared: Arc<dyn Cache> = Arc::new(InProcessCache::new(CacheConfig::default()));
+        let v = Bytes::from_static(b"v");
+        let server = |near_ttl| NearCache::new(CacheConfig::default(), near_ttl, shared.clone());
+
+        // The price: within the near TTL, this server still serves it.
+        let (this, other) = (server(Duration::from_secs(60)), server(Duration::from_secs(60)));
+        this.set("k", v.clone(), Duration::from_secs(60)).await.unwrap();
+        other.delete("k").await.unwrap();
+        assert_eq!(shared.get("k").await.unwrap(), None);
+        assert_eq!(this.get("k").await.unwrap(), Some(v.clone()), "stale");
+        this.delete("k").await.unwrap();
+        assert_eq!(
+            this.get("k").await.unwrap(),
+            None,
+            "its own delete is seen at once"
+        );
+
+        // The bound: once the near entry expired, the delete is seen.
+        let (this, other) = (
+            server(Duration::from_millis(50)),
+            server(Duration::from_millis(50)),
+        );
+        this.set("k", v.clone(), Duration::from_secs(60)).await.unwrap();
+        other.delete("k").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while this.get("k").await.unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "stale past the near TTL");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test]
     async fn hot_keys_are_served_locally_and_writes_go_through() {
         let remote = Arc::new(Counting {

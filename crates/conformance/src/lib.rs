@@ -13,3 +13,4 @@ pub mod cache;
 pub mod queue;
 pub mod sessions;
 pub mod store;
+pub mod support;

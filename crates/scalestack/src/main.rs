@@ -28,6 +28,16 @@ enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The value as given on the command line.
+    fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole topology on this machine (the default command).
@@ -177,6 +187,11 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The children `up` starts are this binary too and read the format from
+    // the environment: without this, `--log-format json` given to `up`
+    // would reach `up` alone and its children would write text between
+    // its JSON lines. Set before any thread exists.
+    std::env::set_var("SCALESTACK_LOG_FORMAT", cli.log_format.as_str());
     init_logs(cli.log_format);
     let command = cli.command.unwrap_or(Command::Up(UpArgs::default()));
     // The load balancer sizes its own runtime; every other role takes one

@@ -73,33 +73,57 @@ impl SessionStore for SqlSessionStore {
 mod tests {
     use super::*;
     use domain::ports::Store;
+    use sha2::{Digest, Sha256};
 
-    #[tokio::test]
-    async fn sessions_live_expire_and_die() {
-        let (pool, _d) = crate::test_pool().await;
-        let user = crate::SqliteStore::new(pool.clone())
+    async fn user(pool: &SqlitePool) -> UserId {
+        crate::SqliteStore::new(pool.clone())
             .create_user(&Username::parse("alice").unwrap(), "h")
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The `SessionStore` port's battery.
+    #[tokio::test]
+    async fn conforms_to_the_session_store_port() {
+        let (pool, _d) = crate::test_pool().await;
+        let user = user(&pool).await;
+        conformance::sessions::run_all(&SqlSessionStore::new(pool), user).await;
+    }
+
+    #[tokio::test]
+    async fn only_the_sha256_of_a_token_is_stored() {
+        let (pool, _d) = crate::test_pool().await;
         let s = SqlSessionStore::new(pool.clone());
-        let t = s.create(user, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(t.expose().len(), 64);
-        assert_eq!(s.get(&t).await.unwrap().unwrap().user_id, user);
-        let t2 = s.create(user, Duration::from_secs(60)).await.unwrap();
-        assert_ne!(t, t2);
-        s.delete(&t).await.unwrap();
-        assert!(s.get(&t).await.unwrap().is_none());
-        assert!(s.get(&t2).await.unwrap().is_some());
-
-        let short = s.create(user, Duration::from_millis(1)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(s.get(&short).await.unwrap().is_none());
-
-        // The raw token is nowhere in the table.
+        let t = s
+            .create(user(&pool).await, Duration::from_secs(60))
+            .await
+            .unwrap();
         let stored: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM sessions")
             .fetch_all(&pool)
             .await
             .unwrap();
-        assert!(stored.iter().all(|h| h != t2.expose()));
+        assert!(stored.iter().all(|h| h != t.expose()));
+        assert_eq!(stored, [hex::encode(Sha256::digest(t.expose().as_bytes()))]);
+    }
+
+    #[tokio::test]
+    async fn expired_rows_are_swept_on_create() {
+        let (pool, _d) = crate::test_pool().await;
+        let user = user(&pool).await;
+        let s = SqlSessionStore::new(pool.clone());
+        for _ in 0..3 {
+            s.create(user, Duration::from_millis(1)).await.unwrap();
+        }
+        // Swept rows are those that expired before the sweeping create.
+        let created_by = now_millis();
+        while now_millis() <= created_by + 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        s.create(user, Duration::from_secs(60)).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
     }
 }

@@ -2,6 +2,7 @@
 //! worker and embedded backends in a temporary directory.
 
 mod helpers;
+mod media;
 mod stampede;
 
 use helpers::{get_text, new_client, spawn_app, TEST_MAX_BODY};

@@ -3,6 +3,7 @@
 mod cache_tier;
 mod data_tier;
 mod helpers;
+mod log_format;
 mod up;
 mod web_tier;
 

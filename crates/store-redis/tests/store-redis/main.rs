@@ -3,10 +3,12 @@
 mod helpers;
 
 use bytes::Bytes;
+use conformance::cache::Claims;
 use domain::ports::{Cache, SessionStore};
-use domain::{SessionToken, UserId};
+use domain::UserId;
 use helpers::{eventually, RedisServer};
 use nix::sys::signal::Signal;
+use std::sync::Arc;
 use std::time::Duration;
 use store_redis::connect;
 
@@ -27,25 +29,45 @@ async fn keys(server: &RedisServer) -> Vec<String> {
     keys
 }
 
+/// The `Cache` port's battery on Redis: load claims are exclusive across
+/// every process that shares the server.
 #[tokio::test]
-async fn cache_set_get_delete_round_trip() {
+async fn cache_conforms_to_the_cache_port() {
+    let server = RedisServer::start().await;
+    let (cache, _) = connect(&server.config("t:")).unwrap();
+    conformance::cache::run_all(&cache, Claims::Exclusive).await;
+    let stats = cache.stats();
+    assert_eq!((stats.failures, stats.skips, stats.open), (0, 0, false));
+}
+
+/// The battery on a near-cache in front of Redis (what the web tier runs
+/// with `near_ttl_ms`): claims go to Redis, so they stay exclusive.
+#[tokio::test]
+async fn near_cache_over_redis_conforms_to_the_cache_port() {
+    let server = RedisServer::start().await;
+    let (remote, _) = connect(&server.config("t:")).unwrap();
+    let near = cache::NearCache::new(
+        cache::CacheConfig::default(),
+        Duration::from_secs(2),
+        Arc::new(remote),
+    );
+    conformance::cache::run_all(&near, Claims::Exclusive).await;
+}
+
+/// Entries and claims live under the prefix (`<prefix>cache:`,
+/// `<prefix>load:`); a healthy server costs no failure.
+#[tokio::test]
+async fn cache_keys_live_under_the_prefix() {
     let server = RedisServer::start().await;
     let (cache, _) = connect(&server.config("t:")).unwrap();
     cache.ping().await.unwrap();
-    assert_eq!(cache.get("k").await.unwrap(), None);
     cache.set("k", b("v1"), MINUTE).await.unwrap();
-    assert_eq!(cache.get("k").await.unwrap(), Some(b("v1")));
-    cache.set("k", b("v2"), MINUTE).await.unwrap();
-    assert_eq!(cache.get("k").await.unwrap(), Some(b("v2")));
-    // Binary values survive untouched.
-    let binary = Bytes::from((0..=255u8).collect::<Vec<u8>>());
-    cache.set("bin", binary.clone(), MINUTE).await.unwrap();
-    assert_eq!(cache.get("bin").await.unwrap(), Some(binary));
-    assert_eq!(keys(&server).await, ["t:cache:bin", "t:cache:k"]);
+    cache.set("bin", b("v2"), MINUTE).await.unwrap();
+    assert!(cache.claim_load("k", MINUTE).await);
+    assert_eq!(keys(&server).await, ["t:cache:bin", "t:cache:k", "t:load:k"]);
+    cache.release_load("k").await;
     cache.delete("k").await.unwrap();
-    assert_eq!(cache.get("k").await.unwrap(), None);
-    // Deleting a missing key is not an error.
-    cache.delete("k").await.unwrap();
+    assert_eq!(keys(&server).await, ["t:cache:bin"]);
     let stats = cache.stats();
     assert_eq!((stats.failures, stats.skips, stats.open), (0, 0, false));
 }
@@ -54,15 +76,6 @@ async fn cache_set_get_delete_round_trip() {
 async fn cache_entries_expire_with_a_jittered_ttl() {
     let server = RedisServer::start().await;
     let (cache, _) = connect(&server.config("t:")).unwrap();
-    cache
-        .set("short", b("v"), Duration::from_millis(50))
-        .await
-        .unwrap();
-    eventually("the short entry expires", || async {
-        cache.get("short").await.unwrap().is_none().then_some(())
-    })
-    .await;
-
     // The expiry Redis holds is the TTL ± 10 %, and not the same for all.
     let mut pttls = Vec::new();
     for i in 0..20 {
@@ -95,6 +108,12 @@ async fn prefixes_isolate_deployments() {
     b_.set("k", b("from b"), MINUTE).await.unwrap();
     b_.delete("k").await.unwrap();
     assert_eq!(a.get("k").await.unwrap(), Some(b("from a")));
+    // Load claims too.
+    assert!(a.claim_load("k", MINUTE).await);
+    assert!(b_.claim_load("k", MINUTE).await);
+    b_.release_load("k").await;
+    assert!(!a.claim_load("k", MINUTE).await);
+    a.release_load("k").await;
 
     let token = sessions_a.create(UserId(1), MINUTE).await.unwrap();
     assert!(sessions_b.get(&token).await.unwrap().is_none());
@@ -106,29 +125,22 @@ async fn prefixes_isolate_deployments() {
     assert!(all[1].starts_with("a:session:"));
 }
 
+/// The `SessionStore` port's battery on Redis (any user id: Redis does not
+/// know the users table).
 #[tokio::test]
-async fn sessions_live_expire_and_die() {
+async fn sessions_conform_to_the_session_store_port() {
     let server = RedisServer::start().await;
     let (_, sessions) = connect(&server.config("t:")).unwrap();
-    let alice = UserId(7);
-    let before = domain::now_millis();
-    let t = sessions.create(alice, MINUTE).await.unwrap();
-    assert_eq!(t.expose().len(), 64);
-    let s = sessions.get(&t).await.unwrap().unwrap();
-    assert_eq!(s.user_id, alice);
-    assert!(s.expires_at_ms >= before + 60_000 && s.expires_at_ms <= domain::now_millis() + 60_000);
+    conformance::sessions::run_all(&sessions, UserId(7)).await;
+}
 
-    let t2 = sessions.create(alice, MINUTE).await.unwrap();
-    assert_ne!(t, t2);
-    sessions.delete(&t).await.unwrap();
-    assert!(sessions.get(&t).await.unwrap().is_none());
-    assert!(sessions.get(&t2).await.unwrap().is_some());
-    // Deleting twice, or a token never issued, is not an error.
-    sessions.delete(&t).await.unwrap();
-    let never = SessionToken::parse(&"ab".repeat(32)).unwrap();
-    assert!(sessions.get(&never).await.unwrap().is_none());
-
-    // Redis holds the session's expiry itself.
+/// Redis holds a session's expiry itself, under the SHA-256 of its token:
+/// the raw token is nowhere, not in the key, not in the value.
+#[tokio::test]
+async fn sessions_are_stored_under_the_token_hash_with_their_expiry() {
+    let server = RedisServer::start().await;
+    let (_, sessions) = connect(&server.config("t:")).unwrap();
+    let t = sessions.create(UserId(7), MINUTE).await.unwrap();
     let all = keys(&server).await;
     assert_eq!(all.len(), 1);
     let mut raw = server.raw().await;
@@ -138,23 +150,52 @@ async fn sessions_live_expire_and_die() {
         .await
         .unwrap();
     assert!((1..=60_000).contains(&pttl), "{pttl}");
-    // The raw token is nowhere: not in the key, not in the value.
     let hash = all[0].strip_prefix("t:session:").unwrap();
     assert_eq!(hash.len(), 64);
     assert!(hash.bytes().all(|c| c.is_ascii_hexdigit()));
-    assert_ne!(hash, t2.expose());
+    assert_ne!(hash, t.expose());
+    assert_eq!(hash, t.digest());
     let value: Vec<u8> = redis::cmd("GET")
         .arg(&all[0])
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert!(!String::from_utf8_lossy(&value).contains(t2.expose()));
+    assert!(!String::from_utf8_lossy(&value).contains(t.expose()));
+    sessions.delete(&t).await.unwrap();
+    assert!(keys(&server).await.is_empty());
+}
 
-    let short = sessions.create(alice, Duration::from_millis(50)).await.unwrap();
-    eventually("the short session expires", || async {
-        sessions.get(&short).await.unwrap().is_none().then_some(())
-    })
-    .await;
+/// SQLite sessions (the durable store of `LayeredSessions`) with users
+/// `alice` and `bob`.
+async fn sql_sessions(dir: &tempfile::TempDir) -> (Arc<store_sqlite::SqlSessionStore>, Vec<UserId>) {
+    use domain::ports::Store;
+    let pool = store_sqlite::open(&dir.path().join("s.db")).await.unwrap();
+    let users = store_sqlite::SqliteStore::new(pool.clone());
+    let mut ids = Vec::new();
+    for name in ["alice", "bob"] {
+        let username = domain::Username::parse(name).unwrap();
+        ids.push(users.create_user(&username, "hash").await.unwrap());
+    }
+    (Arc::new(store_sqlite::SqlSessionStore::new(pool)), ids)
+}
+
+/// The battery on Redis in front of SQL, and what the layering adds while
+/// both are up: SQL holds the truth, a logout reaches both.
+#[tokio::test]
+async fn layered_sessions_conform_to_the_session_store_port() {
+    let server = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (durable, ids) = sql_sessions(&dir).await;
+    let (_, fast) = connect(&server.config("l:")).unwrap();
+    let sessions = store_redis::LayeredSessions::new(fast.clone(), durable.clone(), MINUTE);
+    conformance::sessions::run_all(&sessions, ids[0]).await;
+
+    let t = sessions.create(ids[1], MINUTE).await.unwrap();
+    assert!(durable.get(&t).await.unwrap().is_some(), "SQL holds the truth");
+    assert!(fast.get(&t).await.unwrap().is_some(), "Redis holds a copy");
+    sessions.delete(&t).await.unwrap();
+    assert!(durable.get(&t).await.unwrap().is_none());
+    assert!(fast.get(&t).await.unwrap().is_none());
 }
 
 /// Awaits a call that must give up on its own (its timeout) rather than
@@ -240,15 +281,7 @@ async fn cache_times_out_on_a_hung_redis() {
 async fn layered_sessions_survive_redis_and_logout_stays_safe() {
     let mut server = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let pool = store_sqlite::open(&dir.path().join("s.db")).await.unwrap();
-    let users = store_sqlite::SqliteStore::new(pool.clone());
-    let mut ids = Vec::new();
-    for name in ["alice", "bob"] {
-        use domain::ports::Store;
-        let username = domain::Username::parse(name).unwrap();
-        ids.push(users.create_user(&username, "hash").await.unwrap());
-    }
-    let durable = std::sync::Arc::new(store_sqlite::SqlSessionStore::new(pool));
+    let (durable, ids) = sql_sessions(&dir).await;
     let (_, fast) = connect(&server.config("l:")).unwrap();
     let sessions = store_redis::LayeredSessions::new(fast, durable.clone(), MINUTE);
 
