@@ -1,8 +1,9 @@
 //! One conformance battery per port of `domain::ports`, run against every
 //! adapter (as hickory-dns runs one battery against every zone handler):
-//! an adapter crate's tests call the battery with a factory that makes a
-//! fresh, empty instance of its adapter. The batteries replace the
-//! per-adapter copies of the same tests that had drifted apart.
+//! an adapter crate's tests hand the battery an instance of its adapter (the
+//! queue battery, whose cases need an empty queue each, a factory of fresh
+//! ones). The batteries replace the per-adapter copies of the same tests
+//! that had drifted apart.
 //!
 //! Each battery is a set of `pub async fn` cases taking the adapter under
 //! test, plus a `run_all` that runs every case, so an adapter gains a new
