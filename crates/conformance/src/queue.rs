@@ -10,12 +10,12 @@
 //! only durations they check are lower bounds (a job is not delivered
 //! before its back-off), which a slow machine cannot break.
 
+use crate::support::{eventually, PATIENCE};
 use async_trait::async_trait;
 use domain::ports::{Delivery, JobQueue};
 use domain::{NackOutcome, QueueConfig, QueueDepth};
 use std::any::Any;
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -40,10 +40,6 @@ pub struct Subject {
     pub guard: Box<dyn Any + Send + Sync>,
 }
 
-/// The upper bound of every wait on state: generous, since a loaded
-/// machine may be slow, and never reached by a queue that works.
-const PATIENCE: Duration = Duration::from_secs(30);
-
 /// Lower bounds on delays are checked with this much slack, for the
 /// millisecond rounding of the time columns.
 const SLACK: Duration = Duration::from_millis(20);
@@ -63,19 +59,6 @@ fn expiring(ack_wait_ms: u64) -> QueueConfig {
     QueueConfig {
         ack_wait_ms,
         ..policy()
-    }
-}
-
-/// Polls `check` until it holds, failing after [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

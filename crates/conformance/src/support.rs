@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Deadline of every wait in the batteries; generous for a loaded machine.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Prints the case about to run (shown with a failing test's output).
 pub fn announce(port: &str, case: &str) {

@@ -98,7 +98,7 @@ pub(crate) fn encode_request(out: &mut Vec<u8>, head: &RequestHead, body: &[u8],
         }
     };
     let (mut has_proto, mut has_host) = (false, false);
-    for (name, value) in head.headers() {
+    for (name, value) in head.iter() {
         let dropped = is_dropped(name, &named)
             || is_framing_field(name)
             || name.eq_ignore_ascii_case(b"x-forwarded-for")

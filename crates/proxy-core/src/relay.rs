@@ -286,7 +286,7 @@ fn encode_response_head<H: ProxyHooks>(
     out.extend_from_slice(b"\r\n");
     let named = connection_named(head.fields());
     let mut head_length: Option<&[u8]> = None;
-    for (name, value) in head.headers() {
+    for (name, value) in head.iter() {
         if name.eq_ignore_ascii_case(b"content-length") {
             head_length = Some(value);
             continue;
@@ -334,7 +334,7 @@ pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 pub fn encode_request(head: &RequestHead, body: &[u8], out: &mut Vec<u8>) {
     encode_request_line(head, out);
     let named = connection_named(head.fields());
-    for (name, value) in head.headers() {
+    for (name, value) in head.iter() {
         if is_dropped(name, &named) || is_framing_field(name) {
             continue;
         }

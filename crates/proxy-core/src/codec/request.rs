@@ -36,25 +36,15 @@ impl RequestHead {
     pub fn fields(&self) -> &HeaderFields {
         &self.fields
     }
+}
 
-    /// The header fields (name, value) in the order they arrived.
-    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.fields.iter()
-    }
+/// The head's field accessors (`iter`, `value`, `values`, `has_token`) are
+/// those of its [`HeaderFields`].
+impl std::ops::Deref for RequestHead {
+    type Target = HeaderFields;
 
-    /// The values of the fields named `name` (ASCII case-insensitive).
-    pub fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.fields.values(name)
-    }
-
-    /// The first value of the field named `name`.
-    pub fn value<'a>(&'a self, name: &'a [u8]) -> Option<&'a [u8]> {
-        self.fields.value(name)
-    }
-
-    /// Whether a comma-separated list field (`Connection`) holds `token`.
-    pub fn has_token(&self, name: &[u8], token: &[u8]) -> bool {
-        self.fields.has_token(name, token)
+    fn deref(&self) -> &HeaderFields {
+        &self.fields
     }
 }
 
