@@ -264,6 +264,15 @@ pub struct Limits {
     /// again later. Default 256 MiB.
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: u64,
+    /// Idle keep-alive connections kept per backend and worker thread (as
+    /// nginx's upstream `keepalive`); 0 opens a connection per request.
+    /// Default 1024.
+    #[serde(default = "default_upstream_idle_per_backend")]
+    pub upstream_idle_per_backend: usize,
+    /// How long an idle upstream connection is kept (as nginx's
+    /// `keepalive_timeout` upstream). Default 30000 ms.
+    #[serde(default = "default_upstream_idle_timeout_ms")]
+    pub upstream_idle_timeout_ms: u64,
 }
 
 fn default_max_header_bytes() -> usize {
@@ -293,6 +302,12 @@ fn default_max_connections() -> usize {
 fn default_max_buffered_bytes() -> u64 {
     256 << 20
 }
+fn default_upstream_idle_per_backend() -> usize {
+    1024
+}
+fn default_upstream_idle_timeout_ms() -> u64 {
+    30_000
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -306,6 +321,8 @@ impl Default for Limits {
             upstream_timeout_ms: default_upstream_timeout_ms(),
             max_connections: default_max_connections(),
             max_buffered_bytes: default_max_buffered_bytes(),
+            upstream_idle_per_backend: default_upstream_idle_per_backend(),
+            upstream_idle_timeout_ms: default_upstream_idle_timeout_ms(),
         }
     }
 }

@@ -29,16 +29,16 @@ pub(crate) struct Shared {
 }
 
 /// The upstream client of a configuration: `upstream_timeout_ms` to
-/// answer, at most 2 s of it to connect, up to 1024 idle connections per
-/// backend and thread kept 30 s.
+/// answer, at most 2 s of it to connect, `upstream_idle_per_backend` idle
+/// connections per backend and thread kept `upstream_idle_timeout_ms`.
 pub(crate) fn upstream_client(config: &LbConfig) -> Client {
     let timeout = Duration::from_millis(config.limits.upstream_timeout_ms);
     Client::new(ClientConfig {
         connect_timeout: timeout.min(Duration::from_secs(2)),
         response_timeout: timeout,
         pool: PoolConfig {
-            max_idle_per_peer: 1024,
-            idle_timeout: Duration::from_secs(30),
+            max_idle_per_peer: config.limits.upstream_idle_per_backend,
+            idle_timeout: Duration::from_millis(config.limits.upstream_idle_timeout_ms),
         },
         head: HeadLimits {
             max_bytes: 64 * 1024,

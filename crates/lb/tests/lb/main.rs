@@ -832,3 +832,69 @@ async fn no_backend_gives_503_with_retry_after() {
     let e: serde_json::Value = r.json().await.unwrap();
     assert!(e["error"].as_str().unwrap().contains("no backend"));
 }
+
+/// A raw HTTP/1.1 backend that answers every request `200 ok` on kept-alive
+/// connections and counts the connections that carried application
+/// requests (health checks come on connections of their own).
+async fn counting_backend() -> (lb::BackendSpec, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let used = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = used.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut counted = false;
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if !counted && !buf.starts_with(b"GET /readyz") {
+                            counter.fetch_add(1, SeqCst);
+                            counted = true;
+                        }
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (lb::BackendSpec { addr, weight: 1 }, used)
+}
+
+#[tokio::test]
+async fn upstream_keep_alive_is_configurable() {
+    let http = client();
+    for (idle, most) in [(None, 2), (Some(0), 10)] {
+        let (spec, used) = counting_backend().await;
+        let mut c = config(&[]);
+        c.backends = vec![spec];
+        if let Some(idle) = idle {
+            c.limits.upstream_idle_per_backend = idle;
+        }
+        let lb = start_lb(c).await;
+        for _ in 0..10 {
+            assert_eq!(
+                get(&http, &format!("{}/x", lb.url)).await,
+                (200, "ok".to_string())
+            );
+        }
+        let opened = used.load(SeqCst);
+        match idle {
+            // Pooled: one connection per LB thread at most carried them all.
+            None => assert!(opened <= most, "{opened} upstream connections for 10 requests"),
+            // No idle connection kept: one per request.
+            Some(_) => assert_eq!(opened, most, "a connection per request"),
+        }
+    }
+}
