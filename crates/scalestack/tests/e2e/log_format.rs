@@ -135,8 +135,8 @@ async fn a_web_server_started_with_log_format_json_writes_one_json_object_per_li
     assert_eq!(r.status(), 201);
     stop(web);
 
-    // Logs go to stdout (FIXME: the README says stderr), and nothing else
-    // is written anywhere.
+    // Logs go to stdout (as the README says), and nothing else is written
+    // anywhere.
     assert_eq!(read(dir.path(), "stderr"), "");
     let lines = json_lines(&read(dir.path(), "stdout"));
 
