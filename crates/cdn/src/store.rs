@@ -1,0 +1,1 @@
+//! Where stored objects live (filled in by the storage work).
