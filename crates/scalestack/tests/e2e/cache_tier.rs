@@ -3,33 +3,12 @@
 //! (the cache is never a single point of failure; sessions fall back to
 //! SQL); `up` restarts it and cache hits resume.
 
-use crate::helpers::{free_port, signal, Up};
+use crate::helpers::{free_port, signal, web_metric, Up};
 use crate::{signup, upload_and_wait};
 use nix::sys::signal::Signal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Sum over the web servers of the samples of `metric` whose labels
-/// contain every one of `labels` (e.g. `result="hit"`).
-async fn web_metric(up: &Up, metric: &str, labels: &[&str]) -> f64 {
-    let mut total = 0.0;
-    for web in &up.webs {
-        let text = reqwest::get(format!("{web}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        total += text
-            .lines()
-            .filter(|l| l.split(['{', ' ']).next() == Some(metric))
-            .filter(|l| labels.iter().all(|label| l.contains(label)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-    }
-    total
-}
 
 /// `scalestack_cache_requests_total{cache="photo",result=...}` over the web servers.
 async fn photo_cache(up: &Up, result: &str) -> u64 {
@@ -145,6 +124,12 @@ async fn redis_can_die_under_load_without_a_failed_request_or_a_lost_session() {
         fallbacks().await > 0.0,
         "session reads fell back to SQL and were counted"
     );
+    // The Redis clients' breakers export what they saw, per tier.
+    for tier in ["cache", "sessions"] {
+        let label = format!("tier=\"{tier}\"");
+        let failures = web_metric(&up, "scalestack_redis_failures_total", &[&label]).await;
+        assert!(failures > 0.0, "the {tier} connection's failures are exported");
+    }
     let (status, log) = up.stop();
     assert!(status.success(), "{log}");
 }

@@ -7,7 +7,7 @@
 //! rebuilt as a replica; then the new primary hangs (SIGSTOP) and is failed
 //! over from the same way, with no acknowledged write lost.
 
-use crate::helpers::{free_port, free_ports, Up};
+use crate::helpers::{free_port, free_ports, web_metric, Up};
 use crate::{signup, upload_and_wait};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -204,6 +204,12 @@ async fn the_app_runs_on_replicated_postgres_and_survives_a_primary_kill() {
         let list = crate::helpers::get_json(&c, &format!("{}/api/users/ada/photos", up.web)).await;
         assert_eq!(list["photos"].as_array().unwrap().len(), 1, "{list}");
     }
+
+    // Every web server's DB router exports what it sees: one primary
+    // each, and the reads it routed.
+    let primaries = web_metric(&up, "scalestack_db_router_node_role", &["role=\"primary\""]).await;
+    assert_eq!(primaries, 3.0, "each of the 3 routers sees one primary");
+    assert!(web_metric(&up, "scalestack_db_router_reads_total", &[]).await > 0.0);
 
     // Write load: sign-ups, each acknowledged one a row that must survive.
     let writes = WriteLoad::start(&up.web, "w");

@@ -11,6 +11,27 @@ pub async fn get_json(c: &reqwest::Client, url: &str) -> serde_json::Value {
     c.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// Sum over the web servers of the samples of `metric` whose labels
+/// contain every one of `labels` (e.g. `result="hit"`).
+pub async fn web_metric(up: &Up, metric: &str, labels: &[&str]) -> f64 {
+    let mut total = 0.0;
+    for web in &up.webs {
+        let text = reqwest::get(format!("{web}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        total += text
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(metric))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total
+}
+
 /// An HTTP client whose every request gives up after 30 s: a hung request
 /// fails its test instead of hanging the suite (a guard, not a measure).
 pub fn http_client(cookies: bool) -> reqwest::Client {
