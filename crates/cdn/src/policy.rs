@@ -39,7 +39,8 @@ pub use key::{
     UnkeyedAction, UnkeyedPolicy, UNKEYED_FIELDS,
 };
 pub use revalidate::{
-    conditional_fields, freshen_fields, invalidated_keys, is_safe, updates_stored, CONDITIONAL_FIELDS,
+    conditional_fields, freshen_fields, invalidated_keys, is_safe, not_modified, updates_stored,
+    CONDITIONAL_FIELDS,
 };
 pub use storable::{
     edge_only_fields, heuristically_cacheable, is_edge_only, storable, NotStorable, SetCookiePolicy, Storable,

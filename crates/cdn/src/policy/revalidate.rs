@@ -138,6 +138,37 @@ pub fn freshen_fields(stored: &impl Fields, update: &impl Fields) -> Vec<(Vec<u8
     out
 }
 
+/// Whether a client's conditional `GET`/`HEAD` (`req`) is answered `304`
+/// from the stored response `stored` (RFC 9111 4.3.2, RFC 9110 13.2.2):
+/// `If-None-Match` decides when present (weak comparison against the
+/// stored `ETag`, `*` matches any stored response) and `If-Modified-Since`
+/// is then ignored; otherwise `If-Modified-Since` matches when the stored
+/// `Last-Modified` (or, lacking it, `Date`) is not later than it. A
+/// malformed date or a stored response without the validator asked about
+/// never matches (the full response is sent).
+pub fn not_modified(method: &[u8], req: &impl Fields, stored: &impl Fields) -> bool {
+    if !matches!(method, b"GET" | b"HEAD") {
+        return false;
+    }
+    if req.has(b"if-none-match") {
+        let Some(etag) = stored.value(b"etag").map(<[u8]>::trim_ascii) else {
+            return req.values(b"if-none-match").any(|v| v.trim_ascii() == b"*");
+        };
+        return req.values(b"if-none-match").any(|v| {
+            v.trim_ascii() == b"*"
+                || super::list_tokens(v).any(|t| is_entity_tag(t) && opaque(t) == opaque(etag))
+        });
+    }
+    let Some(since) = req.value(b"if-modified-since").and_then(parse_http_date) else {
+        return false;
+    };
+    stored
+        .value(b"last-modified")
+        .or_else(|| stored.value(b"date"))
+        .and_then(parse_http_date)
+        .is_some_and(|lm| lm <= since)
+}
+
 /// Whether `method` is safe (RFC 9110 9.2.1): `GET`, `HEAD`, `OPTIONS`,
 /// `TRACE`. Any other method's success invalidates.
 pub fn is_safe(method: &[u8]) -> bool {
@@ -396,6 +427,54 @@ mod tests {
             assert_eq!(keys("POST", 200, &[("Location", loc)]).len(), 1, "{loc}");
         }
         assert_eq!(keys("POST", 200, &[("Location", "https://a.test")]).len(), 2);
+    }
+
+    #[test]
+    fn client_conditionals_answered_from_storage() {
+        let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let stored = [("ETag", "\"a\""), ("Last-Modified", lm)];
+        assert!(not_modified(
+            b"GET",
+            &[("If-None-Match", "\"x\", W/\"a\"")],
+            &stored
+        ));
+        assert!(not_modified(b"HEAD", &[("If-None-Match", "*")], &stored));
+        assert!(!not_modified(b"GET", &[("If-None-Match", "\"b\"")], &stored));
+        // If-None-Match decides; If-Modified-Since is then ignored.
+        assert!(!not_modified(
+            b"GET",
+            &[("If-None-Match", "\"b\""), ("If-Modified-Since", lm)],
+            &stored
+        ));
+        assert!(not_modified(b"GET", &[("If-Modified-Since", lm)], &stored));
+        assert!(not_modified(
+            b"GET",
+            &[("If-Modified-Since", "Mon, 07 Nov 1994 08:49:37 GMT")],
+            &stored
+        ));
+        assert!(!not_modified(
+            b"GET",
+            &[("If-Modified-Since", "Sat, 05 Nov 1994 08:49:37 GMT")],
+            &stored
+        ));
+        assert!(!not_modified(
+            b"GET",
+            &[("If-Modified-Since", "garbage")],
+            &stored
+        ));
+        assert!(!not_modified(b"POST", &[("If-None-Match", "*")], &stored));
+        assert!(!not_modified(b"GET", &[("Accept", "*/*")], &stored));
+        // Date stands in for a missing Last-Modified.
+        assert!(not_modified(
+            b"GET",
+            &[("If-Modified-Since", lm)],
+            &[("Date", lm)]
+        ));
+        assert!(!not_modified(
+            b"GET",
+            &[("If-None-Match", "\"a\"")],
+            &[("Date", lm)]
+        ));
     }
 
     #[test]
