@@ -146,3 +146,67 @@ mod tests {
         assert_eq!(c.unkeyed, UnkeyedPolicy::Strip);
     }
 }
+
+/// Garbage in, no panic out: every parser of untrusted bytes fed seeded
+/// pseudo-random input built from the bytes that matter to it.
+#[cfg(test)]
+mod garbage {
+    use super::*;
+
+    /// A small deterministic generator (xorshift), so a failure repeats.
+    fn inputs() -> impl Iterator<Item = Vec<u8>> {
+        const ALPHABET: &[u8] = b"=,;\"\\ \t/?&%#:+*-_.09aAzZmax-ges\x00\x7f\xff";
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        (0..20_000).map(move |_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 24) as usize;
+            (0..len)
+                .map(|i| ALPHABET[((x >> (i % 8 * 8)) as usize + i * 7) % ALPHABET.len()])
+                .collect()
+        })
+    }
+
+    #[test]
+    fn parsers_never_panic() {
+        let cfg = Config::default();
+        for v in inputs() {
+            let s = std::str::from_utf8(&v).unwrap_or("x");
+            let _ = CacheControl::parse([v.as_slice()]);
+            let fields = [
+                ("CDN-Cache-Control", s),
+                ("Surrogate-Control", s),
+                ("Cache-Control", s),
+                ("Vary", s),
+                ("Accept-Encoding", s),
+                ("Age", s),
+                ("Expires", s),
+                ("Location", s),
+                ("ETag", s),
+                ("Last-Modified", s),
+            ];
+            let policy = EdgePolicy::of(&fields);
+            let f = Freshness::new(&cfg, 200, &policy, &fields, 0, 10);
+            let _ = f.reuse(&cfg, &CacheControl::parse([v.as_slice()]), u64::MAX);
+            let _ = f.serve_on_error(&cfg, &policy.cc, u64::MAX);
+            let _ = f.useful_until(&cfg);
+            let _ = storable(&cfg, b"GET", &fields, 200, &fields);
+            let _ = secondary_key(&cfg, &Vary::of(&fields), &fields);
+            let _ = primary_key(&cfg, b"GET", &v, &v);
+            let _ = origin_target(&cfg, &[b"/".as_slice(), &v].concat());
+            let _ = conditional_fields(&fields);
+            let _ = not_modified(b"GET", &fields, &fields);
+            let _ = freshen_fields(&fields, &fields);
+            let _ = invalidated_keys(
+                &cfg,
+                b"POST",
+                200,
+                b"a.test",
+                &[b"/".as_slice(), &v].concat(),
+                &fields,
+            );
+            let _ = parse_http_date(&v);
+        }
+    }
+}

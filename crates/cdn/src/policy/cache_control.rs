@@ -359,10 +359,12 @@ impl<'a> Items<'a> {
             match b {
                 b'\\' if quoted => self.i += 1,
                 b'"' => quoted = !quoted,
-                b',' if !quoted => return,
+                b',' if !quoted => break,
                 _ => {}
             }
         }
+        // An escape as the last byte stepped past the end.
+        self.i = self.i.min(self.s.len());
     }
 }
 
@@ -559,6 +561,9 @@ mod tests {
         assert_eq!(c.private, None);
         let c = cc("\u{1}\u{7f}max-age=1");
         assert!(c.max_age.is_none() || c.max_age == Some(Delta::Secs(1)));
+        // A trailing escape inside an unterminated quote.
+        let c = cc("public, x=y \"a\\");
+        assert!(c.public);
     }
 
     #[test]

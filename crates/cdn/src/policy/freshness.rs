@@ -166,8 +166,8 @@ impl Freshness {
     /// Whether the stored response may answer at `now` because the origin
     /// failed (refused, timed out, answered 5xx): within the response's
     /// `stale-if-error`, the request's `stale-if-error`, or the configured
-    /// grace ([`Config::grace_secs`], not when the response requires
-    /// revalidation once stale). A fresh response always may, unless it is
+    /// grace ([`Config::grace_secs`]); the last two not when the response
+    /// requires revalidation once stale (`s-maxage` included). A fresh response always may, unless it is
     /// `no-cache`; `no-cache`, `must-revalidate` and `proxy-revalidate`
     /// forbid it.
     pub fn serve_on_error(&self, cfg: &Config, req: &CacheControl, now: u64) -> bool {
@@ -181,10 +181,12 @@ impl Freshness {
             return false;
         }
         let mut window = self.stale_if_error;
-        if let Some(Delta::Secs(s)) = req.stale_if_error {
-            window = window.max(s);
-        }
         if !self.revalidate_when_stale {
+            // The client's and the operator's permissions, which
+            // `s-maxage` (implying `proxy-revalidate`) overrides.
+            if let Some(Delta::Secs(s)) = req.stale_if_error {
+                window = window.max(s);
+            }
             window = window.max(cfg.grace_secs);
         }
         self.staleness(now) <= window && window > 0
@@ -561,6 +563,7 @@ mod tests {
         // s-maxage forbids grace but not its own stale-if-error.
         let f = fr(&cfg, 200, &[("Cache-Control", "s-maxage=60")]);
         assert!(!f.serve_on_error(&cfg, &none, T0 + 61));
+        assert!(!f.serve_on_error(&cfg, &req("stale-if-error=100"), T0 + 61));
         let f = fr(&cfg, 200, &[("Cache-Control", "s-maxage=60, stale-if-error=30")]);
         assert!(f.serve_on_error(&cfg, &none, T0 + 90));
         // must-revalidate forbids everything once stale.
