@@ -40,7 +40,7 @@ pub use key::{
 };
 pub use revalidate::{
     conditional_fields, freshen_fields, invalidated_keys, is_safe, not_modified, updates_stored,
-    CONDITIONAL_FIELDS,
+    CONDITIONAL_FIELDS, NOT_UPDATED,
 };
 pub use storable::{
     edge_only_fields, heuristically_cacheable, is_edge_only, storable, NotStorable, SetCookiePolicy, Storable,

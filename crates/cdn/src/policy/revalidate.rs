@@ -79,24 +79,17 @@ pub fn updates_stored(stored: &impl Fields, update: &impl Fields, only_stored: b
     only_stored && old_etag.is_none() && !stored.has(b"last-modified")
 }
 
-/// Fields of a `304` never copied into the stored response: the framing
-/// and coding of the stored body (`Content-Length`, `Content-Encoding`,
-/// `Content-Range`, `Transfer-Encoding`), hop-by-hop fields (RFC 9111
-/// 3.1), and `Set-Cookie` (meant for the client whose request validated,
-/// never for everyone).
-const NOT_UPDATED: [&[u8]; 12] = [
-    b"content-length",
-    b"content-encoding",
-    b"content-range",
-    b"transfer-encoding",
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"upgrade",
-    b"proxy-authenticate",
-    b"proxy-authentication-info",
-    b"set-cookie",
+/// Fields of a `304` never copied into the stored response, besides the
+/// hop-by-hop ones (RFC 9111 3.1, `proxy-core`'s list): the framing and
+/// coding of the stored body (`Content-Length`, `Content-Encoding`,
+/// `Content-Range`), `Proxy-Authentication-Info`, and `Set-Cookie` (meant
+/// for the client whose request validated, never for everyone).
+pub const NOT_UPDATED: [&str; 5] = [
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "proxy-authentication-info",
+    "set-cookie",
 ];
 
 /// The stored response's fields after a `304` (RFC 9111 3.2, 4.3.4):
@@ -109,7 +102,7 @@ const NOT_UPDATED: [&[u8]; 12] = [
 /// request and response times.
 pub fn freshen_fields(stored: &impl Fields, update: &impl Fields) -> Vec<(Vec<u8>, Vec<u8>)> {
     let policy = EdgePolicy::of(update);
-    let mut excluded: Vec<Vec<u8>> = NOT_UPDATED.iter().map(|n| n.to_vec()).collect();
+    let mut excluded: Vec<Vec<u8>> = NOT_UPDATED.iter().map(|n| n.as_bytes().to_vec()).collect();
     for v in update.values(b"connection") {
         excluded.extend(super::list_tokens(v).map(<[u8]>::to_ascii_lowercase));
     }
@@ -118,7 +111,9 @@ pub fn freshen_fields(stored: &impl Fields, update: &impl Fields) -> Vec<(Vec<u8
             excluded.extend(names.iter().cloned());
         }
     }
-    let is_excluded = |n: &[u8]| excluded.iter().any(|e| e.eq_ignore_ascii_case(n));
+    let is_excluded = |n: &[u8]| {
+        proxy_core::hop_by_hop::is_hop_by_hop(n) || excluded.iter().any(|e| e.eq_ignore_ascii_case(n))
+    };
     let replaced: Vec<Vec<u8>> = update
         .fields()
         .map(|(n, _)| n.to_ascii_lowercase())

@@ -59,13 +59,27 @@ pub fn heuristically_cacheable(status: u16) -> bool {
 pub struct Storable {
     /// The edge's directives for this response (kept for freshness).
     pub policy: EdgePolicy,
-    /// Field names (lowercase) to remove before storing: those named by
-    /// `private="…"` and `no-cache="…"` (never sent from the cache; a `304`
-    /// does not bring them back) and `Set-Cookie` under
+    /// Field names (lowercase) to remove before storing (see also
+    /// [`Storable::keeps`]): those named by `private="…"` and
+    /// `no-cache="…"` (never sent from the cache; a `304` does not bring
+    /// them back), those the response's `Connection` names, and
+    /// `Set-Cookie` under
     /// [`SetCookiePolicy::StoreWithout`]. The edge-only fields
     /// ([`edge_only_fields`]) are kept in storage (a `304` and the
     /// freshness rules still read them) and removed when answering.
     pub strip: Vec<Vec<u8>>,
+}
+
+impl Storable {
+    /// Whether the stored copy keeps the field `name`: not when it is in
+    /// [`Storable::strip`], nor a hop-by-hop field (RFC 9111 3.1:
+    /// `Connection` and the fields it names, `Keep-Alive`,
+    /// `Transfer-Encoding`, …; `proxy-core`'s list), whose meaning ended
+    /// with the connection that carried it.
+    pub fn keeps(&self, name: &[u8]) -> bool {
+        !proxy_core::hop_by_hop::is_hop_by_hop(name)
+            && !self.strip.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
 }
 
 /// Why a response is not stored (each is a hit-for-miss reason for the
@@ -160,6 +174,9 @@ pub fn storable(
     }
     if let Some(FieldList::Named(names)) = &cc.no_cache {
         strip.extend(names.iter().cloned());
+    }
+    for v in resp.values(b"connection") {
+        strip.extend(super::list_tokens(v).map(<[u8]>::to_ascii_lowercase));
     }
     if req.has(b"authorization") && !(cc.public || cc.must_revalidate || cc.s_maxage.is_some()) {
         return Err(NotStorable::Authorization);
@@ -343,6 +360,28 @@ mod tests {
             ("set-cookie", "sid=1"),
         ];
         assert!(ok(&[], 200, &r));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_fields_are_not_kept() {
+        let s = check(
+            "GET",
+            &[],
+            200,
+            &[
+                ("Cache-Control", "max-age=5"),
+                ("Connection", "X-Conn"),
+                ("Private-Ish", "1"),
+            ],
+        )
+        .unwrap();
+        assert!(!s.keeps(b"X-Conn"));
+        assert!(!s.keeps(b"transfer-encoding"));
+        assert!(!s.keeps(b"Keep-Alive"));
+        assert!(s.keeps(b"content-type"));
+        assert!(s.keeps(b"cdn-cache-control"));
+        let s = check("GET", &[], 200, &[("Cache-Control", "max-age=5, private=x-user")]).unwrap();
+        assert!(!s.keeps(b"X-User"));
     }
 
     #[test]
