@@ -15,7 +15,7 @@
 //!   the unkeyed request fields stripped (or refused) before anything else;
 //! - [`cache_control`]: the directive sets, and which field (edge-targeted
 //!   or not) rules a response at the edge;
-//! - [`storable`]: whether a response may be stored at all, and what is
+//! - [`storable`](mod@storable): whether a response may be stored at all, and what is
 //!   removed from it first;
 //! - [`freshness`]: lifetime, age, and what a stored response may be used
 //!   for now (fresh, stale while revalidating, stale on error);

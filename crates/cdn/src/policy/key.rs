@@ -20,6 +20,14 @@
 //! stripped before forwarding (or the request is refused, see
 //! [`UnkeyedPolicy`]); the edge sets its own `X-Forwarded-*` from what it
 //! knows. Fields the origin names in `Vary` are keyed, so they are safe.
+//!
+//! `Cookie` is forwarded and not keyed, as RFC 9111 has it: an origin that
+//! personalises on it says `private` or `Vary: Cookie`. Varnish's built-in
+//! VCL instead passes every request carrying a cookie; we do not, because
+//! cookies are not scoped by port, so the browser sends the application's
+//! session cookie to the edge with every asset request and such a rule
+//! would leave nothing cached. `Authorization` is governed by RFC 9111 3.5
+//! (see [`super::storable()`]).
 
 use super::fields::Fields;
 use super::Config;
