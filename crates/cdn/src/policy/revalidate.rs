@@ -115,18 +115,18 @@ pub fn freshen_fields(stored: &impl Fields, update: &impl Fields) -> Vec<(Vec<u8
         proxy_core::hop_by_hop::is_hop_by_hop(n) || excluded.iter().any(|e| e.eq_ignore_ascii_case(n))
     };
     let replaced: Vec<Vec<u8>> = update
-        .fields()
+        .pairs()
         .map(|(n, _)| n.to_ascii_lowercase())
         .filter(|n| !is_excluded(n))
         .collect();
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = stored
-        .fields()
+        .pairs()
         .filter(|(n, _)| !replaced.iter().any(|r| r.eq_ignore_ascii_case(n)))
         .map(|(n, v)| (n.to_vec(), v.to_vec()))
         .collect();
     out.extend(
         update
-            .fields()
+            .pairs()
             .filter(|(n, _)| !is_excluded(n))
             .map(|(n, v)| (n.to_vec(), v.to_vec())),
     );
