@@ -167,9 +167,9 @@ impl Freshness {
     /// failed (refused, timed out, answered 5xx): within the response's
     /// `stale-if-error`, the request's `stale-if-error`, or the configured
     /// grace ([`Config::grace_secs`]); the last two not when the response
-    /// requires revalidation once stale (`s-maxage` included). A fresh response always may, unless it is
-    /// `no-cache`; `no-cache`, `must-revalidate` and `proxy-revalidate`
-    /// forbid it.
+    /// requires revalidation once stale (`s-maxage` included). A fresh
+    /// response always may, unless it is `no-cache`; once stale,
+    /// `no-cache`, `must-revalidate` and `proxy-revalidate` forbid it.
     pub fn serve_on_error(&self, cfg: &Config, req: &CacheControl, now: u64) -> bool {
         if self.no_cache {
             return false;
