@@ -9,7 +9,8 @@
 //! 4.2.1 encourages exactly that). A directive given twice with different
 //! arguments is treated as invalid too (4.2.1: "either the first occurrence
 //! should be used or the response should be considered stale"; we take the
-//! restrictive branch).
+//! restrictive branch), except in `CDN-Cache-Control`, an RFC 8941
+//! Dictionary, where the last value of a key wins as RFC 8941 says.
 
 use super::fields::Fields;
 use super::DELTA_MAX;
@@ -163,13 +164,13 @@ impl EdgePolicy {
     /// holds no directive we recognise counts as invalid, so the next one
     /// is tried.
     pub fn of(resp: &impl Fields) -> EdgePolicy {
-        if let Some(cc) = parse_targeted(resp.values(b"cdn-cache-control"), false) {
+        if let Some(cc) = parse_targeted(resp.values(b"cdn-cache-control"), Syntax::Structured) {
             return EdgePolicy {
                 cc,
                 source: PolicySource::CdnCacheControl,
             };
         }
-        if let Some(cc) = parse_targeted(resp.values(b"surrogate-control"), true) {
+        if let Some(cc) = parse_targeted(resp.values(b"surrogate-control"), Syntax::Surrogate) {
             return EdgePolicy {
                 cc,
                 source: PolicySource::SurrogateControl,
@@ -188,11 +189,23 @@ impl EdgePolicy {
     }
 }
 
-fn parse_targeted<'a>(values: impl Iterator<Item = &'a [u8]>, surrogate: bool) -> Option<CacheControl> {
+/// How a field's items are read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Syntax {
+    /// `Cache-Control` (RFC 9111 5.2): a conflicting duplicate is invalid.
+    Classic,
+    /// `CDN-Cache-Control`, an RFC 8941 Dictionary: a duplicate key's last
+    /// value wins.
+    Structured,
+    /// `Surrogate-Control`: `max-age=N+M`, `no-store-remote`.
+    Surrogate,
+}
+
+fn parse_targeted<'a>(values: impl Iterator<Item = &'a [u8]>, syntax: Syntax) -> Option<CacheControl> {
     let mut cc = CacheControl::default();
     let mut any = false;
     for v in values {
-        any |= cc.add_line(v, surrogate);
+        any |= cc.add_line(v, syntax);
     }
     any.then_some(cc)
 }
@@ -203,7 +216,7 @@ impl CacheControl {
     pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> CacheControl {
         let mut cc = CacheControl::default();
         for v in values {
-            cc.add_line(v, false);
+            cc.add_line(v, Syntax::Classic);
         }
         cc
     }
@@ -223,15 +236,24 @@ impl CacheControl {
     }
 
     /// Adds one field line; returns whether it held a recognised directive.
-    fn add_line(&mut self, line: &[u8], surrogate: bool) -> bool {
+    fn add_line(&mut self, line: &[u8], syntax: Syntax) -> bool {
         let mut any = false;
         for (name, arg) in Items::new(line) {
-            any |= self.add(&name, arg.as_deref(), surrogate);
+            any |= self.add(&name, arg.as_deref(), syntax);
         }
         any
     }
 
-    fn add(&mut self, name: &[u8], arg: Option<&[u8]>, surrogate: bool) -> bool {
+    fn add(&mut self, name: &[u8], arg: Option<&[u8]>, syntax: Syntax) -> bool {
+        let surrogate = syntax == Syntax::Surrogate;
+        let last_wins = syntax == Syntax::Structured;
+        let set_delta = |slot: &mut Option<Delta>, new: Delta| {
+            if last_wins {
+                *slot = Some(new);
+            } else {
+                set_delta(slot, new);
+            }
+        };
         // RFC 8941 booleans in the targeted fields: `no-store=?0` is off.
         let arg = match arg {
             Some(b"?1") => None,
@@ -618,6 +640,19 @@ mod tests {
         assert!(!p.cc.no_store);
         assert!(p.cc.public);
         assert_eq!(p.cc.max_age, Some(Delta::Secs(60)));
+    }
+
+    #[test]
+    fn duplicates_in_cdn_cache_control_follow_rfc_8941() {
+        let r = [
+            ("CDN-Cache-Control", "max-age=5, max-age=60"),
+            ("CDN-Cache-Control", "s-maxage=1"),
+        ];
+        let p = EdgePolicy::of(&r);
+        assert_eq!(p.cc.max_age, Some(Delta::Secs(60)));
+        assert_eq!(p.cc.s_maxage, Some(Delta::Secs(1)));
+        let r = [("Surrogate-Control", "max-age=5, max-age=60")];
+        assert_eq!(EdgePolicy::of(&r).cc.max_age, Some(Delta::Invalid));
     }
 
     #[test]
