@@ -301,3 +301,148 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn config(dir: &Path, memory_max_object: u64) -> StoreConfig {
+        StoreConfig {
+            memory: MemoryConfig {
+                capacity_bytes: 1 << 20,
+                max_object_bytes: memory_max_object,
+                max_variants: 4,
+                shards: 1,
+            },
+            disk: Some(DiskConfig {
+                capacity_bytes: 4 << 20,
+                sync: false,
+                ..DiskConfig::new(dir)
+            }),
+        }
+    }
+
+    fn object(key: &str, body: &[u8], tag: &str) -> Object {
+        Object::new(
+            key.into(),
+            ObjectMeta::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+                .with_url(format!("h{key}"))
+                .with_tag(tag.to_owned()),
+            Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
+            Bytes::copy_from_slice(body),
+        )
+    }
+
+    fn object_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("objects")).unwrap().count()
+    }
+
+    #[test]
+    fn a_memory_miss_falls_to_disk_and_the_disk_hit_is_promoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(config(dir.path(), 64 * 1024)).unwrap();
+        let key: CacheKey = "/a".into();
+        store.insert(object("/a", b"body", "t")).unwrap();
+        assert_eq!(object_files(dir.path()), 1, "stores write through");
+        store.memory().purge(&Purge::Key(key.clone()), PurgeMode::Hard);
+        assert!(store.memory().get(&key, b"").is_none());
+        assert_eq!(store.get(&key, b"").unwrap().body(), "body");
+        // Promoted: the next hit is memory's, and disk sees no new lookup.
+        let disk_hits = store.stats().disk.unwrap().hits;
+        assert_eq!(disk_hits, 1);
+        assert_eq!(store.get(&key, b"").unwrap().body(), "body");
+        let stats = store.stats();
+        assert_eq!(stats.disk.unwrap().hits, 1);
+        assert_eq!(stats.memory.hits, 1);
+        assert!(store.get(&"/none".into(), b"").is_none());
+        assert_eq!(store.stats().disk.unwrap().misses, 1);
+    }
+
+    #[test]
+    fn after_a_restart_objects_come_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(config(dir.path(), 64 * 1024)).unwrap();
+            let mut fill = store.begin_fill(
+                "/kept".into(),
+                ObjectMeta::new(SystemTime::UNIX_EPOCH).with_tag("t"),
+                Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
+                Some(8),
+            );
+            fill.push(b"kept 4").unwrap();
+            fill.push(b"ev").unwrap();
+            fill.commit(&store).unwrap();
+        }
+        let store = Store::open(config(dir.path(), 64 * 1024)).unwrap();
+        assert_eq!(store.memory().stats().objects, 0);
+        assert_eq!(store.get(&"/kept".into(), b"").unwrap().body(), "kept 4ev");
+        assert_eq!(store.memory().stats().objects, 1);
+    }
+
+    #[test]
+    fn an_aborted_fill_leaves_nothing_in_either_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(config(dir.path(), 64 * 1024)).unwrap();
+        let mut fill = store.begin_fill(
+            "/aborted".into(),
+            ObjectMeta::new(SystemTime::UNIX_EPOCH),
+            Bytes::new(),
+            None,
+        );
+        fill.push(b"first half").unwrap();
+        drop(fill);
+        assert!(store.get(&"/aborted".into(), b"").is_none());
+        assert_eq!(object_files(dir.path()), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        drop(store);
+        let store = Store::open(config(dir.path(), 64 * 1024)).unwrap();
+        assert!(store.get(&"/aborted".into(), b"").is_none());
+    }
+
+    #[test]
+    fn an_object_too_large_for_memory_is_kept_on_disk_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(config(dir.path(), 1000)).unwrap();
+        assert_eq!(store.max_object_bytes(), 4 << 20);
+        let big = vec![b'x'; 5000];
+        let stored = store.insert(object("/big", &big, "t")).unwrap();
+        assert_eq!(stored.body().len(), 5000);
+        assert_eq!(store.memory().stats().objects, 0);
+        assert_eq!(store.get(&"/big".into(), b"").unwrap().body().len(), 5000);
+        assert_eq!(store.memory().stats().objects, 0, "too large to promote");
+        // Without a disk tier the same object is refused.
+        let memory_only = Store::open(StoreConfig {
+            disk: None,
+            ..config(dir.path(), 1000)
+        })
+        .unwrap();
+        assert_eq!(memory_only.max_object_bytes(), 1000);
+        assert!(matches!(
+            memory_only.insert(object("/big", &big, "t")),
+            Err(InsertError::TooLarge { limit: 1000, .. })
+        ));
+    }
+
+    #[test]
+    fn purges_reach_both_tiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(config(dir.path(), 64 * 1024)).unwrap();
+        store.insert(object("/p/1", b"1", "photo-1")).unwrap();
+        store.insert(object("/p/2", b"2", "photo-2")).unwrap();
+        let soft = store.purge(&Purge::Tag("photo-1".into()), PurgeMode::Soft);
+        assert_eq!(soft, Purged { memory: 1, disk: 1 });
+        assert!(store.get(&"/p/1".into(), b"").unwrap().is_soft_purged());
+        // Soft-purged on disk too: after a restart it is still stale.
+        drop(store);
+        let store = Store::open(config(dir.path(), 64 * 1024)).unwrap();
+        assert!(store.get(&"/p/1".into(), b"").unwrap().is_soft_purged());
+        assert!(!store.get(&"/p/2".into(), b"").unwrap().is_soft_purged());
+        let hard = store.purge(&Purge::Prefix("h/p/".into()), PurgeMode::Hard);
+        assert_eq!(hard, Purged { memory: 2, disk: 2 });
+        assert!(store.get(&"/p/1".into(), b"").is_none());
+        assert_eq!(object_files(dir.path()), 0);
+    }
+}
