@@ -191,6 +191,15 @@ impl<V: Indexed> Index<V> {
     /// Removes entry `id` from the maps (the order already forgot it).
     fn unlink(&mut self, id: u64) -> Option<V> {
         let value = self.entries.remove(&id)?;
+        // Maps never shrink by themselves: after many small objects gave
+        // way to a few large ones, their slots would be memory the byte
+        // bound does not see.
+        let len = self.entries.len();
+        if self.entries.capacity() > 4 * len + 64 {
+            self.entries.shrink_to(2 * len);
+            self.by_key.shrink_to(2 * self.by_key.len());
+            self.tags.shrink_to(2 * self.tags.len());
+        }
         if let Some(ids) = self.by_key.get_mut(value.key()) {
             ids.retain(|i| *i != id);
             if ids.is_empty() {

@@ -146,11 +146,11 @@ impl ObjectMeta {
 /// slots in the maps and queues, and its share of the eviction policy's
 /// ghost list. Counted against the byte bound so many tiny objects cannot
 /// hold much more memory than configured.
-pub const ENTRY_OVERHEAD: u64 = 512;
+pub const ENTRY_OVERHEAD: u64 = 1152;
 
 /// Estimated bytes per purge tag beyond the tag's own bytes (its slot in the
 /// object and in the tag index).
-pub const TAG_OVERHEAD: u64 = 96;
+pub const TAG_OVERHEAD: u64 = 192;
 
 /// A stored response: immutable once stored, except for the soft-purge mark.
 /// Shared as `Arc<Object>`; a reader keeps its copy alive even after the

@@ -141,6 +141,7 @@ impl S3Fifo {
                 Queue::Small => self.small_bytes -= node.charge,
                 Queue::Main => self.main_bytes -= node.charge,
             }
+            self.shrink();
             if self.small.len() + self.main.len() > 2 * self.nodes.len() + 64 {
                 let nodes = &self.nodes;
                 self.small
@@ -151,8 +152,22 @@ impl S3Fifo {
         }
     }
 
+    /// Gives back the slots of maps and queues grown for many more entries
+    /// than are left (they never shrink by themselves).
+    fn shrink(&mut self) {
+        let len = self.nodes.len();
+        if self.nodes.capacity() > 4 * len + 64 {
+            self.nodes.shrink_to(2 * len);
+            self.small.shrink_to(2 * len);
+            self.main.shrink_to(2 * len);
+            self.ghost.shrink_to(2 * len);
+            self.ghost_set.shrink_to(2 * len);
+        }
+    }
+
     /// Chooses and forgets the next victim, or `None` when empty.
     pub(crate) fn evict(&mut self) -> Option<u64> {
+        self.shrink();
         loop {
             if self.nodes.is_empty() {
                 return None;
