@@ -11,8 +11,9 @@ pub mod memory;
 pub mod object;
 mod s3fifo;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -32,6 +33,17 @@ pub enum Purge {
     /// Every object whose [URL](ObjectMeta::url) starts with these bytes
     /// (a scan of the tier's index).
     Prefix(Bytes),
+}
+
+impl Purge {
+    /// Whether `object` is one this purge names.
+    pub fn matches(&self, object: &Object) -> bool {
+        match self {
+            Purge::Key(key) => object.key() == key,
+            Purge::Tag(tag) => object.meta().tags.contains(tag),
+            Purge::Prefix(prefix) => object.meta().url.starts_with(prefix),
+        }
+    }
 }
 
 /// How a purge treats what it matches.
@@ -198,6 +210,41 @@ pub struct StoreStats {
 pub struct Store {
     memory: MemoryStore,
     disk: Option<DiskStore>,
+    purges: Mutex<PurgeLog>,
+}
+
+/// Purges recent enough that a fill begun before them may still commit.
+#[derive(Debug, Default)]
+struct PurgeLog {
+    /// The epoch the next purge gets.
+    next: u64,
+    /// The last [`PURGE_LOG_LEN`] purges with their epochs, oldest first.
+    recent: VecDeque<(u64, Purge, PurgeMode)>,
+}
+
+/// Purges remembered for fills in progress; a fill older than all of them
+/// is treated as purged (soft).
+const PURGE_LOG_LEN: usize = 4096;
+
+impl PurgeLog {
+    /// The strongest purge since `epoch` that names `object`: `None` if
+    /// none, a soft one if the log no longer reaches back that far.
+    fn since(&self, epoch: u64, object: &Object) -> Option<PurgeMode> {
+        if epoch == self.next {
+            return None;
+        }
+        let oldest = self.recent.front().map_or(self.next, |(e, _, _)| *e);
+        let mut found = (epoch < oldest).then_some(PurgeMode::Soft);
+        for (_, purge, mode) in self.recent.iter().filter(|(e, _, _)| *e >= epoch) {
+            if purge.matches(object) {
+                if *mode == PurgeMode::Hard {
+                    return Some(PurgeMode::Hard);
+                }
+                found = Some(PurgeMode::Soft);
+            }
+        }
+        found
+    }
 }
 
 impl Store {
@@ -208,6 +255,7 @@ impl Store {
         Ok(Store {
             memory: MemoryStore::new(config.memory),
             disk,
+            purges: Mutex::new(PurgeLog::default()),
         })
     }
 
@@ -272,12 +320,22 @@ impl Store {
         Some(found)
     }
 
-    /// Purges in every tier.
+    /// Purges in every tier. A fill in progress when the purge came is
+    /// treated as purged too when it commits (see [`Fill::commit`]).
     pub fn purge(&self, purge: &Purge, mode: PurgeMode) -> Purged {
-        Purged {
-            memory: self.memory.purge(purge, mode),
-            disk: self.disk.as_ref().map_or(0, |d| d.purge(purge, mode)),
+        // Logged before the tiers are purged: a commit either lands in a
+        // tier before the purge reaches it, or finds the purge in the log
+        // once it has landed.
+        {
+            let mut log = self.purges.lock().expect("purge log lock");
+            let epoch = log.next;
+            log.next += 1;
+            log.recent.push_back((epoch, purge.clone(), mode));
+            if log.recent.len() > PURGE_LOG_LEN {
+                log.recent.pop_front();
+            }
         }
+        self.purge_tiers(purge, mode)
     }
 
     /// Starts assembling a response into an object (see [`Fill`]): nothing
@@ -290,7 +348,37 @@ impl Store {
         head: Bytes,
         expected_len: Option<u64>,
     ) -> Fill {
-        Fill::new(key, meta, head, expected_len, self.max_object_bytes())
+        let epoch = self.purges.lock().expect("purge log lock").next;
+        Fill::new(key, meta, head, expected_len, self.max_object_bytes(), epoch)
+    }
+
+    /// Stores a fill's object, then applies any purge that came while the
+    /// fill was in progress and names it: a hard one removes it again
+    /// (every variant under its key), a soft one marks it stale. The object
+    /// is returned either way (the clients waiting for this fill get it).
+    pub(crate) fn insert_filled(&self, object: Object, epoch: u64) -> Result<Arc<Object>, InsertError> {
+        let object = self.insert(object)?;
+        let late = self.purges.lock().expect("purge log lock").since(epoch, &object);
+        if let Some(mode) = late {
+            let purge = Purge::Key(object.key().clone());
+            match mode {
+                PurgeMode::Hard => {
+                    self.purge_tiers(&purge, PurgeMode::Hard);
+                }
+                PurgeMode::Soft => {
+                    object.mark_soft_purged();
+                    self.purge_tiers(&purge, PurgeMode::Soft);
+                }
+            }
+        }
+        Ok(object)
+    }
+
+    fn purge_tiers(&self, purge: &Purge, mode: PurgeMode) -> Purged {
+        Purged {
+            memory: self.memory.purge(purge, mode),
+            disk: self.disk.as_ref().map_or(0, |d| d.purge(purge, mode)),
+        }
     }
 
     /// Stats of every tier.
@@ -444,5 +532,77 @@ mod tests {
         assert_eq!(hard, Purged { memory: 2, disk: 2 });
         assert!(store.get(&"/p/1".into(), b"").is_none());
         assert_eq!(object_files(dir.path()), 0);
+    }
+
+    fn begin(store: &Store, key: &str, tag: &str) -> Fill {
+        let mut fill = store.begin_fill(
+            key.into(),
+            ObjectMeta::new(SystemTime::UNIX_EPOCH)
+                .with_tag(tag.to_owned())
+                .with_url(format!("h{key}")),
+            Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
+            None,
+        );
+        fill.push(b"fetched before the purge").unwrap();
+        fill
+    }
+
+    #[test]
+    fn a_hard_purge_during_a_fill_keeps_its_object_out_of_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(config(dir.path(), 64 * 1024)).unwrap();
+        let in_flight = begin(&store, "/photo/1", "photo-1");
+        let unrelated = begin(&store, "/photo/2", "photo-2");
+        store.purge(&Purge::Tag("photo-1".into()), PurgeMode::Hard);
+        // The waiting clients still get the answer.
+        let object = in_flight.commit(&store).unwrap();
+        assert_eq!(object.body(), "fetched before the purge");
+        assert!(store.get(&"/photo/1".into(), b"").is_none());
+        assert_eq!(object_files(dir.path()), 0);
+        // A purge that names another object does not touch this one.
+        unrelated.commit(&store).unwrap();
+        assert!(!store.get(&"/photo/2".into(), b"").unwrap().is_soft_purged());
+        // A fill begun after the purge is stored as usual.
+        begin(&store, "/photo/1", "photo-1").commit(&store).unwrap();
+        assert!(!store.get(&"/photo/1".into(), b"").unwrap().is_soft_purged());
+        assert_eq!(object_files(dir.path()), 2);
+    }
+
+    #[test]
+    fn a_soft_purge_during_a_fill_stores_its_object_stale_in_both_tiers() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(config(dir.path(), 64 * 1024)).unwrap();
+            let in_flight = begin(&store, "/app.js", "static");
+            store.purge(&Purge::Prefix("h/app".into()), PurgeMode::Soft);
+            assert!(in_flight.commit(&store).unwrap().is_soft_purged());
+            assert!(store.get(&"/app.js".into(), b"").unwrap().is_soft_purged());
+        }
+        let store = Store::open(config(dir.path(), 64 * 1024)).unwrap();
+        assert!(store.get(&"/app.js".into(), b"").unwrap().is_soft_purged());
+    }
+
+    #[test]
+    fn a_fill_older_than_the_purge_log_is_stored_stale() {
+        let store = Store::open(StoreConfig::default()).unwrap();
+        let old = begin(&store, "/old", "t");
+        for i in 0..=PURGE_LOG_LEN {
+            store.purge(&Purge::Key(format!("/other/{i}").into()), PurgeMode::Hard);
+        }
+        assert!(old.commit(&store).unwrap().is_soft_purged());
+        let recent = begin(&store, "/recent", "t");
+        store.purge(&Purge::Key("/other".into()), PurgeMode::Hard);
+        assert!(!recent.commit(&store).unwrap().is_soft_purged());
+    }
+
+    #[test]
+    fn purges_match_by_key_tag_and_url_prefix() {
+        let o = object("/p/1", b"", "photo-1");
+        assert!(Purge::Key("/p/1".into()).matches(&o));
+        assert!(!Purge::Key("/p/10".into()).matches(&o));
+        assert!(Purge::Tag("photo-1".into()).matches(&o));
+        assert!(!Purge::Tag("photo".into()).matches(&o));
+        assert!(Purge::Prefix("h/p/".into()).matches(&o));
+        assert!(!Purge::Prefix("/p/".into()).matches(&o));
     }
 }

@@ -47,6 +47,7 @@ pub struct Fill {
     expected: Option<u64>,
     limit: u64,
     too_large: bool,
+    purge_epoch: u64,
 }
 
 impl Fill {
@@ -56,6 +57,7 @@ impl Fill {
         head: Bytes,
         expected: Option<u64>,
         limit: u64,
+        purge_epoch: u64,
     ) -> Self {
         // A declared length within the limit is reserved at once, so the
         // body ends up in one allocation of exactly its size.
@@ -69,6 +71,7 @@ impl Fill {
             expected,
             limit,
             too_large: expected.is_some_and(|n| n > limit),
+            purge_epoch,
         }
     }
 
@@ -99,10 +102,15 @@ impl Fill {
     /// Makes the complete body an object in `store` and returns it (the
     /// coalesced waiters are answered from it). Refused when the body went
     /// past the limit, differs from the declared length, or no tier takes
-    /// it; then nothing is stored.
+    /// it; then nothing is stored. A purge that came while the fill was in
+    /// progress and names the object applies to it: a hard one leaves it
+    /// out of the store (with every variant under its key), a soft one
+    /// stores it marked stale, so content fetched before a purge is never
+    /// served as fresh after it.
     pub fn commit(self, store: &Store) -> Result<Arc<Object>, FillError> {
+        let epoch = self.purge_epoch;
         let object = self.finish()?;
-        Ok(store.insert(object)?)
+        Ok(store.insert_filled(object, epoch)?)
     }
 
     /// The complete object, without storing it.
