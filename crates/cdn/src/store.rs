@@ -4,6 +4,8 @@
 //! become objects only when complete ([`fill`]). [`Store`] ties the tiers
 //! together: a memory miss falls to disk and a disk hit is promoted.
 
+#![deny(missing_docs)]
+
 pub mod disk;
 pub mod fill;
 mod index;

@@ -317,6 +317,32 @@ mod tests {
         assert!(store.stats().evictions >= 900);
     }
 
+    #[test]
+    fn hot_keys_survive_a_scan_with_the_default_shards() {
+        let store = MemoryStore::new(MemoryConfig {
+            capacity_bytes: 16 << 20,
+            ..MemoryConfig::default()
+        });
+        assert_eq!(store.shard_count(), 16);
+        let hot: Vec<String> = (0..200).map(|i| format!("/hot/{i}")).collect();
+        for key in &hot {
+            store.insert(object(key, 10_000)).unwrap();
+            assert!(store.get(&key.as_str().into(), b"").is_some());
+        }
+        // Twelve times the capacity in keys read once.
+        for i in 0..20_000 {
+            let key = format!("/cold/{i}");
+            store.get(&key.as_str().into(), b"");
+            store.insert(object(&key, 10_000)).unwrap();
+        }
+        let lost = hot
+            .iter()
+            .filter(|k| store.variants(&k.as_str().into()).is_empty())
+            .count();
+        assert_eq!(lost, 0, "{lost} hot keys flushed by the scan");
+        assert!(store.stats().evictions > 18_000);
+    }
+
     /// A plain LRU over equal-sized entries, the baseline the scan test
     /// compares with.
     struct Lru {

@@ -167,7 +167,9 @@ pub struct Object {
 impl Object {
     /// A stored response under `key`: `head` is the response head as it is
     /// stored (status line and fields), `body` the whole body. Not soft
-    /// purged.
+    /// purged. `head` and `body` should own their memory exactly (a slice
+    /// of a larger buffer keeps the whole buffer alive while only the
+    /// slice is charged); [`Fill`](super::Fill) builds bodies that do.
     pub fn new(key: CacheKey, meta: ObjectMeta, head: Bytes, body: Bytes) -> Self {
         Object {
             key,
