@@ -306,7 +306,18 @@ impl Store {
     /// The object under `key` with exactly `variant` (see
     /// [`MemoryStore::get`]), from memory, else from disk (then promoted).
     pub fn get(&self, key: &CacheKey, variant: &[u8]) -> Option<Arc<Object>> {
-        self.lookup(key, |o| o.meta().variant == variant)
+        if let Some(found) = self.memory.get(key, variant) {
+            return Some(found);
+        }
+        let found = Arc::new(self.disk.as_ref()?.get(key, variant)?);
+        self.promote(&found);
+        Some(found)
+    }
+
+    /// Puts a disk hit in memory (an object too large for memory is still
+    /// served, from disk).
+    fn promote(&self, object: &Arc<Object>) {
+        let _ = self.memory.insert_arc(object.clone());
     }
 
     /// The first object under `key` that `matches` accepts, from memory,
@@ -317,8 +328,7 @@ impl Store {
         }
         let disk = self.disk.as_ref()?;
         let found = Arc::new(disk.lookup(key, &mut matches)?);
-        // A promotion too large for memory is still served from disk.
-        let _ = self.memory.insert_arc(found.clone());
+        self.promote(&found);
         Some(found)
     }
 
