@@ -67,6 +67,16 @@ fn ghost_hash(key: &CacheKey, variant: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Gives back a map's memory once it holds under a third of what it grew
+/// for (maps never shrink by themselves: after many small objects gave way
+/// to a few large ones, their slots would be memory the byte bound does not
+/// see).
+pub(crate) fn shrink_map<K: Eq + Hash, T>(map: &mut HashMap<K, T>) {
+    if map.capacity() > 3 * map.len() + 64 {
+        map.shrink_to(map.len());
+    }
+}
+
 impl<V: Indexed> Index<V> {
     pub(crate) fn new(capacity: u64, max_variants: usize) -> Self {
         Index {
@@ -191,15 +201,9 @@ impl<V: Indexed> Index<V> {
     /// Removes entry `id` from the maps (the order already forgot it).
     fn unlink(&mut self, id: u64) -> Option<V> {
         let value = self.entries.remove(&id)?;
-        // Maps never shrink by themselves: after many small objects gave
-        // way to a few large ones, their slots would be memory the byte
-        // bound does not see.
-        let len = self.entries.len();
-        if self.entries.capacity() > 4 * len + 64 {
-            self.entries.shrink_to(2 * len);
-            self.by_key.shrink_to(2 * self.by_key.len());
-            self.tags.shrink_to(2 * self.tags.len());
-        }
+        shrink_map(&mut self.entries);
+        shrink_map(&mut self.by_key);
+        shrink_map(&mut self.tags);
         if let Some(ids) = self.by_key.get_mut(value.key()) {
             ids.retain(|i| *i != id);
             if ids.is_empty() {
@@ -209,6 +213,9 @@ impl<V: Indexed> Index<V> {
         for tag in value.tags() {
             if let Some(ids) = self.tags.get_mut(tag) {
                 ids.remove(&id);
+                if ids.capacity() > 3 * ids.len() + 64 {
+                    ids.shrink_to(ids.len());
+                }
                 if ids.is_empty() {
                     self.tags.remove(tag);
                 }

@@ -13,6 +13,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use super::index::shrink_map;
+
 /// Which queue an entry is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Queue {
@@ -155,13 +157,15 @@ impl S3Fifo {
     /// Gives back the slots of maps and queues grown for many more entries
     /// than are left (they never shrink by themselves).
     fn shrink(&mut self) {
-        let len = self.nodes.len();
-        if self.nodes.capacity() > 4 * len + 64 {
-            self.nodes.shrink_to(2 * len);
-            self.small.shrink_to(2 * len);
-            self.main.shrink_to(2 * len);
-            self.ghost.shrink_to(2 * len);
-            self.ghost_set.shrink_to(2 * len);
+        shrink_map(&mut self.nodes);
+        shrink_map(&mut self.ghost_set);
+        for queue in [&mut self.small, &mut self.main] {
+            if queue.capacity() > 3 * queue.len() + 64 {
+                queue.shrink_to(queue.len());
+            }
+        }
+        if self.ghost.capacity() > 3 * self.ghost.len() + 64 {
+            self.ghost.shrink_to(self.ghost.len());
         }
     }
 
