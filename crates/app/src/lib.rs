@@ -8,6 +8,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod http_cache;
 pub mod metrics;
 mod read_your_writes;
 pub mod routes;
@@ -63,7 +64,7 @@ pub fn router(backends: Backends, settings: WebSettings) -> Router {
         metrics: metrics.clone(),
         catalog,
     };
-    use routes::{accounts, ops, photos, social};
+    use routes::{accounts, assets, ops, photos, social};
     let api = Router::new()
         .route("/api/signup", post(accounts::signup))
         .route("/api/login", post(accounts::login))
@@ -81,16 +82,19 @@ pub fn router(backends: Backends, settings: WebSettings) -> Router {
             post(social::follow).delete(social::unfollow),
         )
         .route("/api/feed", get(social::feed))
-        .route("/media/{*key}", get(photos::media))
         .layer(DefaultBodyLimit::max(json_limit));
     Router::new()
         .merge(api)
-        .route("/", get(ops::index))
+        .route("/media/{*key}", get(photos::media))
+        .route("/", get(assets::index))
+        .route("/static/{name}", get(assets::asset))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { error::ApiError::NotFound("no such route") })
         .with_state(state)
+        // Outside the routes, so an unknown `/api/` path's 404 has it too.
+        .layer(axum::middleware::from_fn(http_cache::api_no_store))
         // A layer, not a route layer: requests no route matched (404) count too.
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
         .layer(axum::middleware::from_fn_with_state(cookie_secure, read_your_writes::layer))

@@ -1,6 +1,7 @@
 //! HTTP routes of the application, one module per area of the API.
 
 pub mod accounts;
+pub mod assets;
 pub mod ops;
 pub mod photos;
 pub mod social;

@@ -1,17 +1,9 @@
-//! Operational endpoints and the web page.
+//! Operational endpoints.
 
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
-
-/// The single-page UI, embedded so the binary runs from any directory.
-const INDEX_HTML: &str = include_str!("../../assets/index.html");
-
-/// `GET /`.
-pub async fn index() -> Html<&'static str> {
-    Html(INDEX_HTML)
-}
+use axum::response::{IntoResponse, Response};
 
 /// `GET /healthz`: the process is alive.
 pub async fn healthz() -> &'static str {

@@ -2,10 +2,12 @@
 
 use crate::auth::CurrentUser;
 use crate::error::{ApiError, ApiResult};
+use crate::http_cache::{not_modified, strong_etag};
+use crate::routes::assets::IMMUTABLE;
 use crate::state::AppState;
 use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::extract::{Multipart, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -257,8 +259,13 @@ pub async fn user_photos(
 
 /// `GET /media/{*key}`: originals and variants with their content type. Keys
 /// are immutable (a photo id never gets other bytes), so they may be cached
-/// forever by browsers and the CDN.
-pub async fn media(State(state): State<AppState>, Path(key): Path<String>) -> ApiResult<Response> {
+/// forever by browsers and the CDN, and the key alone makes a strong `ETag`:
+/// a matching `If-None-Match` gets `304 Not Modified` without the body.
+pub async fn media(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let key = BlobKey::parse(&key).map_err(|_| ApiError::NotFound("no such file"))?;
     let content_type = match key.as_str().rsplit_once('.').map(|(_, ext)| ext) {
         Some("jpg") => "image/jpeg",
@@ -272,13 +279,15 @@ pub async fn media(State(state): State<AppState>, Path(key): Path<String>) -> Ap
         .get(&key)
         .await?
         .ok_or(ApiError::NotFound("no such file"))?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        bytes,
-    )
-        .into_response())
+    let etag = strong_etag(key.as_str().as_bytes());
+    let common = [
+        (header::CACHE_CONTROL, IMMUTABLE),
+        (header::ETAG, etag.as_str()),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    // After the read, so a key with no file is a 404 even when `*` is asked.
+    if not_modified(&headers, &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
+    }
+    Ok((common, [(header::CONTENT_TYPE, content_type)], bytes).into_response())
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 mod media;
+mod origin;
 mod stampede;
 
 use helpers::{get_text, new_client, spawn_app, TEST_MAX_BODY};
@@ -460,7 +461,11 @@ async fn operational_endpoints() {
         .to_str()
         .unwrap()
         .starts_with("text/html"));
-    assert!(page.text().await.unwrap().contains("/api/photos"));
+    // The page's script, now a file of its own, is the UI calling the API.
+    assert!(page.text().await.unwrap().contains("<script src=\"/static/app."));
+    let (_, assets) = origin::page_assets(&app, &c).await;
+    let script = assets.iter().find(|u| u.ends_with(".js")).unwrap();
+    assert!(get_text(&c, &app.url(script)).await.contains("/api/photos"));
     let r = c.get(app.url("/api/photos/1")).send().await.unwrap();
     assert!(r.headers().contains_key("x-request-id"));
 

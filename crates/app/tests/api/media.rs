@@ -57,11 +57,16 @@ async fn media_is_public_and_cacheable_forever_while_a_missing_file_is_not() {
         // A response a shared cache stores must not set anyone's cookie.
         assert!(h.get("set-cookie").is_none(), "{what}");
         assert!(h.get("vary").is_none(), "{what}: one copy for every client");
-        // FIXME: no validator is sent (no ETag, no Last-Modified), so a cache
-        // whose copy is evicted or past a shorter local limit cannot
-        // revalidate with a 304; it fetches the whole object again. The keys
-        // being immutable, `max-age` makes revalidation rare.
-        assert!(h.get("etag").is_none(), "{what}");
+        // A strong validator from the immutable key, so a cache whose copy
+        // was evicted or outlived a shorter local limit revalidates with a
+        // 304 instead of fetching the whole object again.
+        let etag = header(&h, "etag")
+            .unwrap_or_else(|| panic!("{what}: no etag"))
+            .to_owned();
+        assert!(
+            etag.starts_with('"') && etag.ends_with('"') && etag.len() > 2,
+            "{what}: {etag}"
+        );
         assert!(h.get("last-modified").is_none(), "{what}");
         let body = r.bytes().await.unwrap();
         assert_eq!(
@@ -71,15 +76,35 @@ async fn media_is_public_and_cacheable_forever_while_a_missing_file_is_not() {
         );
         assert!(!body.is_empty(), "{what}");
 
-        // Conditional requests are answered in full today (no validators).
+        // A matching conditional GET: 304, the validator and freshness again,
+        // no body.
+        for tag in [
+            etag.clone(),
+            format!("W/{etag}"),
+            format!("\"nope\", {etag}"),
+            "*".into(),
+        ] {
+            let r = anonymous
+                .get(app.url(url))
+                .header("if-none-match", &tag)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 304, "{what}: {tag}");
+            assert_eq!(header(r.headers(), "etag"), Some(etag.as_str()), "{what}");
+            assert_eq!(header(r.headers(), "cache-control"), Some(IMMUTABLE), "{what}");
+            assert!(r.bytes().await.unwrap().is_empty(), "{what}: {tag}");
+        }
+        // A non-matching one: the whole object, with the same validator.
         let r = anonymous
             .get(app.url(url))
-            .header("if-none-match", "*")
+            .header("if-none-match", "\"some-other-version\"")
             .header("if-modified-since", "Thu, 01 Jan 2026 00:00:00 GMT")
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{what}");
+        assert_eq!(header(r.headers(), "etag"), Some(etag.as_str()), "{what}");
         assert_eq!(r.bytes().await.unwrap(), body, "{what}");
 
         // HEAD: the same headers, no body.
