@@ -94,17 +94,11 @@ pub struct Backends {
 
 impl Backends {
     /// Opens every tier (creating embedded state and applying migrations),
-    /// their metrics in a registry of their own ([`Backends::metrics`]).
+    /// each with its own builder. The builders are handed the process's
+    /// metrics registry, made here and kept in [`Backends::metrics`], to
+    /// which the process adds its own components and serves on `/metrics`.
     pub async fn connect(config: &BackendsConfig) -> anyhow::Result<Self> {
-        Self::connect_with(config, &telemetry::Registry::new()).await
-    }
-
-    /// Opens every tier, each with its own builder; adapters register their
-    /// metrics in `registry`, which the process serves on `/metrics`.
-    pub async fn connect_with(
-        config: &BackendsConfig,
-        registry: &telemetry::Registry,
-    ) -> anyhow::Result<Self> {
+        let registry = &telemetry::Registry::new();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let sql = SqlEngine::open(&config.sql, &config.data_dir, registry).await?;
