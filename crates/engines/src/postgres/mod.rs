@@ -223,17 +223,7 @@ impl PgNode {
         {
             return Ok(());
         }
-        let log_path = self.data_dir.join(LOG_FILE);
-        let log = process::open_log(&log_path)?;
-        if let Some(owner) = self.owner {
-            owner.give(&log_path)?;
-        }
-        let mut cmd = self.command("postgres");
-        cmd.arg("-D")
-            .arg(&self.data_dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("duplicating the log file")?)
-            .stderr(log);
+        let mut cmd = self.postgres_command()?;
         process::tie_to_owner(&mut cmd, Signal::SIGINT);
         let child = cmd
             .spawn()
@@ -249,6 +239,15 @@ impl PgNode {
     /// supervisor that spawns and watches the process itself instead of
     /// [`PgNode::start`]. The caller ties the process to its own lifetime.
     pub fn server_command(&self) -> anyhow::Result<Command> {
+        let cmd = self.postgres_command()?;
+        self.crashed.store(false, Ordering::Relaxed);
+        Ok(cmd)
+    }
+
+    /// `postgres -D <data_dir>` as the cluster's owner, its output appended
+    /// to `postgres.log`: what both [`PgNode::start`] and
+    /// [`PgNode::server_command`] run.
+    fn postgres_command(&self) -> anyhow::Result<Command> {
         let log_path = self.data_dir.join(LOG_FILE);
         let log = process::open_log(&log_path)?;
         if let Some(owner) = self.owner {
@@ -260,7 +259,6 @@ impl PgNode {
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file")?)
             .stderr(log);
-        self.crashed.store(false, Ordering::Relaxed);
         Ok(cmd)
     }
 
