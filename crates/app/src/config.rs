@@ -36,10 +36,17 @@ pub struct WebSettings {
     /// Add `Secure` to the session cookie (set it behind HTTPS). Default false.
     #[serde(default)]
     pub cookie_secure: bool,
-    /// Prefix of media URLs in API answers (the CDN's origin once there is
-    /// one); empty means relative URLs served by the web tier. Default "".
+    /// Prefix of media URLs in API answers and of the page's script and
+    /// style: the CDN edge's public URL once there is one (`up` sets it to
+    /// the first edge of the site); empty means relative URLs served by the
+    /// web tier. Default "".
     #[serde(default)]
     pub media_base_url: String,
+    /// Admin base URLs of every CDN edge (`http://127.0.0.1:8092`); a
+    /// deleted photo is purged by its tag on each (`POST /purge?tag=…`).
+    /// Default none.
+    #[serde(default)]
+    pub cdn_purge_urls: Vec<String>,
     /// Lifetime of cached photo metadata and lists in seconds. Default 60.
     #[serde(default = "default_cache_ttl_secs")]
     pub cache_ttl_secs: u64,
@@ -82,6 +89,7 @@ impl Default for WebSettings {
             session_ttl_secs: default_session_ttl_secs(),
             cookie_secure: false,
             media_base_url: String::new(),
+            cdn_purge_urls: Vec::new(),
             cache_ttl_secs: default_cache_ttl_secs(),
             list_cache_ttl_secs: default_cache_ttl_secs(),
             argon2_memory_kib: default_argon2_memory_kib(),
