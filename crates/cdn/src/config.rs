@@ -87,8 +87,9 @@ pub struct DiskSection {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuerySection {
-    /// Only these parameters key an object (the others are still sent to
-    /// the origin). Exclusive with `ignore`.
+    /// Only these parameters key an object (the others are dropped before
+    /// the request reaches the origin, so they cannot change what is
+    /// stored). Exclusive with `ignore`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep: Option<Vec<String>>,
     /// These parameters never key an object (`utm_*`, `fbclid`, …).
@@ -275,7 +276,7 @@ impl CdnConfig {
         if self.name.is_empty() || !self.name.chars().all(token) {
             return Err(ConfigError::Name(self.name.clone()));
         }
-        if self.listen == self.admin_listen {
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(ConfigError::SameAddress(self.listen));
         }
         Ok(())
@@ -307,12 +308,14 @@ mod tests {
 
     #[test]
     fn a_round_trip_keeps_everything() {
-        let mut c = CdnConfig::default();
-        c.disk = Some(DiskSection {
-            dir: "/tmp/x".into(),
-            capacity_bytes: 5 << 20,
-            max_object_bytes: 1 << 20,
-        });
+        let mut c = CdnConfig {
+            disk: Some(DiskSection {
+                dir: "/tmp/x".into(),
+                capacity_bytes: 5 << 20,
+                max_object_bytes: 1 << 20,
+            }),
+            ..CdnConfig::default()
+        };
         c.query.ignore = vec!["utm_*".into()];
         let text = toml::to_string(&c).unwrap();
         assert_eq!(toml::from_str::<CdnConfig>(&text).unwrap(), c);

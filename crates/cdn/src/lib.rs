@@ -17,4 +17,8 @@
 
 pub mod config;
 pub mod policy;
+mod server;
 pub mod store;
+
+pub use config::CdnConfig;
+pub use server::Edge;

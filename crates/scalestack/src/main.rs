@@ -48,6 +48,8 @@ enum Command {
     Worker(WorkerArgs),
     /// Run the HTTP load balancer in front of the web tier.
     Lb(LbArgs),
+    /// Run a CDN edge: a shared HTTP cache in front of the origin.
+    Cdn(CdnArgs),
     /// Talk to a running `scalestack up`: ps, kill, start, scale.
     Ctl(CtlArgs),
     /// Load generator with latency histograms (no coordinated omission),
@@ -70,6 +72,29 @@ struct LbArgs {
     /// Adds a backend (repeatable).
     #[arg(long = "backend")]
     backends: Vec<SocketAddr>,
+    /// Overrides the worker thread count (0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct CdnArgs {
+    /// Configuration file (TOML, the keys of `cdn::CdnConfig`); without
+    /// it, defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides the public address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Overrides the admin address.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Overrides the origin (the load balancer or a web server).
+    #[arg(long)]
+    origin: Option<SocketAddr>,
+    /// Overrides the memory tier's size in MiB.
+    #[arg(long)]
+    memory_mb: Option<u64>,
     /// Overrides the worker thread count (0 = one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -203,6 +228,10 @@ fn main() -> anyhow::Result<()> {
             let config = lb_config(&args)?;
             runtime(1)?.block_on(run_lb(config))
         }
+        Command::Cdn(args) => {
+            let config = cdn_config(&args)?;
+            runtime(1)?.block_on(run_cdn(config))
+        }
         // The load generator sizes its own runtimes.
         Command::Bench(args) => bench::run(args),
         command => runtime(0)?.block_on(run(command)),
@@ -228,6 +257,33 @@ fn lb_config(args: &LbArgs) -> anyhow::Result<lb::LbConfig> {
     Ok(config)
 }
 
+fn cdn_config(args: &CdnArgs) -> anyhow::Result<cdn::CdnConfig> {
+    let mut config: cdn::CdnConfig = read_config(args.config.as_ref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(admin) = args.admin_listen {
+        config.admin_listen = admin;
+    }
+    if let Some(origin) = args.origin {
+        config.origin = origin;
+    }
+    if let Some(mb) = args.memory_mb {
+        config.memory_bytes = mb << 20;
+        config.max_object_bytes = config.max_object_bytes.min(config.memory_bytes);
+    }
+    if let Some(threads) = args.threads {
+        config.threads = threads;
+    }
+    Ok(config)
+}
+
+async fn run_cdn(config: cdn::CdnConfig) -> anyhow::Result<()> {
+    let edge = cdn::Edge::build(config).await?;
+    edge.run_until_stopped(shutdown_signal(), std::time::Duration::from_secs(30))
+        .await
+}
+
 async fn run_lb(config: lb::LbConfig) -> anyhow::Result<()> {
     let balancer = lb::LoadBalancer::build(config).await?;
     balancer
@@ -237,7 +293,9 @@ async fn run_lb(config: lb::LbConfig) -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Lb(_) | Command::Bench(_) => unreachable!("these run on runtimes of their own"),
+        Command::Lb(_) | Command::Cdn(_) | Command::Bench(_) => {
+            unreachable!("these run on runtimes of their own")
+        }
         Command::Ctl(args) => {
             let command = match args.command {
                 CtlCommand::Ps => up::ctl::CtlCommand::Ps,
