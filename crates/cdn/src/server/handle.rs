@@ -357,7 +357,16 @@ async fn fetch(
         Forward::AsIs => req.head.method.clone(),
     };
     let request_time = unix_now();
-    let resp = match sh.client.send(sh.config.origin, &wire, &method, conn.t).await {
+    let mut sent = sh.client.send(sh.config.origin, &wire, &method, conn.t).await;
+    if let Err(SendError::Broken(_)) = &sent {
+        // A kept-alive connection the origin closed just as it was reused:
+        // an idempotent request is sent once more, on a new connection if
+        // need be.
+        if proxy_core::is_idempotent(&method) {
+            sent = sh.client.send(sh.config.origin, &wire, &method, conn.t).await;
+        }
+    }
+    let resp = match sent {
         Ok(r) => r,
         Err(e) => {
             sh.metrics.origin_errors.inc();
@@ -462,9 +471,7 @@ async fn revalidated(
     resp: Response,
     request_time: u64,
 ) -> std::io::Result<bool> {
-    let only = sh.store.memory().variants(old.key()).len() <= 1;
-    let stored = StoredHead::parse(old.head());
-    let matches = stored.is_some_and(|s| updates_stored(&s.all_fields(), resp.head(), only));
+    let matches = selects(sh, old, resp.head());
     let fresh = matches
         .then(|| origin::freshened(&sh.policy, old, resp.head(), request_time, unix_now()))
         .flatten();
@@ -513,6 +520,19 @@ async fn revalidated(
     }
     let status = format!("{}; fwd=stale; fwd-status=304; stored", sh.config.name);
     from_storage(sh, conn, req, &object, unix_now(), &status, Counted::Revalidated).await
+}
+
+/// Whether a `304` answering the edge's conditional request for `old`
+/// selects it (RFC 9111 4.3.4). A `304` that carries no validator at all
+/// answers the one response the conditional was built from (as Varnish
+/// reads it, and as many origins send it: Python's and some frameworks'
+/// 304s omit the validators).
+fn selects(sh: &Shared, old: &Object, not_modified: &proxy_core::ResponseHead) -> bool {
+    if !not_modified.has(b"etag") && !not_modified.has(b"last-modified") {
+        return true;
+    }
+    let only = sh.store.memory().variants(old.key()).len() <= 1;
+    StoredHead::parse(old.head()).is_some_and(|s| updates_stored(&s.all_fields(), not_modified, only))
 }
 
 /// Streams `resp` to the client without storing it.
@@ -716,9 +736,7 @@ async fn refresh(
     };
     let status = resp.status();
     let refreshed = if status == 304 && !validators.is_empty() {
-        let only = sh.store.memory().variants(old.key()).len() <= 1;
-        let matches =
-            StoredHead::parse(old.head()).is_some_and(|s| updates_stored(&s.all_fields(), resp.head(), only));
+        let matches = selects(&sh, &old, resp.head());
         let fresh = matches
             .then(|| origin::freshened(&sh.policy, &old, resp.head(), request_time, unix_now()))
             .flatten();

@@ -472,3 +472,22 @@ async fn unkeyed_fields_cannot_poison_the_cache() {
         origin.seen()
     );
 }
+
+#[tokio::test]
+async fn a_304_without_validators_answers_the_response_it_was_asked_about() {
+    // Python's http.server and some frameworks send bare 304s.
+    let origin = Origin::start(|_, n| match n {
+        1 => Reply::ok(
+            &[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"), ("cache-control", "max-age=0")],
+            "file",
+        ),
+        _ => Reply::status(304, &[("cache-control", "max-age=600")], ""),
+    })
+    .await;
+    let edge = TestEdge::start(config(origin.addr)).await;
+    edge.get("/bare").await;
+    let again = edge.get("/bare").await;
+    assert_eq!((again.status, again.text().as_str()), (200, "file"), "{again:?}");
+    assert!(edge.get("/bare").await.is_hit());
+    assert_eq!(origin.count("/bare"), 2);
+}
