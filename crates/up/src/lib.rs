@@ -63,6 +63,32 @@ pub enum ScaleError {
 }
 
 impl Orchestrator {
+    /// An orchestrator of `topology` with no child yet, its state under
+    /// `data_dir` (absolute) and the children's configurations under
+    /// `<data_dir>/run`; `exe` is the binary started for every role.
+    fn new(topology: Topology, exe: PathBuf, data_dir: PathBuf) -> anyhow::Result<Self> {
+        let backends = topology.resolve(&data_dir);
+        let run_dir = data_dir.join("run");
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let metrics = metrics::UpMetrics::new();
+        let supervisor = Arc::new(Supervisor::new(exe, run_dir.clone(), metrics.supervisor.clone()));
+        Ok(Orchestrator {
+            supervisor,
+            topology,
+            backends,
+            data_dir,
+            run_dir,
+            metrics,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .context("building the HTTP client")?,
+            scaling: tokio::sync::Mutex::new(()),
+            targets_file: std::sync::Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
+        })
+    }
+
     /// Every child as `ctl ps` shows it; a running PostgreSQL node shows
     /// its part (`primary`, `replica`, `fenced`), one without a process
     /// `down`.
@@ -414,29 +440,12 @@ fn redis_launch(topology: &Topology, data_dir: &Path) -> anyhow::Result<Launch> 
 /// `std::env::current_exe()`).
 pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let data_dir = prepare_data_dir(&topology.data.dir)?;
-    let backends = topology.resolve(&data_dir);
-    let run_dir = data_dir.join("run");
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let control_listener = tokio::net::TcpListener::bind(topology.control.listen)
+    let control_listen = topology.control.listen;
+    let orchestrator = Arc::new(Orchestrator::new(topology, exe, data_dir.clone())?);
+    let supervisor = orchestrator.supervisor.clone();
+    let control_listener = tokio::net::TcpListener::bind(control_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (control API)", topology.control.listen))?;
-    let metrics = metrics::UpMetrics::new();
-    let supervisor = Arc::new(Supervisor::new(exe, run_dir.clone(), metrics.supervisor.clone()));
-    let orchestrator = Arc::new(Orchestrator {
-        supervisor: supervisor.clone(),
-        topology,
-        backends,
-        data_dir: data_dir.clone(),
-        run_dir,
-        metrics,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .context("building the HTTP client")?,
-        scaling: tokio::sync::Mutex::new(()),
-        targets_file: std::sync::Mutex::new(()),
-        cluster: std::sync::OnceLock::new(),
-    });
+        .with_context(|| format!("cannot listen on {control_listen} (control API)"))?;
     let control = tokio::spawn(control::serve(control_listener, orchestrator.clone()));
     let (controller_stop, controller_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut controller = None;
