@@ -1,6 +1,7 @@
 //! `scalestack up`: reads a topology, prepares the shared state, starts every
 //! component (the roles as child processes of the same binary, and the
-//! engines it runs) under one supervisor in dependency order, serves a
+//! engines it runs) under one supervisor in dependency order (engines,
+//! web tier and workers, load balancer, CDN edges), serves a
 //! dashboard, a control API, its own `/metrics` and a Prometheus target
 //! list, scales roles at runtime, and stops everything cleanly on Ctrl-C.
 
@@ -26,8 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use supervisor::{ChildSpec, ChildStatus, Launch, Supervisor};
 
-/// The built-in topology used when none is given: the load balancer in
-/// front of three web servers.
+/// The built-in topology used when none is given: a CDN edge and the load
+/// balancer in front of three web servers.
 pub const DEFAULT_TOPOLOGY: &str = include_str!("../../../topologies/web-tier.toml");
 
 /// How long a level of components may take to become ready at start.
@@ -63,6 +64,32 @@ pub enum ScaleError {
 }
 
 impl Orchestrator {
+    /// An orchestrator of `topology` with no child yet, its state under
+    /// `data_dir` (absolute) and the children's configurations under
+    /// `<data_dir>/run`; `exe` is the binary started for every role.
+    fn new(topology: Topology, exe: PathBuf, data_dir: PathBuf) -> anyhow::Result<Self> {
+        let backends = topology.resolve(&data_dir);
+        let run_dir = data_dir.join("run");
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        let metrics = metrics::UpMetrics::new();
+        let supervisor = Arc::new(Supervisor::new(exe, run_dir.clone(), metrics.supervisor.clone()));
+        Ok(Orchestrator {
+            supervisor,
+            topology,
+            backends,
+            data_dir,
+            run_dir,
+            metrics,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .context("building the HTTP client")?,
+            scaling: tokio::sync::Mutex::new(()),
+            targets_file: std::sync::Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
+        })
+    }
+
     /// Every child as `ctl ps` shows it; a running PostgreSQL node shows
     /// its part (`primary`, `replica`, `fenced`), one without a process
     /// `down`.
@@ -332,6 +359,14 @@ impl Orchestrator {
                 let config = self.topology.lb_config().context("no [lb] section")?;
                 scalestack("lb", write_config(&self.run_dir, "lb", &config)?)
             }
+            Role::Cdn => {
+                let index = copy_index(name)?;
+                let config = self
+                    .topology
+                    .cdn_config(index, &self.data_dir)
+                    .context("no [cdn] section")?;
+                scalestack("cdn", write_config(&self.run_dir, name, &config)?)
+            }
             Role::Redis => redis_launch(&self.topology, &self.data_dir)?,
             Role::Postgres => anyhow::bail!("postgres nodes are launched by their cluster"),
         };
@@ -414,29 +449,12 @@ fn redis_launch(topology: &Topology, data_dir: &Path) -> anyhow::Result<Launch> 
 /// `std::env::current_exe()`).
 pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let data_dir = prepare_data_dir(&topology.data.dir)?;
-    let backends = topology.resolve(&data_dir);
-    let run_dir = data_dir.join("run");
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let control_listener = tokio::net::TcpListener::bind(topology.control.listen)
+    let control_listen = topology.control.listen;
+    let orchestrator = Arc::new(Orchestrator::new(topology, exe, data_dir.clone())?);
+    let supervisor = orchestrator.supervisor.clone();
+    let control_listener = tokio::net::TcpListener::bind(control_listen)
         .await
-        .with_context(|| format!("cannot listen on {} (control API)", topology.control.listen))?;
-    let metrics = metrics::UpMetrics::new();
-    let supervisor = Arc::new(Supervisor::new(exe, run_dir.clone(), metrics.supervisor.clone()));
-    let orchestrator = Arc::new(Orchestrator {
-        supervisor: supervisor.clone(),
-        topology,
-        backends,
-        data_dir: data_dir.clone(),
-        run_dir,
-        metrics,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .context("building the HTTP client")?,
-        scaling: tokio::sync::Mutex::new(()),
-        targets_file: std::sync::Mutex::new(()),
-        cluster: std::sync::OnceLock::new(),
-    });
+        .with_context(|| format!("cannot listen on {control_listen} (control API)"))?;
     let control = tokio::spawn(control::serve(control_listener, orchestrator.clone()));
     let (controller_stop, controller_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut controller = None;
@@ -471,8 +489,13 @@ pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output 
         Some(Err(e)) => Err(e),
         Some(Ok(ready)) => {
             if ready {
+                let cdn = o
+                    .topology
+                    .cdn_url()
+                    .map(|url| format!("cdn {url}, "))
+                    .unwrap_or_default();
                 println!(
-                    "scalestack is up: {}  (dashboard http://{}, data in {})",
+                    "scalestack is up: {}  ({cdn}dashboard http://{}, data in {})",
                     o.topology.public_url(),
                     o.topology.control.listen,
                     data_dir.display()
@@ -548,4 +571,64 @@ pub async fn http_ok(addr: SocketAddr, path: &str) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn orchestrator(text: &str, data_dir: &Path) -> Orchestrator {
+        let topology = Topology::parse(text).unwrap();
+        Orchestrator::new(topology, PathBuf::from("/bin/false"), data_dir.to_path_buf()).unwrap()
+    }
+
+    #[test]
+    fn an_edge_is_launched_as_scalestack_cdn_with_its_configuration_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = orchestrator(include_str!("../../../topologies/cdn.toml"), dir.path());
+        let edge = o.topology.cdn_component(1).unwrap();
+        let spec = o.child_spec(&edge).unwrap();
+        assert_eq!(spec.component, edge);
+        let path = dir.path().join("run").join("cdn-2.toml");
+        let Launch::Scalestack(args) = &spec.launch else {
+            panic!("the same binary, not {:?}", spec.launch)
+        };
+        let expected: Vec<OsString> = vec!["cdn".into(), "--config".into(), path.clone().into()];
+        assert_eq!(args, &expected);
+        let written: cdn::config::CdnConfig =
+            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(Some(&written), o.topology.cdn_config(1, dir.path()).as_ref());
+        assert_eq!((written.listen.port(), written.admin_listen.port()), (8082, 8093));
+        assert_eq!(written.name, "local-cdn-2");
+        let disk = written.disk.expect("cdn.toml has a disk tier");
+        assert_eq!(
+            disk.dir,
+            dir.path().join("cdn-2"),
+            "under the resolved data directory"
+        );
+    }
+
+    #[test]
+    fn web_servers_are_handed_the_edges_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = orchestrator(crate::DEFAULT_TOPOLOGY, dir.path());
+        let web = o.topology.copy(Role::Web, 2).unwrap();
+        o.child_spec(&web).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("run").join("web-3.toml")).unwrap();
+        let written: app::WebConfig = toml::from_str(&text).unwrap();
+        assert_eq!(written.settings.media_base_url, "http://127.0.0.1:8081");
+        assert_eq!(written.settings.cdn_purge_urls, ["http://127.0.0.1:8092"]);
+        assert_eq!(written.listen.port(), 9103);
+    }
+
+    #[test]
+    fn an_edge_without_a_cdn_section_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = Topology::parse(crate::DEFAULT_TOPOLOGY).unwrap();
+        let edge = with.cdn_component(0).unwrap();
+        let o = orchestrator("", dir.path());
+        let e = o.child_spec(&edge).unwrap_err();
+        assert!(e.to_string().contains("no [cdn] section"), "{e}");
+    }
 }

@@ -171,6 +171,18 @@ mod tests {
     }
 
     #[test]
+    fn edges_are_scraped_on_their_admin_port() {
+        let t = Topology::parse(include_str!("../../../topologies/cdn.toml")).unwrap();
+        let list = targets(t.control.listen, &t.site.name, &t.components());
+        let edges: Vec<(&str, &str)> = list
+            .iter()
+            .filter(|g| g.labels["role"] == "cdn")
+            .map(|g| (g.labels["name"].as_str(), g.targets[0].as_str()))
+            .collect();
+        assert_eq!(edges, [("cdn-1", "127.0.0.1:8092"), ("cdn-2", "127.0.0.1:8093")]);
+    }
+
+    #[test]
     fn the_file_is_replaced_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = targets_path(dir.path());

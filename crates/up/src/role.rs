@@ -9,12 +9,15 @@ use std::ops::RangeInclusive;
 /// What a process of a topology is. Serialised in lower case (`"web"`), as
 /// `ctl ps` and the control API show it.
 ///
-/// A new tier (the CDN, DNS and NATS nodes to come) is a new variant here,
+/// A new tier (the DNS and NATS nodes to come) is a new variant here,
 /// a section of the topology model that declares its components
 /// (`topology::Tier`), and the way its process is launched (`lib.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A CDN edge: the shared HTTP cache in front of the origin (the load
+    /// balancer, or the web server without one).
+    Cdn,
     /// The HTTP load balancer in front of the web tier.
     Lb,
     /// A stateless web server.
@@ -29,11 +32,19 @@ pub enum Role {
 
 impl Role {
     /// Every role, in the order `ctl ps` groups them.
-    pub const ALL: [Role; 5] = [Role::Lb, Role::Web, Role::Worker, Role::Postgres, Role::Redis];
+    pub const ALL: [Role; 6] = [
+        Role::Cdn,
+        Role::Lb,
+        Role::Web,
+        Role::Worker,
+        Role::Postgres,
+        Role::Redis,
+    ];
 
     /// The name used in the topology file, `ctl` and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Cdn => "cdn",
             Role::Lb => "lb",
             Role::Web => "web",
             Role::Worker => "worker",
@@ -49,12 +60,14 @@ impl Role {
 
     /// How many copies `ctl scale` may ask for; `None`: not scalable at
     /// runtime. The web tier keeps at least one server (it is the public
-    /// address without a load balancer); workers may go to zero.
+    /// address without a load balancer); workers may go to zero. CDN edges
+    /// are independent caches with their own public addresses (one per
+    /// site), so their count is the topology's, not scaled.
     pub fn scale_range(self) -> Option<RangeInclusive<usize>> {
         match self {
             Role::Web => Some(1..=MAX_COPIES),
             Role::Worker => Some(0..=MAX_COPIES),
-            Role::Lb | Role::Postgres | Role::Redis => None,
+            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis => None,
         }
     }
 
@@ -94,6 +107,7 @@ mod tests {
             );
         }
         assert_eq!(Role::parse("db"), None);
+        assert_eq!(Role::parse("cdn"), Some(Role::Cdn));
         assert_eq!(format!("{:<6}|", Role::Web), "web   |");
     }
 
@@ -103,5 +117,7 @@ mod tests {
         assert_eq!(scalable, [Role::Web, Role::Worker]);
         assert_eq!(Role::Web.scale_range(), Some(1..=64));
         assert_eq!(Role::Worker.scale_range(), Some(0..=64));
+        assert_eq!(Role::Cdn.scale_range(), None);
+        assert!(!Role::Cdn.is_engine());
     }
 }

@@ -1,7 +1,7 @@
 //! The topology file's **model**: how many of each role, where they listen,
 //! and per tier which backend serves it, as the file says it ("the
 //! PostgreSQL cluster `up` runs"). Sections map one to one to the boxes of
-//! the seed's diagrams, so later tiers (cdn, dns, nats) are new sections or
+//! the seed's diagrams, so later tiers (dns, nats) are new sections or
 //! new `kind`s, never a new format.
 //!
 //! Two things are derived from the model, never written by hand:
@@ -9,8 +9,9 @@
 //!   dependencies: [`Topology::components`]), from which port clashes are
 //!   found;
 //! - the **resolved** configuration handed to children
-//!   ([`Topology::resolve`] → `backends::BackendsConfig`), in which every
-//!   engine is an address.
+//!   ([`Topology::resolve`] → `backends::BackendsConfig`, in which every
+//!   engine is an address; [`Topology::cdn_config`] per edge;
+//!   [`Topology::web_settings`], which point the web tier at the edges).
 
 use crate::component::{self, Bind, Component, Readiness, RestartPolicy};
 use crate::role::{Role, MAX_COPIES};
@@ -19,9 +20,10 @@ use backends::{
     BackendsConfig, BlobsTier, CacheTier, PostgresTier, QueueTier, RedisCacheTier, RedisSessionsTier,
     SessionsTier, SqlTier,
 };
+use cdn::config::{CdnConfig, CdnLimits, DiskSection, QuerySection};
 use lb::LbConfig;
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use worker::{WorkerConfig, WorkerSettings};
 
@@ -52,6 +54,11 @@ pub struct Topology {
     /// web server is the public address (the single-server stage).
     #[serde(default)]
     pub lb: Option<LbConfig>,
+    /// `[cdn]`: CDN edges in front of the origin (the load balancer, or the
+    /// web server without one). Absent: no edge, the web tier serves its
+    /// static content and media itself.
+    #[serde(default)]
+    pub cdn: Option<CdnSection>,
     #[serde(default)]
     pub control: ControlSection,
     /// `[redis]`: the Redis `up` starts when a tier is `kind = "redis"`
@@ -235,6 +242,182 @@ impl ManagedRedis {
     }
 }
 
+/// `[cdn]`: the CDN edges `up` runs (`cdn-1`..`cdn-N`), each an independent
+/// cache (`scalestack cdn`) in front of the same origin. Every edge gets a
+/// [`CdnConfig`] ([`Topology::cdn_config`]); keys left out take its
+/// defaults, and keys it does not know are refused.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdnSection {
+    /// Edges to run. Default 1.
+    #[serde(default = "default_cdn_count")]
+    pub count: usize,
+    /// Public address of `cdn-1`; edge N takes port + N - 1. The web tier's
+    /// media and assets point at `cdn-1`'s. Default 127.0.0.1:8081.
+    #[serde(default = "default_cdn_listen")]
+    pub listen: SocketAddr,
+    /// Admin address (purge, stats, `/metrics`, `/readyz`) of `cdn-1`, same
+    /// rule; keep it on loopback. Default 127.0.0.1:8092.
+    #[serde(default = "default_cdn_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Where the edges fetch misses. Default: `[lb]`'s listen address, or
+    /// the (first) web server's without a load balancer.
+    #[serde(default)]
+    pub origin: Option<SocketAddr>,
+    /// MiB of each edge's memory tier. Default 256.
+    #[serde(default = "default_cdn_memory_mb")]
+    pub memory_mb: u64,
+    /// The largest object kept in memory, MiB; larger answers go to the
+    /// disk tier, else stream through uncached. Default 16 (or
+    /// `memory_mb` if smaller).
+    #[serde(default)]
+    pub max_object_mb: Option<u64>,
+    /// MiB of each edge's disk tier, under `<data dir>/cdn-N/`; 0 means no
+    /// disk tier. It keeps objects up to 256 MiB (or `disk_mb` if smaller).
+    /// Default 0.
+    #[serde(default)]
+    pub disk_mb: u64,
+    /// Seconds past freshness a stored answer may be served when the
+    /// origin fails. Default 10.
+    #[serde(default = "default_cdn_grace_secs")]
+    pub grace_secs: u64,
+    /// Seconds an uncacheable answer is remembered (hit-for-miss).
+    /// Default 120.
+    #[serde(default = "default_cdn_hit_for_miss_secs")]
+    pub hit_for_miss_secs: u64,
+    /// Milliseconds a request waits for another's fetch of the same key.
+    /// Default 5000.
+    #[serde(default = "default_cdn_coalesce_wait_ms")]
+    pub coalesce_wait_ms: u64,
+    /// Worker threads of each edge; 0 means one per core. Default 0.
+    #[serde(default)]
+    pub threads: usize,
+    /// One log line per request, with its `Cache-Status`. Default true.
+    #[serde(default = "default_cdn_access_log")]
+    pub access_log: bool,
+    /// Query parameters that key an object: `keep = [...]` (only these) or
+    /// `ignore = [...]` (all but these). Default: all of them.
+    #[serde(default)]
+    pub query: QuerySection,
+    /// Store answers carrying `Set-Cookie` (without it). Default false.
+    #[serde(default)]
+    pub store_set_cookie: bool,
+    /// `[cdn.limits]`: client-side and origin limits. Default
+    /// `CdnLimits::default()`.
+    #[serde(default)]
+    pub limits: CdnLimits,
+}
+
+/// The largest object an edge's disk tier keeps: `CdnConfig`'s default
+/// (256 MiB), or the tier's size if smaller.
+const CDN_DISK_MAX_OBJECT_BYTES: u64 = 256 << 20;
+
+fn default_cdn_count() -> usize {
+    1
+}
+fn default_cdn_listen() -> SocketAddr {
+    CdnConfig::default().listen
+}
+fn default_cdn_admin_listen() -> SocketAddr {
+    CdnConfig::default().admin_listen
+}
+fn default_cdn_memory_mb() -> u64 {
+    CdnConfig::default().memory_bytes >> 20
+}
+fn default_cdn_grace_secs() -> u64 {
+    CdnConfig::default().grace_secs
+}
+fn default_cdn_hit_for_miss_secs() -> u64 {
+    CdnConfig::default().hit_for_miss_secs
+}
+fn default_cdn_coalesce_wait_ms() -> u64 {
+    CdnConfig::default().coalesce_wait_ms
+}
+fn default_cdn_access_log() -> bool {
+    CdnConfig::default().access_log
+}
+
+impl Default for CdnSection {
+    fn default() -> Self {
+        CdnSection {
+            count: default_cdn_count(),
+            listen: default_cdn_listen(),
+            admin_listen: default_cdn_admin_listen(),
+            origin: None,
+            memory_mb: default_cdn_memory_mb(),
+            max_object_mb: None,
+            disk_mb: 0,
+            grace_secs: default_cdn_grace_secs(),
+            hit_for_miss_secs: default_cdn_hit_for_miss_secs(),
+            coalesce_wait_ms: default_cdn_coalesce_wait_ms(),
+            threads: 0,
+            access_log: default_cdn_access_log(),
+            query: QuerySection::default(),
+            store_set_cookie: false,
+            limits: CdnLimits::default(),
+        }
+    }
+}
+
+impl CdnSection {
+    /// Public address of edge `index` (0-based).
+    pub fn listen_of(&self, index: usize) -> SocketAddr {
+        nth(self.listen, index)
+    }
+
+    /// Admin address of edge `index` (0-based).
+    pub fn admin_of(&self, index: usize) -> SocketAddr {
+        nth(self.admin_listen, index)
+    }
+
+    /// Checks the section's own keys, in its own words (the resolved
+    /// [`CdnConfig`] is validated after this).
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=MAX_COPIES).contains(&self.count),
+            "cdn.count must be 1 to {MAX_COPIES} (leave out [cdn] for no edge)"
+        );
+        for (name, first) in [
+            ("cdn.listen", self.listen),
+            ("cdn.admin_listen", self.admin_listen),
+        ] {
+            anyhow::ensure!(
+                first.port() != 0,
+                "{name}: port 0 cannot be used, the web tier must know the edges' addresses"
+            );
+            anyhow::ensure!(
+                first.port() as usize + self.count <= 65536,
+                "{name}: ports run past 65535"
+            );
+        }
+        let max_mb = u64::MAX >> 20;
+        anyhow::ensure!(
+            (1..=max_mb).contains(&self.memory_mb),
+            "cdn.memory_mb must be 1 to {max_mb}, not {}",
+            self.memory_mb
+        );
+        anyhow::ensure!(
+            self.disk_mb <= max_mb,
+            "cdn.disk_mb must be 0 to {max_mb}, not {}",
+            self.disk_mb
+        );
+        if let Some(mb) = self.max_object_mb {
+            anyhow::ensure!(
+                (1..=self.memory_mb).contains(&mb),
+                "cdn.max_object_mb must be 1 to memory_mb ({}), not {mb}",
+                self.memory_mb
+            );
+        }
+        if let Some(origin) = self.origin {
+            anyhow::ensure!(
+                origin.port() != 0,
+                "cdn.origin: port 0 is no address to fetch from"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `[control]`: the orchestrator's dashboard and control API (`ctl`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -287,6 +470,9 @@ pub struct WebTier {
     pub listen: SocketAddr,
     /// Every other key of the section.
     pub settings: WebSettings,
+    /// Whether the section sets `media_base_url` itself (even to ""); if
+    /// not, `up` points it at the first CDN edge when there is one.
+    pub media_base_url_set: bool,
 }
 
 /// `[worker]`: job consumers.
@@ -332,11 +518,13 @@ fn split_role<S: serde::de::DeserializeOwned>(
 impl TryFrom<toml::Table> for WebTier {
     type Error = String;
     fn try_from(t: toml::Table) -> Result<Self, String> {
+        let media_base_url_set = t.contains_key("media_base_url");
         let (count, listen, settings) = split_role(t, "listen", default_web_listen())?;
         Ok(WebTier {
             count,
             listen,
             settings,
+            media_base_url_set,
         })
     }
 }
@@ -365,6 +553,7 @@ impl Default for WebTier {
             count: 1,
             listen: default_web_listen(),
             settings: WebSettings::default(),
+            media_base_url_set: false,
         }
     }
 }
@@ -384,6 +573,18 @@ pub fn nth(first: SocketAddr, index: usize) -> SocketAddr {
     let mut a = first;
     a.set_port(first.port() + index as u16);
     a
+}
+
+/// The address another process connects to for a listener bound at
+/// `bind`: a listener on every address (`0.0.0.0`, `::`) is reached on
+/// loopback.
+pub fn connectable(bind: SocketAddr) -> SocketAddr {
+    let ip = match bind.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bind.port())
 }
 
 impl Topology {
@@ -448,6 +649,19 @@ impl Topology {
                 "lb.backends is not set by hand: the web servers of [web] are the backends"
             );
             lb.validate().map_err(|e| anyhow::anyhow!("[lb]: {e}"))?;
+        }
+        if let Some(cdn) = &self.cdn {
+            cdn.check()?;
+            let origin = self.cdn_origin().expect("a [cdn] section");
+            for index in 0..cdn.count {
+                let name = format!("cdn-{}", index + 1);
+                anyhow::ensure!(
+                    connectable(cdn.listen_of(index)) != origin,
+                    "cdn.origin {origin} is {name}'s own address: the edge would fetch from itself"
+                );
+                let config = self.cdn_config(index, &self.data.dir).expect("a [cdn] section");
+                config.validate().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            }
         }
         let components = self.components();
         component::find_clash(self.control_binds().chain(component::binds_of(&components)))?;
@@ -573,11 +787,113 @@ impl Topology {
                 restart: RestartPolicy::Always,
             });
         }
+        let edges = self.cdn.as_ref().map_or(0, |c| c.count);
+        all.extend((0..edges).filter_map(|i| self.cdn_component(i)));
         all
     }
 
-    /// Copy `index` (0-based) of a role that runs in copies (`web`,
-    /// `worker`); `None` for the others.
+    /// CDN edge `index` (0-based), `cdn-{index + 1}`: its public and admin
+    /// ports, ready when its admin port answers `/readyz`, started after
+    /// its origin's role; `None` without a `[cdn]` section.
+    pub fn cdn_component(&self, index: usize) -> Option<Component> {
+        let cdn = self.cdn.as_ref()?;
+        let (listen, admin) = (cdn.listen_of(index), cdn.admin_of(index));
+        Some(Component {
+            name: format!("cdn-{}", index + 1),
+            role: Role::Cdn,
+            site: self.site.name.clone(),
+            binds: vec![Bind::tcp(listen, "listen"), Bind::tcp(admin, "admin")],
+            addr: Some(listen),
+            // The admin port serves /metrics.
+            metrics: Some(admin),
+            ready: Readiness::Http {
+                addr: admin,
+                path: "/readyz",
+            },
+            depends_on: vec![if self.lb.is_some() { Role::Lb } else { Role::Web }],
+            restart: RestartPolicy::Always,
+        })
+    }
+
+    /// Where the edges fetch misses: `cdn.origin`, else the load balancer,
+    /// else the first web server. `None` without a `[cdn]` section.
+    pub fn cdn_origin(&self) -> Option<SocketAddr> {
+        let cdn = self.cdn.as_ref()?;
+        let default = match &self.lb {
+            Some(lb) => lb.listen,
+            None => self.web.listen,
+        };
+        Some(connectable(cdn.origin.unwrap_or(default)))
+    }
+
+    /// The configuration of CDN edge `index` (0-based), its disk tier (if
+    /// any) under `<data_dir>/cdn-N/`; `None` without a `[cdn]` section.
+    pub fn cdn_config(&self, index: usize, data_dir: &Path) -> Option<CdnConfig> {
+        let cdn = self.cdn.as_ref()?;
+        let n = index + 1;
+        let memory_bytes = cdn.memory_mb.saturating_mul(1 << 20);
+        let defaults = CdnConfig::default();
+        let max_object_bytes = match cdn.max_object_mb {
+            Some(mb) => mb.saturating_mul(1 << 20),
+            None => defaults.max_object_bytes.min(memory_bytes),
+        };
+        let disk = (cdn.disk_mb > 0).then(|| {
+            let capacity_bytes = cdn.disk_mb.saturating_mul(1 << 20);
+            DiskSection {
+                dir: data_dir.join(format!("cdn-{n}")),
+                capacity_bytes,
+                max_object_bytes: CDN_DISK_MAX_OBJECT_BYTES.min(capacity_bytes),
+            }
+        });
+        Some(CdnConfig {
+            listen: cdn.listen_of(index),
+            admin_listen: cdn.admin_of(index),
+            origin: self.cdn_origin()?,
+            name: format!("{}-cdn-{n}", self.site.name),
+            threads: cdn.threads,
+            access_log: cdn.access_log,
+            memory_bytes,
+            max_object_bytes,
+            disk,
+            grace_secs: cdn.grace_secs,
+            hit_for_miss_secs: cdn.hit_for_miss_secs,
+            coalesce_wait_ms: cdn.coalesce_wait_ms,
+            query: cdn.query.clone(),
+            store_set_cookie: cdn.store_set_cookie,
+            limits: cdn.limits.clone(),
+        })
+    }
+
+    /// The public URL of the first CDN edge (`http://127.0.0.1:8081`), if
+    /// there is one.
+    pub fn cdn_url(&self) -> Option<String> {
+        let cdn = self.cdn.as_ref()?;
+        Some(format!("http://{}", connectable(cdn.listen)))
+    }
+
+    /// The web tier's settings as its servers get them: `[web]`'s, with
+    /// `media_base_url` pointing at the first edge (unless `[web]` sets
+    /// it) and every edge's admin URL added to `cdn_purge_urls`.
+    pub fn web_settings(&self) -> WebSettings {
+        let mut settings = self.web.settings.clone();
+        let Some(cdn) = &self.cdn else {
+            return settings;
+        };
+        if !self.web.media_base_url_set {
+            settings.media_base_url = self.cdn_url().expect("a [cdn] section");
+        }
+        for index in 0..cdn.count {
+            let url = format!("http://{}", connectable(cdn.admin_of(index)));
+            if !settings.cdn_purge_urls.contains(&url) {
+                settings.cdn_purge_urls.push(url);
+            }
+        }
+        settings
+    }
+
+    /// Copy `index` (0-based) of a role that `ctl scale` runs in copies
+    /// (`web`, `worker`); `None` for the others (edges:
+    /// [`Self::cdn_component`]).
     pub fn copy(&self, role: Role, index: usize) -> Option<Component> {
         let (name, addr, purpose) = match role {
             Role::Web => (
@@ -590,7 +906,7 @@ impl Topology {
                 nth(self.worker.metrics_listen, index),
                 "metrics",
             ),
-            Role::Lb | Role::Postgres | Role::Redis => return None,
+            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis => return None,
         };
         Some(Component {
             name,
@@ -650,7 +966,7 @@ impl Topology {
             format!("web-{}", index + 1),
             WebConfig {
                 listen: nth(self.web.listen, index),
-                settings: self.web.settings.clone(),
+                settings: self.web_settings(),
                 backends: backends.clone(),
             },
         )
@@ -778,6 +1094,295 @@ mod tests {
         assert_eq!(ports, [9101, 9102, 9103]);
         assert_eq!(lb.admin_listen.port(), 8091);
         assert_eq!(t.control.listen.port(), 8090);
+        // One edge on :8081 in front of the LB, and the web tier points at it.
+        let edge = t.cdn_config(0, Path::new("/d")).unwrap();
+        assert_eq!(
+            (edge.listen.port(), edge.admin_listen.port(), edge.origin.port()),
+            (8081, 8092, 8080)
+        );
+        assert_eq!(edge.name, "local-cdn-1");
+        assert_eq!(edge.disk, None);
+        assert_eq!(t.cdn.as_ref().map(|c| c.count), Some(1));
+        assert_eq!(t.cdn_url().as_deref(), Some("http://127.0.0.1:8081"));
+        let web = t.web_settings();
+        assert_eq!(web.media_base_url, "http://127.0.0.1:8081");
+        assert_eq!(web.cdn_purge_urls, ["http://127.0.0.1:8092"]);
+    }
+
+    #[test]
+    fn the_replicated_and_single_server_files_have_no_edge() {
+        for text in [
+            include_str!("../../../topologies/replicated.toml"),
+            include_str!("../../../topologies/single-server.toml"),
+        ] {
+            let t = Topology::parse(text).unwrap();
+            assert!(t.cdn.is_none() && t.cdn_url().is_none());
+            assert_eq!(t.web_settings(), t.web.settings, "the web tier serves its media");
+            assert!(t.components().iter().all(|c| c.role != Role::Cdn));
+        }
+    }
+
+    #[test]
+    fn an_empty_cdn_section_is_one_edge_with_the_edge_defaults() {
+        // Without [lb] the origin is the web server.
+        let t = Topology::parse("[cdn]").unwrap();
+        let edge = t.cdn_config(0, Path::new("/d")).unwrap();
+        assert_eq!(
+            edge,
+            cdn::config::CdnConfig {
+                origin: "127.0.0.1:8080".parse().unwrap(),
+                name: "local-cdn-1".into(),
+                ..cdn::config::CdnConfig::default()
+            },
+            "the topology's defaults are the edge's"
+        );
+        assert_eq!((edge.listen.port(), edge.admin_listen.port()), (8081, 8092));
+        assert_eq!((edge.memory_bytes, edge.max_object_bytes), (256 << 20, 16 << 20));
+        let names: Vec<String> = t.components().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["web-1", "worker-1", "cdn-1"]);
+        let c = t.cdn_component(0).unwrap();
+        assert_eq!(c.depends_on, [Role::Web], "the origin's role");
+        // A small memory tier takes a smaller default object limit.
+        let t = Topology::parse("[cdn]\nmemory_mb = 4").unwrap();
+        assert_eq!(
+            t.cdn_config(0, Path::new("/d")).unwrap().max_object_bytes,
+            4 << 20
+        );
+        // The site names the edge in Cache-Status.
+        let t = Topology::parse("[site]\nname = \"dc-east\"\n[cdn]").unwrap();
+        assert_eq!(t.cdn_config(0, Path::new("/d")).unwrap().name, "dc-east-cdn-1");
+        assert_eq!(t.cdn_component(0).unwrap().site, "dc-east");
+    }
+
+    #[test]
+    fn edges_take_consecutive_ports_and_their_own_disk_directories() {
+        let t = Topology::parse(include_str!("../../../topologies/cdn.toml")).unwrap();
+        let edges: Vec<_> = (0..2)
+            .map(|i| t.cdn_config(i, Path::new("/data")).unwrap())
+            .collect();
+        let ports: Vec<_> = edges
+            .iter()
+            .map(|e| (e.listen.port(), e.admin_listen.port(), e.origin.port()))
+            .collect();
+        assert_eq!(ports, [(8081, 8092, 8080), (8082, 8093, 8080)]);
+        let names: Vec<_> = edges.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["local-cdn-1", "local-cdn-2"]);
+        let disks: Vec<_> = edges.iter().map(|e| e.disk.clone().unwrap()).collect();
+        assert_eq!(disks[0].dir, Path::new("/data/cdn-1"));
+        assert_eq!(disks[1].dir, Path::new("/data/cdn-2"));
+        assert_eq!(
+            (disks[0].capacity_bytes, disks[0].max_object_bytes),
+            (512 << 20, 256 << 20)
+        );
+        assert_eq!(
+            (edges[0].memory_bytes, edges[0].max_object_bytes),
+            (64 << 20, 8 << 20)
+        );
+        assert_eq!(edges[1].query.ignore, ["utm_*", "fbclid"]);
+        assert_eq!(edges[0].grace_secs, 30);
+        let web = t.web_settings();
+        assert_eq!(web.media_base_url, "http://127.0.0.1:8081", "the first edge");
+        assert_eq!(
+            web.cdn_purge_urls,
+            ["http://127.0.0.1:8092", "http://127.0.0.1:8093"],
+            "every edge"
+        );
+        // A small disk tier bounds its largest object.
+        let t = Topology::parse("[cdn]\ndisk_mb = 100\n[data]\ndir = \"/srv\"").unwrap();
+        let disk = t.cdn_config(0, &t.data.dir).unwrap().disk.unwrap();
+        assert_eq!(
+            (disk.capacity_bytes, disk.max_object_bytes),
+            (100 << 20, 100 << 20)
+        );
+        assert_eq!(disk.dir, Path::new("/srv/cdn-1"));
+    }
+
+    #[test]
+    fn every_cdn_key_reaches_the_edge() {
+        let t = Topology::parse(
+            "[cdn]\norigin = \"127.0.0.1:7000\"\nmemory_mb = 32\nmax_object_mb = 2\n\
+             grace_secs = 5\nhit_for_miss_secs = 7\ncoalesce_wait_ms = 900\nthreads = 3\n\
+             access_log = false\nstore_set_cookie = true\nquery = { keep = [\"v\"] }\n\
+             [cdn.limits]\nmax_headers = 50",
+        )
+        .unwrap();
+        let e = t.cdn_config(0, Path::new("/d")).unwrap();
+        assert_eq!(e.origin, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!((e.memory_bytes, e.max_object_bytes), (32 << 20, 2 << 20));
+        assert_eq!(
+            (e.grace_secs, e.hit_for_miss_secs, e.coalesce_wait_ms, e.threads),
+            (5, 7, 900, 3)
+        );
+        assert!(!e.access_log && e.store_set_cookie);
+        assert_eq!(e.query.keep, Some(vec!["v".to_string()]));
+        assert_eq!(e.limits.max_headers, 50);
+        assert_eq!(
+            e.limits.max_header_bytes, 16384,
+            "the other limits keep their defaults"
+        );
+    }
+
+    #[test]
+    fn edges_are_components_with_ports_readiness_and_dependencies() {
+        let t = Topology::parse(include_str!("../../../topologies/cdn.toml")).unwrap();
+        let cs = t.components();
+        let edge = cs.iter().find(|c| c.name == "cdn-2").unwrap();
+        assert_eq!(edge.role, Role::Cdn);
+        let binds: Vec<(u16, &str)> = edge.binds.iter().map(|b| (b.addr.port(), b.purpose)).collect();
+        assert_eq!(binds, [(8082, "listen"), (8093, "admin")]);
+        assert_eq!(edge.addr.unwrap().port(), 8082);
+        assert_eq!(
+            edge.metrics.unwrap().port(),
+            8093,
+            "the admin port serves /metrics"
+        );
+        assert_eq!(
+            edge.ready,
+            Readiness::Http {
+                addr: "127.0.0.1:8093".parse().unwrap(),
+                path: "/readyz"
+            }
+        );
+        assert_eq!(edge.depends_on, [Role::Lb]);
+        assert_eq!(edge.restart, RestartPolicy::Always);
+        // Edges start last (after their origin) and so stop first.
+        assert_eq!(
+            component::start_levels(&cs),
+            [vec![Role::Web, Role::Worker], vec![Role::Lb], vec![Role::Cdn]]
+        );
+        // Not scaled by `ctl scale`: `copy` is for web and worker.
+        assert!(t.copy(Role::Cdn, 0).is_none());
+        assert!(Topology::parse("").unwrap().cdn_component(0).is_none());
+    }
+
+    #[test]
+    fn explicit_web_settings_win_over_the_edges() {
+        let t = Topology::parse(
+            "[cdn]\n[web]\nmedia_base_url = \"https://static.example.com\"\n\
+             cdn_purge_urls = [\"http://10.0.0.9:8092\", \"http://127.0.0.1:8092\"]",
+        )
+        .unwrap();
+        let web = t.web_settings();
+        assert_eq!(web.media_base_url, "https://static.example.com");
+        assert_eq!(
+            web.cdn_purge_urls,
+            ["http://10.0.0.9:8092", "http://127.0.0.1:8092"],
+            "an edge given by hand is not purged twice"
+        );
+        // Even an explicit "" (media served by the web tier) is kept.
+        let t = Topology::parse("[cdn]\n[web]\nmedia_base_url = \"\"").unwrap();
+        assert_eq!(t.web_settings().media_base_url, "");
+        assert_eq!(t.web_settings().cdn_purge_urls, ["http://127.0.0.1:8092"]);
+    }
+
+    #[test]
+    fn addresses_on_every_interface_are_reached_on_loopback() {
+        let t = Topology::parse(
+            "[cdn]\nlisten = \"0.0.0.0:8081\"\n[lb]\nlisten = \"0.0.0.0:8080\"\n\
+             [web]\nlisten = \"127.0.0.1:9101\"",
+        )
+        .unwrap();
+        let edge = t.cdn_config(0, Path::new("/d")).unwrap();
+        assert_eq!(edge.origin, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(edge.listen, "0.0.0.0:8081".parse().unwrap(), "it binds as told");
+        assert_eq!(t.web_settings().media_base_url, "http://127.0.0.1:8081");
+        let t = Topology::parse("[cdn]\norigin = \"[::]:9000\"").unwrap();
+        assert_eq!(t.cdn_origin(), Some("[::1]:9000".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_edge_that_clashes_with_another_component_is_refused() {
+        let e = Topology::parse(
+            "[cdn]\nlisten = \"127.0.0.1:9102\"\n[web]\ncount = 2\nlisten = \"127.0.0.1:9101\"",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "web-2 (listen 127.0.0.1:9102/tcp) overlaps cdn-1 (listen 127.0.0.1:9102/tcp)"
+        );
+        // `up`'s control port, and the lb's admin port, against the second
+        // edge's admin port.
+        let behind_lb = "[lb]\n[web]\nlisten = \"127.0.0.1:9101\"\n[cdn]\ncount = 2\n";
+        let e = Topology::parse(&format!("{behind_lb}admin_listen = \"127.0.0.1:8089\"")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "up (control 127.0.0.1:8090/tcp) overlaps cdn-2 (admin 127.0.0.1:8090/tcp)"
+        );
+        let e = Topology::parse(&format!(
+            "{behind_lb}admin_listen = \"127.0.0.1:8090\"\n[control]\nlisten = \"127.0.0.1:7000\""
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "lb (admin 127.0.0.1:8091/tcp) overlaps cdn-2 (admin 127.0.0.1:8091/tcp)"
+        );
+        // Edges against each other: cdn-3's public port is cdn-1's admin port.
+        let e = Topology::parse(
+            "[cdn]\ncount = 3\nlisten = \"127.0.0.1:7000\"\nadmin_listen = \"127.0.0.1:7002\"",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cdn-1 (admin 127.0.0.1:7002/tcp) overlaps cdn-3 (listen 127.0.0.1:7002/tcp)"
+        );
+        // The managed Redis too.
+        let e = Topology::parse("[cache]\nkind = \"redis\"\n[redis]\nport = 8081\n[cdn]").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "redis (listen 127.0.0.1:8081/tcp) overlaps cdn-1 (listen 127.0.0.1:8081/tcp)"
+        );
+    }
+
+    #[test]
+    fn bad_cdn_sections_are_refused_with_a_reason() {
+        for (text, needle) in [
+            ("[cdn]\ncount = 0", "cdn.count must be 1 to 64"),
+            ("[cdn]\ncount = 65", "cdn.count"),
+            ("[cdn]\ncount = -1", "count"),
+            ("[cdn]\nmemory_bytes = 1000", "unknown field `memory_bytes`"),
+            ("[cdn]\nmemory = 5", "unknown field `memory`"),
+            ("[cdn]\ndisk = 5", "unknown field `disk`"),
+            ("[cdn]\nname = \"x\"", "unknown field `name`"),
+            ("[cdn]\nmemory_mb = 0", "cdn.memory_mb must be 1"),
+            ("[cdn]\nmemory_mb = 17592186044416", "cdn.memory_mb must be 1 to"),
+            ("[cdn]\ndisk_mb = 17592186044416", "cdn.disk_mb must be 0 to"),
+            (
+                "[cdn]\nmax_object_mb = 0",
+                "cdn.max_object_mb must be 1 to memory_mb (256)",
+            ),
+            ("[cdn]\nmemory_mb = 8\nmax_object_mb = 9", "cdn.max_object_mb"),
+            ("[cdn]\nlisten = \"127.0.0.1:0\"", "cdn.listen: port 0"),
+            (
+                "[cdn]\nadmin_listen = \"127.0.0.1:0\"",
+                "cdn.admin_listen: port 0",
+            ),
+            (
+                "[cdn]\nlisten = \"127.0.0.1:65535\"\ncount = 2",
+                "cdn.listen: ports run past 65535",
+            ),
+            ("[cdn]\nlisten = \"nowhere\"", "listen"),
+            ("[cdn]\norigin = \"127.0.0.1:0\"", "cdn.origin"),
+            ("[cdn]\norigin = \"127.0.0.1:8081\"", "cdn-1's own address"),
+            (
+                "[cdn]\ncount = 2\norigin = \"127.0.0.1:8082\"",
+                "cdn-2's own address",
+            ),
+            (
+                "[cdn]\nlisten = \"127.0.0.1:8092\"",
+                "cdn-1: [cdn] listen and admin_listen are the same address",
+            ),
+            (
+                "[cdn]\nquery = { keep = [\"v\"], ignore = [\"utm_*\"] }",
+                "cdn-1: [cdn] query: `keep` and `ignore` exclude each other",
+            ),
+            ("[cdn]\nquery = { drop = [\"v\"] }", "drop"),
+            ("[cdn]\naccess_log = \"yes\"", "access_log"),
+            ("[cdn]\ngrace_secs = -1", "grace_secs"),
+            ("[cdn.limits]\nmax_header = 5", "max_header"),
+        ] {
+            let e = Topology::parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?} gave {e:?}");
+        }
     }
 
     #[test]
@@ -806,6 +1411,7 @@ mod tests {
             ),
             ("web-tier", include_str!("../../../topologies/web-tier.toml")),
             ("replicated", include_str!("../../../topologies/replicated.toml")),
+            ("cdn", include_str!("../../../topologies/cdn.toml")),
             ("default", crate::DEFAULT_TOPOLOGY),
         ];
         for (file, text) in files {
@@ -816,7 +1422,8 @@ mod tests {
                 "replicated" => &[
                     "pg1", "pg2", "pg3", "redis", "web-1", "web-2", "web-3", "worker-1", "lb",
                 ],
-                _ => &["web-1", "web-2", "web-3", "worker-1", "lb"],
+                "cdn" => &["web-1", "web-2", "web-3", "worker-1", "lb", "cdn-1", "cdn-2"],
+                _ => &["web-1", "web-2", "web-3", "worker-1", "lb", "cdn-1"],
             };
             assert_eq!(names, expected, "{file}");
             assert!(
