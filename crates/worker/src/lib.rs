@@ -31,6 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Everything a worker process needs to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,11 +203,19 @@ impl Worker {
         };
         let job = delivery.job();
         let span = tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempt);
-        let _enter = span.enter();
+        // Instrumented, not entered: a span entered across an await would
+        // label whatever else runs on this thread meanwhile (the requests
+        // of a web server sharing the runtime, in tests) with this job.
+        self.settle(&delivery).instrument(span).await
+    }
+
+    /// Handles the job of `delivery` and settles it with the queue.
+    async fn settle(&self, delivery: &Delivery) -> anyhow::Result<Option<Outcome>> {
+        let job = delivery.job();
         // The job was enqueued right after its photo was written, perhaps
         // on a primary whose replicas have not replayed it yet.
         let work = domain::consistency::scope(Some(domain::consistency::PRIMARY_ONLY), self.handle(job));
-        let (handled, _) = in_progress_while(&delivery, work).await;
+        let (handled, _) = in_progress_while(delivery, work).await;
         let outcome = match handled {
             Ok(outcome) => {
                 delivery.ack().await?;
