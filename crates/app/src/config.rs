@@ -47,6 +47,11 @@ pub struct WebSettings {
     /// Default none.
     #[serde(default)]
     pub cdn_purge_urls: Vec<String>,
+    /// How long, in seconds, a purge that an edge did not take (down,
+    /// timing out, 5xx) is retried before it is given up (counted as
+    /// `gave_up`); the pauses double from 100 ms to 2 s. Default 30.
+    #[serde(default = "default_cdn_purge_retry_secs")]
+    pub cdn_purge_retry_secs: u64,
     /// Lifetime of cached photo metadata and lists in seconds. Default 60.
     #[serde(default = "default_cache_ttl_secs")]
     pub cache_ttl_secs: u64,
@@ -79,6 +84,9 @@ fn default_cache_ttl_secs() -> u64 {
 fn default_argon2_memory_kib() -> u32 {
     19 * 1024
 }
+fn default_cdn_purge_retry_secs() -> u64 {
+    30
+}
 
 impl Default for WebSettings {
     fn default() -> Self {
@@ -90,11 +98,54 @@ impl Default for WebSettings {
             cookie_secure: false,
             media_base_url: String::new(),
             cdn_purge_urls: Vec::new(),
+            cdn_purge_retry_secs: default_cdn_purge_retry_secs(),
             cache_ttl_secs: default_cache_ttl_secs(),
             list_cache_ttl_secs: default_cache_ttl_secs(),
             argon2_memory_kib: default_argon2_memory_kib(),
         }
     }
+}
+
+impl WebSettings {
+    /// Checks what a typo would turn into broken pages or silent purges:
+    /// `media_base_url` is empty or an absolute `http(s)` URL without query
+    /// or fragment (it is written into the page and into API answers), and
+    /// every `cdn_purge_urls` entry is an absolute `http(s)` URL.
+    pub fn validate(&self) -> Result<(), String> {
+        let base = &self.media_base_url;
+        if !base.is_empty() {
+            let url = http_url(base).map_err(|e| format!("media_base_url {base:?}: {e}"))?;
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(format!(
+                    "media_base_url {base:?}: a prefix of URLs has no query or fragment"
+                ));
+            }
+            // Written into an HTML attribute and a script as is.
+            if base.contains(['"', '\'', '<', '>', '\\', '`', '{', '}']) || base.contains(char::is_whitespace)
+            {
+                return Err(format!("media_base_url {base:?}: characters URLs escape"));
+            }
+        }
+        for edge in &self.cdn_purge_urls {
+            http_url(edge).map_err(|e| format!("cdn_purge_urls entry {edge:?}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// `media_base_url` without a trailing `/`: the prefix of `/media/…`
+    /// and `/static/…` URLs ("" for the page's own origin).
+    pub fn media_base(&self) -> &str {
+        self.media_base_url.trim_end_matches('/')
+    }
+}
+
+/// Parses an absolute `http` or `https` URL with a host.
+fn http_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("not an absolute URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("not an http:// or https:// URL with a host".into());
+    }
+    Ok(url)
 }
 
 impl Default for WebConfig {
@@ -104,5 +155,68 @@ impl Default for WebConfig {
             settings: WebSettings::default(),
             backends: BackendsConfig::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(base: &str, edges: &[&str]) -> WebSettings {
+        WebSettings {
+            media_base_url: base.into(),
+            cdn_purge_urls: edges.iter().map(|e| e.to_string()).collect(),
+            ..WebSettings::default()
+        }
+    }
+
+    #[test]
+    fn cdn_urls_are_checked() {
+        for (base, edges) in [
+            ("", &[][..]),
+            ("http://127.0.0.1:8081", &["http://127.0.0.1:8092"][..]),
+            (
+                "https://cdn.example.com/app/",
+                &["http://[::1]:8092/", "https://edge.example"][..],
+            ),
+        ] {
+            assert_eq!(with(base, edges).validate(), Ok(()), "{base} {edges:?}");
+        }
+        for (base, edges) in [
+            ("127.0.0.1:8081", &[][..]),
+            ("/cdn", &[][..]),
+            ("ftp://cdn.example", &[][..]),
+            ("http://cdn.example/?v=1", &[][..]),
+            ("http://cdn.example/#x", &[][..]),
+            ("http://cdn.example/a\"b", &[][..]),
+            ("http://cdn.example/a b", &[][..]),
+            ("", &["127.0.0.1:8092"][..]),
+            ("", &["http://127.0.0.1:8092", "file:///etc/passwd"][..]),
+            ("", &[""][..]),
+        ] {
+            let e = with(base, edges).validate().unwrap_err();
+            assert!(
+                e.contains("media_base_url") || e.contains("cdn_purge_urls"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            with("http://cdn.example/", &[]).media_base(),
+            "http://cdn.example"
+        );
+        assert_eq!(with("", &[]).media_base(), "");
+    }
+
+    #[test]
+    fn the_purge_schedule_defaults_to_thirty_seconds() {
+        let s: WebSettings = serde_json::from_str(r#"{"cdn_purge_urls": ["http://127.0.0.1:1"]}"#).unwrap();
+        assert_eq!(s.cdn_purge_retry_secs, 30);
+        assert_eq!(
+            s,
+            WebSettings {
+                cdn_purge_urls: vec!["http://127.0.0.1:1".into()],
+                ..WebSettings::default()
+            }
+        );
     }
 }

@@ -13,6 +13,8 @@ pub enum ApiError {
     BadRequest(String),
     /// 401: no valid session, or wrong credentials.
     Unauthorized(&'static str),
+    /// 403: the caller is known but may not do this (someone else's photo).
+    Forbidden(&'static str),
     /// 404.
     NotFound(&'static str),
     /// 409: the resource exists already.
@@ -32,6 +34,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -47,7 +50,10 @@ impl ApiError {
             | ApiError::PayloadTooLarge(m)
             | ApiError::UnsupportedMediaType(m)
             | ApiError::Unprocessable(m) => m.clone(),
-            ApiError::Unauthorized(m) | ApiError::NotFound(m) | ApiError::Conflict(m) => (*m).to_owned(),
+            ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m) => (*m).to_owned(),
             ApiError::Unavailable(_) => "service temporarily unavailable".to_owned(),
         }
     }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod http_cache;
 pub mod metrics;
+pub mod purge;
 mod read_your_writes;
 pub mod routes;
 pub mod state;
@@ -58,11 +59,19 @@ pub fn router(backends: Backends, settings: WebSettings) -> Router {
     let upload_limit = settings.max_body_bytes;
     let json_limit = settings.max_json_bytes;
     let cookie_secure = settings.cookie_secure;
+    let purger = purge::Purger::new(
+        &settings.cdn_purge_urls,
+        purge::RetrySchedule::giving_up_after(settings.cdn_purge_retry_secs),
+        metrics.clone(),
+    );
+    let page = routes::assets::page(settings.media_base()).into();
     let state = AppState {
         backends,
         settings: Arc::new(settings),
         metrics: metrics.clone(),
         catalog,
+        purger,
+        page,
     };
     use routes::{accounts, assets, ops, photos, social};
     let api = Router::new()
@@ -74,7 +83,10 @@ pub fn router(backends: Backends, settings: WebSettings) -> Router {
             "/api/photos",
             post(photos::upload).layer(DefaultBodyLimit::max(upload_limit)),
         )
-        .route("/api/photos/{id}", get(photos::get_photo))
+        .route(
+            "/api/photos/{id}",
+            get(photos::get_photo).delete(photos::delete_photo),
+        )
         .route("/api/users/{username}", get(social::profile))
         .route("/api/users/{username}/photos", get(photos::user_photos))
         .route(
@@ -126,11 +138,15 @@ impl Application {
     }
 
     /// Binds over backends the caller already connected (tests share them).
+    /// Settings that [`WebSettings::validate`] refuses are an error.
     pub async fn build_with(
         listen: SocketAddr,
         backends: Backends,
         settings: WebSettings,
     ) -> anyhow::Result<Self> {
+        settings
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid web settings: {e}"))?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;

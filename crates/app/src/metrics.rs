@@ -1,5 +1,5 @@
 //! Prometheus metrics of a web server: requests by route and status with a
-//! latency histogram, cache hits and misses, queue depth.
+//! latency histogram, cache hits and misses, queue depth, CDN purges.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -17,7 +17,11 @@ pub struct Metrics {
     latency: HistogramVec,
     cache: IntCounterVec,
     queue_depth: IntGaugeVec,
+    cdn_purges: IntCounterVec,
 }
+
+/// The outcomes of `cdn_purges_total`, all exported from the start.
+const PURGE_OUTCOMES: [&str; 4] = ["ok", "retry", "gave_up", "rejected"];
 
 impl Metrics {
     /// Registers every metric in a registry of its own.
@@ -59,11 +63,24 @@ impl Metrics {
             &["state"],
         )
         .expect("valid metric");
+        let cdn_purges = IntCounterVec::new(
+            Opts::new(
+                "cdn_purges_total",
+                "Purge requests to CDN edges by outcome (ok; retry: failed, tried again; \
+                 gave_up: failed for the whole retry schedule; rejected: refused by the edge)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in PURGE_OUTCOMES {
+            cdn_purges.with_label_values(&[outcome]);
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(cache.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(cdn_purges.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -73,7 +90,19 @@ impl Metrics {
             latency,
             cache,
             queue_depth,
+            cdn_purges,
         }
+    }
+
+    /// Counts one purge request to a CDN edge by its outcome (`ok`,
+    /// `retry`, `gave_up`, `rejected`).
+    pub fn cdn_purge(&self, outcome: &str) {
+        self.cdn_purges.with_label_values(&[outcome]).inc();
+    }
+
+    /// Purge requests counted with `outcome` so far.
+    pub fn cdn_purges(&self, outcome: &str) -> u64 {
+        self.cdn_purges.with_label_values(&[outcome]).get()
     }
 
     /// Counts one cache lookup.

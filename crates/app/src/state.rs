@@ -4,6 +4,7 @@
 use crate::catalog::Catalog;
 use crate::config::WebSettings;
 use crate::metrics::Metrics;
+use crate::purge::Purger;
 use axum::extract::FromRef;
 use backends::Backends;
 use std::sync::Arc;
@@ -15,6 +16,10 @@ pub struct AppState {
     pub settings: Arc<WebSettings>,
     pub metrics: Arc<Metrics>,
     pub catalog: Catalog,
+    /// Purges deleted photos from the CDN edges.
+    pub purger: Purger,
+    /// The page at `/`, its asset URLs under `media_base_url`.
+    pub page: Arc<str>,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {

@@ -451,6 +451,73 @@ pub async fn depth_counts(adapter: &dyn QueueAdapter) {
     assert_eq!(q.depth().await.unwrap(), depth(2, 0, 1));
 }
 
+/// `cancel` removes a job whatever its state, from every handle: a waiting
+/// job is never delivered, a delivered one can be settled no more (its ack
+/// and in-progress change nothing, its nack and terminate are `Stale`) and
+/// is not delivered again once its ack wait runs out, a dead one leaves the
+/// dead count. Cancelling twice, an acked job or an unknown id is `false`.
+pub async fn cancel_removes_a_job_whatever_its_state(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(expiring(200)).await;
+    let q = &*s.queue;
+    let a = q.enqueue("photo", b"a").await.unwrap();
+    let b = q.enqueue("photo", b"b").await.unwrap();
+    let c = q.enqueue("photo", b"c").await.unwrap();
+    let d = q.enqueue("photo", b"d").await.unwrap();
+
+    // Waiting: never delivered.
+    assert!(s.other.cancel(b).await.unwrap(), "a waiting job");
+    assert!(!q.cancel(b).await.unwrap(), "twice");
+    assert_eq!(q.depth().await.unwrap(), depth(3, 0, 0));
+
+    // Delivered: its delivery can settle it no more.
+    let da = q.next().await.unwrap().unwrap();
+    assert_eq!(da.job().id, a);
+    assert!(q.cancel(a).await.unwrap(), "a delivered job");
+    assert_eq!(q.depth().await.unwrap(), depth(2, 0, 0));
+    da.in_progress().await.unwrap();
+    assert_eq!(
+        da.nack("late", Some(Duration::ZERO)).await.unwrap(),
+        NackOutcome::Stale
+    );
+    assert_eq!(da.terminate("late").await.unwrap(), NackOutcome::Stale);
+    da.ack().await.unwrap();
+
+    // Dead: leaves the dead count.
+    let dc = q.next().await.unwrap().unwrap();
+    assert_eq!(dc.job().id, c, "the cancelled job was skipped");
+    assert_eq!(dc.terminate("poison").await.unwrap(), NackOutcome::DeadLettered);
+    assert_eq!(q.depth().await.unwrap(), depth(1, 0, 1));
+    assert!(q.cancel(c).await.unwrap(), "a dead job");
+    assert_eq!(q.depth().await.unwrap(), depth(1, 0, 0));
+
+    // Acked: nothing left to cancel.
+    let dd = q.next().await.unwrap().unwrap();
+    assert_eq!(dd.job().id, d);
+    dd.ack().await.unwrap();
+    assert!(!q.cancel(d).await.unwrap(), "an acked job");
+    assert!(!q.cancel(i64::MAX).await.unwrap(), "an unknown id");
+    assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
+
+    // A delivered job cancelled is not delivered again after its ack wait
+    // (200 ms): a job enqueued after it, with a back-off longer than that,
+    // is the only one that ever comes.
+    let e = q.enqueue("photo", b"e").await.unwrap();
+    let de = q.next().await.unwrap().unwrap();
+    assert!(q.cancel(e).await.unwrap());
+    drop(de); // its consumer dies
+    let f = q.enqueue("photo", b"f").await.unwrap();
+    let df = q.next().await.unwrap().unwrap();
+    assert_eq!(df.job().id, f);
+    assert_eq!(
+        df.nack("later", Some(Duration::from_millis(400))).await.unwrap(),
+        NackOutcome::Retry { delay_ms: 400 }
+    );
+    let again = next_eventually(q, "the job backing off").await;
+    assert_eq!(again.job().id, f, "the cancelled job was delivered again");
+    again.ack().await.unwrap();
+    assert_eq!(q.depth().await.unwrap(), QueueDepth::default());
+}
+
 /// Runs every case, each on a fresh queue.
 pub async fn run_all(adapter: &dyn QueueAdapter) {
     macro_rules! cases {
@@ -471,5 +538,6 @@ pub async fn run_all(adapter: &dyn QueueAdapter) {
         a_dead_worker_counts_as_an_attempt,
         concurrent_consumers_never_share_a_job,
         depth_counts,
+        cancel_removes_a_job_whatever_its_state,
     );
 }

@@ -47,6 +47,8 @@ pub async fn run_all(store: &dyn Store) {
     follows_and_feed(store).await;
     announce("store", "lists_hold_only_their_owners_photos");
     lists_hold_only_their_owners_photos(store).await;
+    announce("store", "a_deleted_photo_is_gone_with_what_it_recorded");
+    a_deleted_photo_is_gone_with_what_it_recorded(store).await;
 }
 
 /// A taken username is a conflict; users are found by name and by id with
@@ -111,9 +113,9 @@ pub async fn photos_and_pages(store: &dyn Store) {
             .await,
         Err(StoreError::NotFound)
     ));
-    store.delete_photo(ids[0]).await.unwrap();
+    assert!(store.delete_photo(ids[0]).await.unwrap().is_some());
     assert!(store.photo(ids[0]).await.unwrap().is_none());
-    store.delete_photo(ids[0]).await.unwrap(); // twice is fine
+    assert_eq!(store.delete_photo(ids[0]).await.unwrap(), None); // twice is fine
     assert!(store.photo(PhotoId(NO_SUCH_ID)).await.unwrap().is_none());
 }
 
@@ -212,7 +214,76 @@ pub async fn lists_hold_only_their_owners_photos(store: &dyn Store) {
     assert_eq!(store.user_photo_ids(b, page(None, 10)).await.unwrap(), theirs);
     store.follow(reader, a).await.unwrap();
     assert_eq!(store.feed_ids(reader, page(None, 10)).await.unwrap(), mine);
-    store.delete_photo(mine[0]).await.unwrap();
+    store.delete_photo(mine[0]).await.unwrap().expect("it existed");
     assert_eq!(store.user_photo_ids(a, page(None, 10)).await.unwrap(), mine[1..]);
     assert_eq!(store.feed_ids(reader, page(None, 10)).await.unwrap(), mine[1..]);
+}
+
+/// Deleting a photo removes it from every read (the photo, its owner's
+/// list, its followers' feeds) and answers what was removed: its owner, its
+/// format (so its blob keys) and the job recorded for it, if any. After
+/// the delete nothing can write to it: a status change (a worker finishing
+/// late) and a job record are [`StoreError::NotFound`], and a second delete
+/// answers `None`. The owner's other photos, follows and profile stay.
+pub async fn a_deleted_photo_is_gone_with_what_it_recorded(store: &dyn Store) {
+    let (a, _) = user(store, "owner").await;
+    let (reader, _) = user(store, "reader").await;
+    store.follow(reader, a).await.unwrap();
+    let kept = store.create_photo(&new_photo(a)).await.unwrap().id;
+    let doomed = store
+        .create_photo(&NewPhoto {
+            format: ImageFormat::Webp,
+            ..new_photo(a)
+        })
+        .await
+        .unwrap()
+        .id;
+    let unrecorded = store.create_photo(&new_photo(a)).await.unwrap().id;
+    store.record_photo_job(doomed, 77).await.unwrap();
+    store.record_photo_job(doomed, 78).await.unwrap(); // the latest counts
+    assert!(matches!(
+        store.record_photo_job(PhotoId(NO_SUCH_ID), 1).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.feed_ids(reader, page(None, 10)).await.unwrap(),
+        vec![unrecorded, doomed, kept]
+    );
+
+    let gone = store.delete_photo(doomed).await.unwrap().expect("it existed");
+    assert_eq!(
+        gone,
+        DeletedPhoto {
+            id: doomed,
+            owner_id: a,
+            format: ImageFormat::Webp,
+            jobs: vec![78],
+        }
+    );
+    assert!(store.photo(doomed).await.unwrap().is_none());
+    assert_eq!(
+        store.user_photo_ids(a, page(None, 10)).await.unwrap(),
+        vec![unrecorded, kept]
+    );
+    assert_eq!(
+        store.feed_ids(reader, page(None, 10)).await.unwrap(),
+        vec![unrecorded, kept]
+    );
+    assert!(matches!(
+        store.set_photo_status(doomed, PhotoStatus::Ready).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.record_photo_job(doomed, 79).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.delete_photo(doomed).await.unwrap(), None);
+
+    let gone = store.delete_photo(unrecorded).await.unwrap().expect("it existed");
+    assert_eq!((gone.owner_id, gone.jobs.as_slice()), (a, &[][..]));
+    assert_eq!(store.photo(kept).await.unwrap().unwrap().owner_id, a);
+    assert!(store.is_following(reader, a).await.unwrap());
+    let prof = store.profile(a).await.unwrap().unwrap();
+    assert_eq!((prof.followers, prof.following), (1, 0));
+    assert_eq!(store.delete_photo(PhotoId(NO_SUCH_ID)).await.unwrap(), None);
 }

@@ -22,8 +22,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts a photo in `processing` state.
     async fn create_photo(&self, photo: &NewPhoto) -> Result<Photo, StoreError>;
-    /// Removes a photo row (used to undo a failed upload).
-    async fn delete_photo(&self, id: PhotoId) -> Result<(), StoreError>;
+    /// Removes a photo and every row that references it, in one step
+    /// (today nothing else references a photo: feeds are queries over
+    /// photos and follows), and returns what was removed, or `None` if
+    /// there was no such photo (deleting twice is not an error). What lives
+    /// outside the store (blobs, jobs, cache entries) is the caller's to
+    /// remove, with what the answer names.
+    async fn delete_photo(&self, id: PhotoId) -> Result<Option<DeletedPhoto>, StoreError>;
+    /// Records `job` (an id from [`JobQueue::enqueue`]) as the photo's job,
+    /// so that deleting the photo can cancel it
+    /// ([`DeletedPhoto::jobs`]). [`StoreError::NotFound`] if the photo is
+    /// gone (deleted meanwhile).
+    async fn record_photo_job(&self, id: PhotoId, job: i64) -> Result<(), StoreError>;
     /// Looks a photo up.
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError>;
     /// Moves a photo to a new status. A `ready` photo never becomes
@@ -107,6 +117,15 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn next(&self) -> Result<Option<Delivery>, BackendError>;
     /// Counts of jobs by state.
     async fn depth(&self) -> Result<QueueDepth, BackendError>;
+    /// Removes a job, whatever its state (waiting, delivered, dead), so it
+    /// is never delivered again: `true` if there was one, `false` for an
+    /// unknown id or a job already acked or cancelled. A delivery of it in
+    /// hand can settle it no more: its `ack` and `in_progress` change
+    /// nothing, its `nack` and `terminate` answer [`NackOutcome::Stale`]
+    /// (so the consumer still running it must check, before it writes for
+    /// good, that its work is still wanted: see the worker). A broker
+    /// deletes the message (JetStream: by stream sequence).
+    async fn cancel(&self, job: i64) -> Result<bool, BackendError>;
 }
 
 /// One delivery of a job, handed out by [`JobQueue::next`]: the job, and the

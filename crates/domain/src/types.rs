@@ -274,6 +274,30 @@ pub fn original_key(id: PhotoId, format: ImageFormat) -> BlobKey {
     BlobKey(format!("originals/{}.{}", id.0, format.extension()))
 }
 
+/// What [`Store::delete_photo`](crate::ports::Store::delete_photo) removed:
+/// enough to remove the rest of the photo (its blobs, its jobs, its cache
+/// entries) once its row is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedPhoto {
+    pub id: PhotoId,
+    pub owner_id: UserId,
+    pub format: ImageFormat,
+    /// Ids of the photo's jobs in the queue as the store recorded them
+    /// ([`Store::record_photo_job`](crate::ports::Store::record_photo_job));
+    /// empty when none was recorded. The jobs may be done already.
+    pub jobs: Vec<i64>,
+}
+
+impl DeletedPhoto {
+    /// Every blob the photo may have: its original and each variant (some
+    /// may never have been written).
+    pub fn blob_keys(&self) -> Vec<BlobKey> {
+        std::iter::once(original_key(self.id, self.format))
+            .chain(Variant::ALL.into_iter().map(|v| v.blob_key(self.id)))
+            .collect()
+    }
+}
+
 /// A photo about to be stored.
 #[derive(Debug, Clone)]
 pub struct NewPhoto {
@@ -314,6 +338,26 @@ impl BlobKey {
     /// The key as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The photo this key belongs to, read from the key formats of
+    /// [`original_key`] (`originals/<id>.<ext>`) and [`Variant::blob_key`]
+    /// (`variants/<id>/<name>.jpg`); `None` for any other key.
+    pub fn photo_id(&self) -> Option<PhotoId> {
+        let digits = match self.0.split_once('/')? {
+            ("originals", file) => file.split_once('.')?.0,
+            ("variants", rest) => rest.split_once('/')?.0,
+            _ => return None,
+        };
+        // Plain decimal digits only: `+7`, `07` or `-1` name no photo.
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !(digits.len() > 1 && digits.starts_with('0'));
+        canonical
+            .then(|| digits.parse().ok())
+            .flatten()
+            .filter(|&n: &i64| n > 0)
+            .map(PhotoId)
     }
 }
 
@@ -466,6 +510,53 @@ mod tests {
         ] {
             assert!(BlobKey::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn blob_keys_name_their_photo() {
+        let id = PhotoId(42);
+        let of = |s: &str| BlobKey::parse(s).unwrap().photo_id();
+        assert_eq!(original_key(id, ImageFormat::Webp).photo_id(), Some(id));
+        for v in Variant::ALL {
+            assert_eq!(v.blob_key(id).photo_id(), Some(id), "{v:?}");
+        }
+        assert_eq!(of("originals/7.jpg"), Some(PhotoId(7)));
+        assert_eq!(of("variants/7/thumbnail.jpg"), Some(PhotoId(7)));
+        for other in [
+            "originals/7",
+            "originals/x.jpg",
+            "originals/07.jpg",
+            "originals/0.jpg",
+            "originals/99999999999999999999.jpg",
+            "variants/7",
+            "variants/x/thumbnail.jpg",
+            "static/7.jpg",
+            "7.jpg",
+        ] {
+            assert_eq!(of(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_deleted_photo_names_every_blob_it_may_have() {
+        let gone = DeletedPhoto {
+            id: PhotoId(9),
+            owner_id: UserId(1),
+            format: ImageFormat::Png,
+            jobs: vec![],
+        };
+        let keys: Vec<String> = gone.blob_keys().iter().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(
+            keys,
+            [
+                "originals/9.png",
+                "variants/9/thumbnail.jpg",
+                "variants/9/square.jpg",
+                "variants/9/sharpened.jpg",
+                "variants/9/blurred.jpg"
+            ]
+        );
+        assert!(gone.blob_keys().iter().all(|k| k.photo_id() == Some(PhotoId(9))));
     }
 
     #[test]

@@ -7,7 +7,10 @@ use domain::StoreError;
 use sqlx::{Executor, PgPool};
 
 /// Every migration, in order. Never edit one that has shipped; add a new one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "photo_job", include_str!("../migrations/0002_photo_job.sql")),
+];
 
 /// Key of the transaction-scoped advisory lock every migrating process takes
 /// first (an arbitrary constant: ASCII "sclstkmg"). It serialises concurrent

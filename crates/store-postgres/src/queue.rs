@@ -166,6 +166,17 @@ impl JobQueue for PgJobQueue {
             dead,
         })
     }
+
+    async fn cancel(&self, job: i64) -> Result<bool, BackendError> {
+        // Whatever its state: a delivery in hand is fenced off because its
+        // guarded settlements find no row.
+        let done = sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(job)
+            .execute(&self.pool()?)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
 }
 
 /// A delivery's settlements: statements guarded by the attempt it handed out.

@@ -151,12 +151,36 @@ impl Store for PgStore {
         photo_from_row(&row)
     }
 
-    async fn delete_photo(&self, id: PhotoId) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM photos WHERE id = $1")
+    async fn delete_photo(&self, id: PhotoId) -> Result<Option<DeletedPhoto>, StoreError> {
+        // One statement: nothing else references a photo.
+        let row: Option<(i64, i64, String, Option<i64>)> =
+            sqlx::query_as("DELETE FROM photos WHERE id = $1 RETURNING id, owner_id, format, job_id")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        row.map(|(id, owner, format, job)| {
+            Ok(DeletedPhoto {
+                id: PhotoId(id),
+                owner_id: UserId(owner),
+                format: ImageFormat::parse(&format)
+                    .map_err(|e| StoreError::Unavailable(format!("corrupt row: {e}")))?,
+                jobs: job.into_iter().collect(),
+            })
+        })
+        .transpose()
+    }
+
+    async fn record_photo_job(&self, id: PhotoId, job: i64) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE photos SET job_id = $1 WHERE id = $2")
+            .bind(job)
             .bind(id.0)
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
         Ok(())
     }
 

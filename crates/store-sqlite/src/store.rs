@@ -139,12 +139,37 @@ impl Store for SqliteStore {
         self.photo(PhotoId(id)).await?.ok_or(StoreError::NotFound)
     }
 
-    async fn delete_photo(&self, id: PhotoId) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM photos WHERE id = ?")
+    async fn delete_photo(&self, id: PhotoId) -> Result<Option<DeletedPhoto>, StoreError> {
+        // One statement (nothing else references a photo), so no
+        // transaction and no lock upgrade.
+        let row: Option<(i64, i64, String, Option<i64>)> =
+            sqlx::query_as("DELETE FROM photos WHERE id = ? RETURNING id, owner_id, format, job_id")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        row.map(|(id, owner, format, job)| {
+            Ok(DeletedPhoto {
+                id: PhotoId(id),
+                owner_id: UserId(owner),
+                format: ImageFormat::parse(&format)
+                    .map_err(|e| StoreError::Unavailable(format!("corrupt row: {e}")))?,
+                jobs: job.into_iter().collect(),
+            })
+        })
+        .transpose()
+    }
+
+    async fn record_photo_job(&self, id: PhotoId, job: i64) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE photos SET job_id = ? WHERE id = ?")
+            .bind(job)
             .bind(id.0)
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
         Ok(())
     }
 

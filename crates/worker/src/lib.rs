@@ -4,6 +4,10 @@
 //! Delivery is at least once, so handling is idempotent: variants are
 //! overwritten with the same bytes, a photo already `ready` is acknowledged
 //! without work, a photo that no longer exists is acknowledged and skipped.
+//! A photo deleted while its job renders leaves no variant behind: marking
+//! it `ready` is the last step, and when that finds the row gone the worker
+//! removes the variants it wrote (the web tier's delete may have removed
+//! the photo's blobs before they were written).
 //! A job that keeps failing is retried with the queue's back-off and
 //! dead-lettered after its attempts, and its photo ends `failed`; a job that
 //! crashed its worker (its ack wait ran out) counts that delivery as an
@@ -27,6 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Everything a worker process needs to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,7 +153,8 @@ async fn in_progress_while<T>(delivery: &Delivery, work: impl Future<Output = T>
 pub enum Outcome {
     /// Variants written, photo `ready` (or it already was).
     Done,
-    /// Nothing to do: the photo no longer exists.
+    /// Nothing to do: the photo no longer exists (deleted before the job,
+    /// or while it rendered: whatever it wrote is removed).
     Skipped,
     /// Failed; will be delivered again.
     Retrying,
@@ -197,11 +203,19 @@ impl Worker {
         };
         let job = delivery.job();
         let span = tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempt);
-        let _enter = span.enter();
+        // Instrumented, not entered: a span entered across an await would
+        // label whatever else runs on this thread meanwhile (the requests
+        // of a web server sharing the runtime, in tests) with this job.
+        self.settle(&delivery).instrument(span).await
+    }
+
+    /// Handles the job of `delivery` and settles it with the queue.
+    async fn settle(&self, delivery: &Delivery) -> anyhow::Result<Option<Outcome>> {
+        let job = delivery.job();
         // The job was enqueued right after its photo was written, perhaps
         // on a primary whose replicas have not replayed it yet.
         let work = domain::consistency::scope(Some(domain::consistency::PRIMARY_ONLY), self.handle(job));
-        let (handled, _) = in_progress_while(&delivery, work).await;
+        let (handled, _) = in_progress_while(delivery, work).await;
         let outcome = match handled {
             Ok(outcome) => {
                 delivery.ack().await?;
@@ -260,6 +274,11 @@ impl Worker {
         let id = PhotoId(p.photo_id);
         let b = &self.backends;
         let Some(photo) = b.store.photo(id).await? else {
+            // Deleted. An earlier delivery may have written variants after
+            // the web tier removed the photo's blobs and then died before
+            // it could clean up: removing them again is harmless (ids are
+            // never reused) and leaves nothing behind.
+            self.remove_variants(id).await?;
             return Ok(Outcome::Skipped);
         };
         // Checked before the attempt budget: a slow last delivery may have
@@ -272,11 +291,14 @@ impl Worker {
             // it, e.g. on a poison image): stop here.
             return Err(Permanent("attempts exhausted by deliveries that never finished").into());
         }
-        let original = b
-            .blobs
-            .get(&photo.original_key())
-            .await?
-            .context("original is missing from the blob store")?;
+        let Some(original) = b.blobs.get(&photo.original_key()).await? else {
+            // The web tier deletes the row first, then the blobs: a missing
+            // original with the row gone now is a deletion, not a failure.
+            if b.store.photo(id).await?.is_none() {
+                return Ok(Outcome::Skipped);
+            }
+            anyhow::bail!("original is missing from the blob store");
+        };
         let max_pixels = self.settings.max_pixels;
         // Decoding and filtering are CPU-bound: keep them off the reactor.
         let rendered = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(Variant, Vec<u8>)>> {
@@ -291,8 +313,30 @@ impl Worker {
         for (variant, bytes) in rendered {
             b.blobs.put(&variant.blob_key(id), Bytes::from(bytes)).await?;
         }
-        b.store.set_photo_status(id, PhotoStatus::Ready).await?;
-        Ok(Outcome::Done)
+        match b.store.set_photo_status(id, PhotoStatus::Ready).await {
+            Ok(()) => Ok(Outcome::Done),
+            Err(domain::StoreError::NotFound) => {
+                // Deleted while rendering: the delete may have removed the
+                // photo's blobs before these were written, so they are this
+                // worker's to remove. (A failure here is retried: the next
+                // delivery finds the photo gone and removes them.)
+                tracing::info!(
+                    photo_id = id.0,
+                    "photo deleted while rendering; removing its variants"
+                );
+                self.remove_variants(id).await?;
+                Ok(Outcome::Skipped)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes every variant of photo `id` (missing ones are no error).
+    async fn remove_variants(&self, id: PhotoId) -> anyhow::Result<()> {
+        for variant in Variant::ALL {
+            self.backends.blobs.delete(&variant.blob_key(id)).await?;
+        }
+        Ok(())
     }
 
     /// Consumes jobs with `concurrency` loops until `shutdown` fires. A job
@@ -357,6 +401,165 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use async_trait::async_trait;
+    use backends::QueueConfig;
+    use domain::ports::BlobStore;
+    use domain::{BackendError, BlobKey, NewPhoto, Username};
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use tokio::sync::{Notify, Semaphore};
+
+    /// The real blob store, with a gate that holds the first variant write
+    /// until the test opens it (so a delete can land mid-job, exactly there).
+    struct Gated {
+        inner: Arc<dyn BlobStore>,
+        variant_puts: AtomicUsize,
+        reached: Notify,
+        open: Semaphore,
+    }
+
+    #[async_trait]
+    impl BlobStore for Gated {
+        async fn put(&self, key: &BlobKey, bytes: Bytes) -> Result<(), BackendError> {
+            if key.as_str().starts_with("variants/") && self.variant_puts.fetch_add(1, SeqCst) == 0 {
+                self.reached.notify_one();
+                let _ = self.open.acquire().await.expect("never closed");
+            }
+            self.inner.put(key, bytes).await
+        }
+        async fn get(&self, key: &BlobKey) -> Result<Option<Bytes>, BackendError> {
+            self.inner.get(key).await
+        }
+        async fn delete(&self, key: &BlobKey) -> Result<(), BackendError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    /// Embedded backends in `dir` whose blob store is [`Gated`].
+    async fn gated_backends(dir: &tempfile::TempDir) -> (Backends, Arc<Gated>) {
+        let config = BackendsConfig {
+            data_dir: dir.path().to_path_buf(),
+            queue: QueueTier::Embedded {
+                config: QueueConfig::default(),
+            },
+            ..Default::default()
+        };
+        let real = Backends::connect(&config).await.unwrap();
+        let gated = Arc::new(Gated {
+            inner: real.blobs.clone(),
+            variant_puts: AtomicUsize::new(0),
+            reached: Notify::new(),
+            open: Semaphore::new(0),
+        });
+        let backends = Backends {
+            blobs: gated.clone(),
+            ..real
+        };
+        (backends, gated)
+    }
+
+    /// A photo stored as the web tier stores it: row, original, job, and
+    /// the job recorded on the row.
+    async fn upload(b: &Backends) -> PhotoId {
+        let name = Username::parse("owner").unwrap();
+        let owner = match b.store.user_by_name(&name).await.unwrap() {
+            Some(u) => u.id,
+            None => b.store.create_user(&name, "h").await.unwrap(),
+        };
+        let photo = b
+            .store
+            .create_photo(&NewPhoto {
+                owner_id: owner,
+                caption: None,
+                format: domain::ImageFormat::Jpeg,
+                width: 64,
+                height: 48,
+            })
+            .await
+            .unwrap();
+        let bytes = Bytes::from(imaging::samples::jpeg(64, 48));
+        b.blobs.put(&photo.original_key(), bytes).await.unwrap();
+        let payload = ProcessPhoto { photo_id: photo.id.0 }.to_payload();
+        let job = b.queue.enqueue(PROCESS_PHOTO, &payload).await.unwrap();
+        b.store.record_photo_job(photo.id, job).await.unwrap();
+        photo.id
+    }
+
+    /// The web tier's delete, in its order: the row, the jobs, the blobs.
+    async fn delete(b: &Backends, id: PhotoId) {
+        let gone = b.store.delete_photo(id).await.unwrap().expect("it existed");
+        for job in &gone.jobs {
+            b.queue.cancel(*job).await.unwrap();
+        }
+        for key in gone.blob_keys() {
+            b.blobs.delete(&key).await.unwrap();
+        }
+    }
+
+    async fn blobs_of(b: &Backends, id: PhotoId) -> Vec<String> {
+        let mut keys = vec![domain::original_key(id, domain::ImageFormat::Jpeg)];
+        keys.extend(Variant::ALL.into_iter().map(|v| v.blob_key(id)));
+        let mut left = vec![];
+        for key in keys {
+            if b.blobs.get(&key).await.unwrap().is_some() {
+                left.push(key.as_str().to_owned());
+            }
+        }
+        left
+    }
+
+    #[tokio::test]
+    async fn a_photo_deleted_while_rendering_leaves_no_variant_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, gate) = gated_backends(&dir).await;
+        let id = upload(&b).await;
+        let w = Worker::new(b.clone(), WorkerSettings::default());
+        let run = tokio::spawn({
+            let w = w.clone();
+            async move { w.run_once().await.unwrap() }
+        });
+        // The worker has rendered and is about to write its first variant.
+        gate.reached.notified().await;
+        delete(&b, id).await;
+        assert!(blobs_of(&b, id).await.is_empty());
+        // It writes every variant after the delete removed the blobs...
+        gate.open.add_permits(1);
+        assert_eq!(run.await.unwrap(), Some(Outcome::Skipped));
+        assert_eq!(gate.variant_puts.load(SeqCst), Variant::ALL.len());
+        // ...and removes them once it finds the row gone.
+        assert_eq!(blobs_of(&b, id).await, Vec::<String>::new(), "orphan blobs");
+        assert!(b.store.photo(id).await.unwrap().is_none(), "not brought back");
+        assert_eq!(b.queue.depth().await.unwrap(), Default::default());
+        assert_eq!(w.metrics().jobs("skipped"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_photo_is_gone_is_acked_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, gate) = gated_backends(&dir).await;
+        let w = Worker::new(b.clone(), WorkerSettings::default());
+        // The row goes, but the job stays (its cancellation failed, or it
+        // was never recorded on the row).
+        let id = upload(&b).await;
+        b.store.delete_photo(id).await.unwrap().expect("it existed");
+        assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Skipped));
+        assert_eq!(b.queue.depth().await.unwrap(), Default::default(), "acked");
+        // Row and original gone, job still there: skipped too, not retried
+        // as a missing original.
+        let id = upload(&b).await;
+        let gone = b.store.delete_photo(id).await.unwrap().expect("it existed");
+        for key in gone.blob_keys() {
+            b.blobs.delete(&key).await.unwrap();
+        }
+        assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Skipped));
+        assert_eq!(b.queue.depth().await.unwrap(), Default::default(), "acked");
+        // And a cancelled job is never delivered at all.
+        let id = upload(&b).await;
+        delete(&b, id).await;
+        assert_eq!(w.run_once().await.unwrap(), None);
+
+        assert_eq!(gate.variant_puts.load(SeqCst), 0, "nothing was written");
+        assert_eq!(w.metrics().jobs("skipped"), 2);
+    }
 
     #[test]
     fn the_former_visibility_key_still_sets_the_ack_wait() {

@@ -19,6 +19,11 @@ pub struct TestApp {
 pub const TEST_MAX_BODY: usize = 2 << 20;
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`] with the test settings changed by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut app::WebSettings)) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
     }
@@ -36,11 +41,12 @@ pub async fn spawn_app() -> TestApp {
         ..Default::default()
     };
     let backends = Backends::connect(&config).await.unwrap();
-    let settings = app::WebSettings {
+    let mut settings = app::WebSettings {
         max_body_bytes: TEST_MAX_BODY,
         argon2_memory_kib: 1024,
         ..Default::default()
     };
+    tweak(&mut settings);
     let web = app::Application::build_with("127.0.0.1:0".parse().unwrap(), backends.clone(), settings)
         .await
         .unwrap();
@@ -137,6 +143,28 @@ impl TestApp {
         panic!("photo {id} still processing after 30 s");
     }
 
+    /// The value of the sample `name` (with its labels, as exported:
+    /// `scalestack_cdn_purges_total{outcome="ok"}`) on `/metrics`; 0 if
+    /// absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = get_text(&new_client(), &self.url("/metrics")).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Uploads a photo as `c` and waits until it is processed; its JSON.
+    pub async fn ready_photo(&self, c: &Client) -> Value {
+        let r = self
+            .upload(c, imaging::samples::jpeg(120, 80), "p.jpg", None)
+            .await;
+        assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.unwrap();
+        let photo = self.wait_processed(c, body["id"].as_i64().unwrap()).await;
+        assert_eq!(photo["status"], "ready", "{photo}");
+        photo
+    }
+
     /// Files in the blob store.
     pub fn blob_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
@@ -177,5 +205,18 @@ impl TestApp {
             "blobs left: {:?}",
             self.blob_files()
         );
+    }
+}
+
+/// Polls `check` every 10 ms until it holds, failing after 30 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

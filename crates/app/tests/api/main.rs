@@ -1,6 +1,8 @@
 //! The application through real HTTP: a server on port 0, an in-process
 //! worker and embedded backends in a temporary directory.
 
+mod cdn;
+mod delete;
 mod helpers;
 mod media;
 mod origin;

@@ -35,8 +35,11 @@ impl Store for CountingStore {
     async fn create_photo(&self, p: &NewPhoto) -> Result<Photo, StoreError> {
         self.inner.create_photo(p).await
     }
-    async fn delete_photo(&self, id: PhotoId) -> Result<(), StoreError> {
+    async fn delete_photo(&self, id: PhotoId) -> Result<Option<DeletedPhoto>, StoreError> {
         self.inner.delete_photo(id).await
+    }
+    async fn record_photo_job(&self, id: PhotoId, job: i64) -> Result<(), StoreError> {
+        self.inner.record_photo_job(id, job).await
     }
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
         self.photo_reads.fetch_add(1, SeqCst);

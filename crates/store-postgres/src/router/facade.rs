@@ -108,8 +108,13 @@ impl Store for PgRouter {
         self.write(|s| async move { s.create_photo(photo).await }).await
     }
 
-    async fn delete_photo(&self, id: PhotoId) -> Result<(), StoreError> {
+    async fn delete_photo(&self, id: PhotoId) -> Result<Option<DeletedPhoto>, StoreError> {
         self.write(|s| async move { s.delete_photo(id).await }).await
+    }
+
+    async fn record_photo_job(&self, id: PhotoId, job: i64) -> Result<(), StoreError> {
+        self.write(|s| async move { s.record_photo_job(id, job).await })
+            .await
     }
 
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
