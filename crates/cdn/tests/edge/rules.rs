@@ -478,7 +478,10 @@ async fn a_304_without_validators_answers_the_response_it_was_asked_about() {
     // Python's http.server and some frameworks send bare 304s.
     let origin = Origin::start(|_, n| match n {
         1 => Reply::ok(
-            &[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"), ("cache-control", "max-age=0")],
+            &[
+                ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                ("cache-control", "max-age=0"),
+            ],
             "file",
         ),
         _ => Reply::status(304, &[("cache-control", "max-age=600")], ""),
