@@ -230,13 +230,46 @@ async fn from_storage(
         keep_alive: req.keep_alive,
     };
     let written = answer::from_storage(conn.out, object, &stored, now, cache_status, asked);
-    conn.t.write_all(conn.io, conn.out, sh.write_timeout).await?;
-    if !written.rest.is_empty() {
-        conn.t.write_all(conn.io, written.rest, sh.write_timeout).await?;
+    if written.rest.is_empty() {
+        conn.t.write_all(conn.io, conn.out, sh.write_timeout).await?;
+    } else {
+        write_both(conn, written.rest, sh.write_timeout).await?;
     }
     sh.metrics.answered(counted, written.body_len);
     access_log(sh, req, written.status, cache_status, written.body_len);
     Ok(req.keep_alive)
+}
+
+/// Writes the head in `conn.out` and then `body` with vectored writes
+/// (one system call for both while the socket takes them), within
+/// `within`.
+async fn write_both(
+    conn: &mut Conn<'_, '_>,
+    body: &[u8],
+    within: std::time::Duration,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (mut head, mut body) = (&conn.out[..], body);
+    conn.t.set(within);
+    while !head.is_empty() || !body.is_empty() {
+        let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+        let n = match conn.t.guard(conn.io.write_vectored(&parts)).await {
+            Some(r) => r?,
+            None => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client did not read in time",
+                ))
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    Ok(())
 }
 
 /// An answer the edge makes itself.
