@@ -430,8 +430,16 @@ async fn fetch(
         return revalidated(sh, conn, req, guard, &old, resp, request_time).await;
     }
     let name = &sh.config.name;
+    // RFC 9211's forward reasons: a revalidation is `stale`; hit-for-miss
+    // is a `miss` with a detail.
+    let hit_for_miss = why == "hit-for-miss";
+    let fwd = match (validators.is_empty(), hit_for_miss) {
+        (false, _) => "stale",
+        (true, true) => "miss",
+        (true, false) => why,
+    };
     if how == Forward::AsIs {
-        let cache_status = format!("{name}; fwd={why}; fwd-status={status}");
+        let cache_status = format!("{name}; fwd={fwd}; fwd-status={status}");
         return stream_through(sh, conn, req, resp, &cache_status, Counted::Pass).await;
     }
     let decision = storable(&sh.policy, b"GET", req.head, status, resp.head());
@@ -455,11 +463,12 @@ async fn fetch(
                 prepared.head,
                 declared,
             );
-            let cache_status = format!("{name}; fwd={why}; fwd-status={status}; stored");
+            let cache_status = format!("{name}; fwd={fwd}; fwd-status={status}; stored");
             fill_and_stream(sh, conn, req, guard, resp, fill, &cache_status, counted).await
         }
         decided => {
             let detail = match decided {
+                _ if hit_for_miss => "hit-for-miss",
                 Err(reason) => reason.label(),
                 Ok(_) => "too-large",
             };
@@ -472,7 +481,7 @@ async fn fetch(
                     _ => Outcome::Uncacheable,
                 });
             }
-            let cache_status = format!("{name}; fwd={why}; fwd-status={status}; detail={detail}");
+            let cache_status = format!("{name}; fwd={fwd}; fwd-status={status}; detail={detail}");
             stream_through(sh, conn, req, resp, &cache_status, counted).await
         }
     }
