@@ -111,6 +111,15 @@ NGINX=$(find_tool nginx)
 SQUID=$(find_tool squid)
 TRAFFIC_SERVER=$(find_tool traffic_server)
 
+# with_tool EDGE PATH NAME: runs EDGE if its tool was found, else says so.
+with_tool() {
+    if [[ -n $2 ]]; then
+        RUN+=("$1")
+    else
+        note "$3 not found: skipping ${LABEL[$1]} (scripts/setup.sh --bench installs it)"
+    fi
+}
+
 RUN=()
 for edge in $EDGES; do
     case $edge in
@@ -121,10 +130,10 @@ for edge in $EDGES; do
                 note "$BIN has no 'cdn' subcommand yet: skipping scalestack cdn"
             fi
             ;;
-        varnish) [[ -n $VARNISHD ]] && RUN+=(varnish) || note "varnishd not found: skipping Varnish (scripts/setup.sh --bench installs it)" ;;
-        nginx) [[ -n $NGINX ]] && RUN+=(nginx) || note "nginx not found: skipping nginx (scripts/setup.sh --bench installs it)" ;;
-        squid) [[ -n $SQUID ]] && RUN+=(squid) || note "squid not found: skipping Squid (scripts/setup.sh --bench installs it)" ;;
-        ats) [[ -n $TRAFFIC_SERVER ]] && RUN+=(ats) || note "traffic_server not found: skipping Traffic Server (scripts/setup.sh --bench installs it)" ;;
+        varnish) with_tool "$edge" "$VARNISHD" varnishd ;;
+        nginx) with_tool "$edge" "$NGINX" nginx ;;
+        squid) with_tool "$edge" "$SQUID" squid ;;
+        ats) with_tool "$edge" "$TRAFFIC_SERVER" traffic_server ;;
         *) die "unknown edge '$edge' in EDGES (known: cdn varnish nginx squid ats)" ;;
     esac
 done
@@ -455,7 +464,7 @@ start_edge() {
 
 # hits EDGE PID: closed and open loop on /small and /large, already cached.
 hits() {
-    local edge=$1 pid=$2 object path rate mode json before after gen requests origin_before
+    local edge=$1 pid=$2 object path rate mode json before after requests origin_before
     local url_base="http://127.0.0.1:${PORT[$edge]}"
     local run_secs=$(($(seconds "$DURATION") + $(seconds "$WARMUP")))
     for object in small large; do
@@ -548,7 +557,8 @@ echo "# CDN edge benchmark"
 echo
 echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "- machine: $CORES CPUs, ${cpu:-unknown CPU}, kernel $(uname -r)"
-echo "- edges: $(IFS=,; echo "${versions[*]}" | sed 's/,/, /g')"
+joined=$(printf '%s, ' "${versions[@]}")
+echo "- edges: ${joined%, }"
 echo "- every edge: ${MEMORY_MB} MiB for objects, $CORES worker threads or processes (Varnish: its 2 thread pools), no access log"
 echo "- hits: $CONNECTIONS connections, $DURATION after $WARMUP warmup, open loop at $RATE req/s (2 KiB) and $RATE_LARGE req/s (100 KiB)," \
     "load generator on $LOAD_THREADS thread(s), origin on $ORIGIN_THREADS thread(s), all on loopback"
