@@ -6,13 +6,15 @@
 # everything is present; needs root (or sudo) only when something is missing.
 #
 #   scripts/setup.sh           build + test dependencies
-#   scripts/setup.sh --bench   also the peer tools of docs/BENCHMARKS.md (and
-#                              python3, which scripts/bench-data.sh uses)
+#   scripts/setup.sh --bench   also the peer tools of docs/BENCHMARKS.md: nginx,
+#                              HAProxy, Varnish, Squid, Apache Traffic Server,
+#                              wrk, dnsperf (and python3, which
+#                              scripts/bench-data.sh uses)
 set -euo pipefail
 
 packages=(build-essential pkg-config cmake curl postgresql redis-server nats-server)
 if [[ "${1:-}" == "--bench" ]]; then
-    packages+=(nginx haproxy varnish wrk dnsperf python3 time)
+    packages+=(nginx haproxy varnish squid trafficserver wrk dnsperf python3 time)
 fi
 
 missing=()

@@ -1,6 +1,10 @@
 //! `scalestack bench`: a lean HTTP/1.1 load generator (`bench http`) and a
 //! minimal backend (`bench serve`), used to compare the project's load
-//! balancer with nginx and HAProxy (see `scripts/bench-lb.sh`).
+//! balancer with nginx and HAProxy (see `scripts/bench-lb.sh`), and an
+//! origin for caches (`bench origin`: cacheable objects, a slow key, a
+//! Zipf-addressed set, requests counted per path), used to compare the CDN
+//! edge with Varnish, nginx, Squid and Traffic Server
+//! (`scripts/bench-cdn.sh`).
 //!
 //! The generator speaks HTTP/1.1 on plain tokio `TcpStream`s, reads
 //! responses with `proxy_core`'s codec (the LB's), runs one task per
@@ -8,15 +12,20 @@
 //! (microseconds, 3 significant digits). It runs closed loop
 //! by default, or open loop at a fixed `--rate` with latency measured from
 //! each request's intended start, so a stalled server is charged for the
-//! queueing it causes.
+//! queueing it causes. With `--keys N` its requests spread over N URLs
+//! with Zipf-distributed popularity, seeded and deterministic (`keys`).
 
+mod keys;
 mod load;
+mod origin;
 mod parse;
 mod report;
 mod serve;
 mod target;
 
+pub use keys::{KeysError, Zipf, MAX_KEYS};
 pub use load::LoadConfig;
+pub use origin::{Origin, OriginConfig, COUNT_PATH};
 pub use report::{Mode, Report};
 pub use serve::{shutdown_signal, ServeConfig, Server};
 pub use target::{Target, TargetError};
@@ -40,6 +49,8 @@ pub enum BenchCommand {
     Http(HttpArgs),
     /// Run a minimal backend answering every request with 200 and a fixed body.
     Serve(ServeArgs),
+    /// Run an origin for caches: cacheable objects, a slow key, a Zipf set, requests counted per path.
+    Origin(OriginArgs),
 }
 
 /// Options of `bench http`.
@@ -66,6 +77,23 @@ pub struct HttpArgs {
     /// A request unanswered after this long counts as an error and its connection is replaced.
     #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
+    /// Spread the requests over N URLs: the URL's path with a key number
+    /// 0..N appended (http://h/zipf/ asks for /zipf/0 .. /zipf/N-1).
+    #[arg(long, value_parser = parse_at_least_one)]
+    pub keys: Option<usize>,
+    /// Zipf exponent of the keys' popularity (key 0 the most popular;
+    /// 0 is uniform). Default 1.0; needs --keys.
+    #[arg(long)]
+    pub zipf: Option<f64>,
+    /// Seed of the key draws: the same seed sends the same keys. Default 1;
+    /// needs --keys.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop after this many requests in all (warmup included; in closed
+    /// loop each connection sends its even share), or at the end of
+    /// --duration if that comes first.
+    #[arg(long, value_parser = parse_at_least_one_u64)]
+    pub requests: Option<u64>,
     /// Print one JSON object instead of the human-readable report.
     #[arg(long)]
     pub json: bool,
@@ -88,6 +116,17 @@ impl HttpArgs {
         );
         anyhow::ensure!(!self.duration.is_zero(), "--duration must be longer than zero");
         anyhow::ensure!(!self.timeout.is_zero(), "--timeout must be longer than zero");
+        anyhow::ensure!(self.requests != Some(0), "--requests must be at least 1");
+        let keys = match self.keys {
+            Some(n) => Some(Zipf::new(n, self.zipf.unwrap_or(1.0), self.seed.unwrap_or(1))?),
+            None => {
+                anyhow::ensure!(
+                    self.zipf.is_none() && self.seed.is_none(),
+                    "--zipf and --seed need --keys"
+                );
+                None
+            }
+        };
         let target = Target::parse(&self.url)?;
         Ok(LoadConfig {
             target,
@@ -97,6 +136,8 @@ impl HttpArgs {
             warmup: self.warmup,
             rate: self.rate,
             timeout: self.timeout,
+            keys,
+            max_requests: self.requests,
         })
     }
 }
@@ -115,12 +156,53 @@ pub struct ServeArgs {
     pub body_bytes: usize,
 }
 
+/// Options of `bench origin`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OriginArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9700")]
+    pub listen: SocketAddr,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 1, value_parser = parse_at_least_one)]
+    pub threads: usize,
+    /// Body size of /small, bytes.
+    #[arg(long, default_value_t = 2048)]
+    pub small_bytes: usize,
+    /// Body size of /large, bytes.
+    #[arg(long, default_value_t = 100 * 1024)]
+    pub large_bytes: usize,
+    /// Body size of every /zipf/<n> object, bytes.
+    #[arg(long, default_value_t = 100 * 1024)]
+    pub zipf_bytes: usize,
+    /// How long /slow/<name> takes to answer, e.g. 200ms.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub slow: Duration,
+    /// max-age of the cacheable answers, seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub max_age: u64,
+}
+
+impl OriginArgs {
+    /// The origin's configuration.
+    pub fn to_config(&self) -> OriginConfig {
+        OriginConfig {
+            listen: self.listen,
+            small_bytes: self.small_bytes,
+            large_bytes: self.large_bytes,
+            zipf_bytes: self.zipf_bytes,
+            slow: self.slow,
+            max_age: self.max_age,
+        }
+    }
+}
+
 /// Runs a `bench` subcommand; builds its own tokio runtime(s), so call it
 /// from outside any runtime.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Http(http) => run_http(&http),
         BenchCommand::Serve(serve) => run_serve(&serve),
+        BenchCommand::Origin(origin) => run_origin(&origin),
     }
 }
 
@@ -145,19 +227,43 @@ fn run_http(args: &HttpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
-    let mut builder = if args.threads == 1 {
+/// A runtime with `threads` workers (the current thread alone for 1).
+fn server_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+    let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(args.threads);
+        builder.worker_threads(threads);
         builder
     };
-    let runtime = builder
+    builder
         .enable_all()
         .build()
-        .context("building the server runtime")?;
+        .context("building the server runtime")
+}
+
+fn run_origin(args: &OriginArgs) -> anyhow::Result<()> {
+    let runtime = server_runtime(args.threads)?;
+    let config = args.to_config();
+    runtime.block_on(async {
+        let origin = Origin::build(&config).await?;
+        eprintln!(
+            "bench origin: listening on {} ({} thread(s)); /small {} B, /large {} B, /zipf/<n> {} B, \
+             /slow/<name> after {}, counts at {COUNT_PATH}",
+            origin.local_addr()?,
+            args.threads,
+            config.small_bytes,
+            config.large_bytes,
+            config.zipf_bytes,
+            humantime::format_duration(config.slow),
+        );
+        origin.run_until_stopped(shutdown_signal()).await
+    })
+}
+
+fn run_serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let runtime = server_runtime(args.threads)?;
     let config = ServeConfig {
         listen: args.listen,
         body_bytes: args.body_bytes,
@@ -195,6 +301,14 @@ fn parse_at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_at_least_one_u64(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a whole number: {e}")),
+    }
+}
+
 fn parse_rate(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
         Ok(0) => Err("must be at least 1 request per second".to_owned()),
@@ -221,7 +335,7 @@ mod tests {
     fn http(args: &[&str]) -> HttpArgs {
         match parse(&[&["http"], args].concat()).expect("parses").command {
             BenchCommand::Http(http) => http,
-            BenchCommand::Serve(_) => panic!("expected http"),
+            other => panic!("expected http, got {other:?}"),
         }
     }
 
@@ -299,7 +413,65 @@ mod tests {
                 assert_eq!(serve.listen, "127.0.0.1:9500".parse().expect("addr"));
                 assert_eq!((serve.threads, serve.body_bytes), (1, 13));
             }
-            BenchCommand::Http(_) => panic!("expected serve"),
+            other => panic!("expected serve, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn origin_defaults() {
+        match parse(&["origin"]).expect("parses").command {
+            BenchCommand::Origin(origin) => {
+                let config = origin.to_config();
+                assert_eq!(config.listen, "127.0.0.1:9700".parse().expect("addr"));
+                assert_eq!(
+                    (config.small_bytes, config.large_bytes, config.zipf_bytes),
+                    (2048, 102_400, 102_400)
+                );
+                assert_eq!((config.slow, config.max_age), (Duration::from_millis(200), 3600));
+            }
+            other => panic!("expected origin, got {other:?}"),
+        }
+        assert!(parse(&["origin", "--slow", "soon"]).is_err());
+    }
+
+    #[test]
+    fn keys_and_request_limits() {
+        let args = http(&["--url", "http://127.0.0.1:1/zipf/", "--keys", "2000"]);
+        let config = args.to_config().expect("valid");
+        let keys = config.keys.expect("keys");
+        assert_eq!((keys.len(), keys.exponent()), (2000, 1.0));
+        assert_eq!(config.max_requests, None);
+        let args = http(&[
+            "--url",
+            "http://127.0.0.1:1/zipf/",
+            "--keys",
+            "10",
+            "--zipf",
+            "0.8",
+            "--seed",
+            "9",
+            "--requests",
+            "100",
+        ]);
+        let config = args.to_config().expect("valid");
+        assert_eq!(config.keys, Some(Zipf::new(10, 0.8, 9).expect("valid")));
+        assert_eq!(config.max_requests, Some(100));
+
+        let err = http(&["--url", "http://127.0.0.1:1/", "--zipf", "1"])
+            .to_config()
+            .expect_err("zipf without keys")
+            .to_string();
+        assert!(err.contains("need --keys"), "{err}");
+        let err = http(&["--url", "http://127.0.0.1:1/", "--keys", "5", "--zipf=-1"])
+            .to_config()
+            .expect_err("negative exponent")
+            .to_string();
+        assert!(err.contains("Zipf exponent"), "{err}");
+        for bad in [&["--keys", "0"][..], &["--requests", "0"]] {
+            let err = parse(&[&["http", "--url", "http://127.0.0.1:1/"][..], bad].concat())
+                .expect_err("rejected")
+                .to_string();
+            assert!(err.contains("at least 1"), "{bad:?}: {err}");
         }
     }
 }

@@ -8,12 +8,21 @@
 //! requests queued behind the stall (no coordinated omission, as in wrk2).
 //! Every request due before the end is sent unless it can no longer finish
 //! within `timeout` of its due time, in which case it counts as an error.
+//!
+//! With `keys`, each request asks for one of many URLs, drawn from a Zipf
+//! distribution as a pure function of the seed and the request's place (its
+//! index on its connection in closed loop, in the schedule in open loop),
+//! so runs with the same options send the same keys. With `max_requests`
+//! the run also ends once that many requests were sent (in closed loop each
+//! connection sends its even share, so 100 requests over 100 connections
+//! are 100 concurrent requests: a stampede).
 
+use crate::keys::Zipf;
 use crate::parse::{Response, ResponseParser};
 use crate::report::{Mode, Report};
 use crate::target::Target;
 use anyhow::Context;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +53,13 @@ pub struct LoadConfig {
     pub rate: Option<u64>,
     /// How long one request may take before it counts as an error and its connection is replaced.
     pub timeout: Duration,
+    /// Spread the requests over this distribution's keys (the key's number
+    /// appended to the URL's path); `None`: every request to the URL.
+    pub keys: Option<Zipf>,
+    /// End the run once this many requests were sent in total (warm-up
+    /// included), or at the end of the duration, whichever comes first;
+    /// `None`: at the end of the duration.
+    pub max_requests: Option<u64>,
 }
 
 impl LoadConfig {
@@ -72,6 +88,30 @@ struct Plan {
     measure_from: Instant,
     /// When no new request is started any more.
     end: Instant,
+    /// The request of every key (one, the URL's, without `keys`).
+    requests: Vec<Bytes>,
+}
+
+/// The stream of key draws of the open-loop schedule; closed-loop
+/// connections draw from the stream of their index.
+const SCHEDULE_STREAM: u64 = u64::MAX;
+
+impl Plan {
+    /// The request to send as request `index` of `stream`.
+    fn request(&self, stream: u64, index: u64) -> &Bytes {
+        match &self.config.keys {
+            Some(keys) => &self.requests[keys.key(stream, index)],
+            None => &self.requests[0],
+        }
+    }
+
+    /// How many requests closed-loop connection `connection` may send.
+    fn share(&self, connection: usize) -> Option<u64> {
+        let total = self.config.max_requests?;
+        let connections = self.config.connections as u64;
+        let connection = connection as u64;
+        Some(total / connections + u64::from(connection < total % connections))
+    }
 }
 
 /// What one connection (and then one thread) measured.
@@ -116,6 +156,10 @@ fn run(config: &LoadConfig) -> anyhow::Result<Report> {
         "rate must be at least 1 request per second"
     );
 
+    let requests = match &config.keys {
+        Some(keys) => (0..keys.len()).map(|k| config.target.keyed_request(k)).collect(),
+        None => vec![config.target.request.clone()],
+    };
     // A short delay lets every thread build its runtime before the clock starts.
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + config.warmup;
@@ -124,6 +168,7 @@ fn run(config: &LoadConfig) -> anyhow::Result<Report> {
         start,
         measure_from,
         end: measure_from + config.duration,
+        requests,
     });
 
     let mut threads = Vec::with_capacity(config.threads);
@@ -151,7 +196,11 @@ fn run(config: &LoadConfig) -> anyhow::Result<Report> {
     }
     // The window ends at `end`, or later if responses to requests started
     // before `end` were still arriving.
-    let finished = total.last_done.map_or(plan.end, |done| done.max(plan.end));
+    // A run cut short by `max_requests` ends with its last answer.
+    let finished = match (total.last_done, config.max_requests) {
+        (Some(done), Some(_)) => done,
+        (done, _) => done.map_or(plan.end, |done| done.max(plan.end)),
+    };
     let measured = finished.saturating_duration_since(plan.measure_from);
     Ok(Report::new(
         &total.latency,
@@ -189,15 +238,22 @@ async fn run_connection(plan: &Plan, connection: usize) -> Tally {
         rate,
         next_index: connection as u64,
         stride: config.connections as u64,
+        limit: config.max_requests.unwrap_or(u64::MAX),
     });
+    // Closed loop: requests sent so far, and how many this connection may send.
+    let mut sent = 0u64;
+    let share = plan.share(connection).unwrap_or(u64::MAX);
     // When this connection last finished an exchange; a request due before
     // then waited for the connection, i.e. for the server.
     let mut free_since = plan.start;
+    // Closed loop too starts with the clock, so that with no warmup every
+    // request is recorded.
+    tokio::time::sleep_until(plan.start).await;
 
     'connect: loop {
         let now = Instant::now();
         match &mut schedule {
-            None if now >= plan.end => break,
+            None if now >= plan.end || sent >= share => break,
             None => {}
             Some(schedule) => {
                 schedule.expire(plan, &mut tally, now);
@@ -224,19 +280,22 @@ async fn run_connection(plan: &Plan, connection: usize) -> Tally {
         free_since = free_since.max(Instant::now());
 
         loop {
-            let (measured_from, deadline, recorded) = match &mut schedule {
+            let (measured_from, deadline, recorded, request) = match &mut schedule {
                 None => {
                     let now = Instant::now();
-                    if now >= plan.end {
+                    if now >= plan.end || sent >= share {
                         break 'connect;
                     }
-                    (now, now + config.timeout, now >= plan.measure_from)
+                    let request = plan.request(connection as u64, sent);
+                    sent += 1;
+                    (now, now + config.timeout, now >= plan.measure_from, request)
                 }
                 Some(schedule) => {
                     schedule.expire(plan, &mut tally, Instant::now());
                     let Some(due) = schedule.peek(plan) else {
                         break 'connect;
                     };
+                    let request = plan.request(SCHEDULE_STREAM, schedule.next_index);
                     schedule.next_index += schedule.stride;
                     tokio::time::sleep_until(due).await;
                     // A request due while the connection was busy is charged from
@@ -244,15 +303,13 @@ async fn run_connection(plan: &Plan, connection: usize) -> Tally {
                     // it was sent, so the timer's millisecond slack (ours, not the
                     // server's) is not counted.
                     let from = if free_since > due { due } else { Instant::now() };
-                    (from, due + config.timeout, due >= plan.measure_from)
+                    (from, due + config.timeout, due >= plan.measure_from, request)
                 }
             };
 
-            let exchange = tokio::time::timeout_at(
-                deadline,
-                exchange(&mut stream, &mut buf, &mut parser, &config.target.request),
-            )
-            .await;
+            let exchange =
+                tokio::time::timeout_at(deadline, exchange(&mut stream, &mut buf, &mut parser, request))
+                    .await;
             let done = Instant::now();
             free_since = done;
             match exchange {
@@ -291,11 +348,16 @@ struct Schedule {
     next_index: u64,
     /// Number of connections: the distance between this connection's requests.
     stride: u64,
+    /// Requests of the whole schedule: none is due from this index on.
+    limit: u64,
 }
 
 impl Schedule {
     /// When the next request is due, or `None` once the next one falls after the run.
     fn peek(&self, plan: &Plan) -> Option<Instant> {
+        if self.next_index >= self.limit {
+            return None;
+        }
         let due = plan.start + intended_offset(self.next_index, self.rate);
         (due < plan.end).then_some(due)
     }

@@ -1,10 +1,12 @@
 //! The minimal backend (`bench serve`): answers every request with `200`,
 //! `content-type: text/plain` and the same body, on keep-alive HTTP/1.1
-//! connections served by hyper.
+//! connections served by hyper. Its accept loop and graceful shutdown
+//! ([`serve`]) also run `bench origin`.
 
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -62,49 +64,74 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets open
     /// connections finish their current request (for up to 5 s) and returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut connections = JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => {
-                    let stream = match accepted {
-                        Ok((stream, _peer)) => stream,
-                        // Out of file descriptors and similar: back off rather than spin.
-                        Err(_) => {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_connection(stream, self.body.clone(), stop_rx.clone()));
-                }
-                // Reap finished connections so the set does not grow without bound.
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-        drop(self.listener);
-        let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while connections.join_next().await.is_some() {}
+        let body = self.body;
+        serve(self.listener, shutdown, move |_request| {
+            let mut response = Response::new(Full::new(body.clone()));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            async move { response }
         })
-        .await;
-        if drained.is_err() {
-            connections.abort_all();
-        }
-        Ok(())
+        .await
     }
 }
 
+/// Serves keep-alive HTTP/1.1 connections on `listener`, each request
+/// answered by `handler`, until `shutdown` completes; then stops accepting,
+/// lets open connections finish their current request (for up to 5 s) and
+/// returns.
+pub(crate) async fn serve<H, F>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    handler: H,
+) -> anyhow::Result<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    // Out of file descriptors and similar: back off rather than spin.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                connections.spawn(serve_connection(stream, handler.clone(), stop_rx.clone()));
+            }
+            // Reap finished connections so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+    Ok(())
+}
+
 /// Serves one keep-alive connection until the client closes it or shutdown.
-async fn serve_connection(stream: tokio::net::TcpStream, body: Bytes, mut stop: watch::Receiver<bool>) {
-    let service = service_fn(move |_request: Request<hyper::body::Incoming>| {
-        let mut response = Response::new(Full::new(body.clone()));
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        async move { Ok::<_, Infallible>(response) }
+async fn serve_connection<H, F>(stream: tokio::net::TcpStream, handler: H, mut stop: watch::Receiver<bool>)
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let response = handler(request);
+        async move { Ok::<_, Infallible>(response.await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -37,8 +37,13 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The URL as given, for reports.
     pub url: String,
-    /// The complete `GET` request sent on every exchange.
+    /// The complete `GET` request sent on every exchange (to the URL as
+    /// given; see [`Target::keyed_request`] for `--keys`).
     pub request: Bytes,
+    /// The path and query, `/` when the URL has none.
+    path_and_query: String,
+    /// The `Host` field's value.
+    host_header: String,
 }
 
 impl Target {
@@ -81,15 +86,32 @@ impl Target {
             .rsplit('@')
             .next()
             .unwrap_or(authority.as_str());
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: scalestack-bench\r\nAccept: */*\r\n\r\n"
-        );
         Ok(Self {
             addr,
             url: url.to_owned(),
-            request: Bytes::from(request),
+            request: get_request(path, host_header),
+            path_and_query: path.to_owned(),
+            host_header: host_header.to_owned(),
         })
     }
+
+    /// The request for key `key` of a `--keys` run: the key's number
+    /// appended to the path, before any query (`/zipf/?v=1` and key 17 give
+    /// `/zipf/17?v=1`).
+    pub fn keyed_request(&self, key: usize) -> Bytes {
+        let (path, query) = match self.path_and_query.split_once('?') {
+            Some((path, query)) => (path, format!("?{query}")),
+            None => (self.path_and_query.as_str(), String::new()),
+        };
+        get_request(&format!("{path}{key}{query}"), &self.host_header)
+    }
+}
+
+/// The bytes of `GET path` to `host`.
+fn get_request(path: &str, host: &str) -> Bytes {
+    Bytes::from(format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: scalestack-bench\r\nAccept: */*\r\n\r\n"
+    ))
 }
 
 #[cfg(test)]
@@ -104,6 +126,18 @@ mod tests {
             t.request,
             "GET /a/b?c=d HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: scalestack-bench\r\nAccept: */*\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn keyed_requests_append_the_key_to_the_path() {
+        let t = Target::parse("http://127.0.0.1:8080/zipf/").expect("valid");
+        assert!(t
+            .keyed_request(17)
+            .starts_with(b"GET /zipf/17 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"));
+        let t = Target::parse("http://127.0.0.1:8080/o-?v=1").expect("valid");
+        assert!(t.keyed_request(0).starts_with(b"GET /o-0?v=1 HTTP/1.1\r\n"));
+        let t = Target::parse("http://127.0.0.1:8080").expect("valid");
+        assert!(t.keyed_request(5).starts_with(b"GET /5 HTTP/1.1\r\n"));
     }
 
     #[test]
