@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing scalestack needs on a Debian machine:
 # the C toolchain, cmake (for benches/pingora-lb, the pingora proxy the LB
-# benchmark can compare with; not part of the workspace), and the engines the test harness
-# starts privately (PostgreSQL, Redis, NATS). Idempotent and quick when
+# benchmark can compare with; not part of the workspace), the engines the test harness
+# starts privately (PostgreSQL, Redis, NATS), and Chromium, which the CDN's
+# end-to-end test drives headless over the DevTools protocol (no
+# chromedriver needed). Idempotent and quick when
 # everything is present; needs root (or sudo) only when something is missing.
 #
 #   scripts/setup.sh           build + test dependencies
@@ -12,7 +14,7 @@
 #                              scripts/bench-data.sh uses)
 set -euo pipefail
 
-packages=(build-essential pkg-config cmake curl postgresql redis-server nats-server)
+packages=(build-essential pkg-config cmake curl postgresql redis-server nats-server chromium)
 if [[ "${1:-}" == "--bench" ]]; then
     packages+=(nginx haproxy varnish squid trafficserver wrk dnsperf python3 time)
 fi

@@ -32,6 +32,15 @@ pub async fn web_metric(up: &Up, metric: &str, labels: &[&str]) -> f64 {
     total
 }
 
+/// The value of the sample of `name` whose labels include every one of
+/// `labels` (`role="web"`), if there is one, in a Prometheus text page.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// An HTTP client whose every request gives up after 30 s: a hung request
 /// fails its test instead of hanging the suite (a guard, not a measure).
 pub fn http_client(cookies: bool) -> reqwest::Client {
@@ -59,6 +68,10 @@ pub struct Up {
     pub lb_admin: Option<String>,
     /// The web servers' addresses.
     pub webs: Vec<String>,
+    /// The CDN edges' public addresses (`cdn-1` first), when there are any.
+    pub edges: Vec<String>,
+    /// The CDN edges' admin addresses (purge, `/metrics`), in the same order.
+    pub edge_admins: Vec<String>,
 }
 
 impl Up {
@@ -87,6 +100,28 @@ impl Up {
              list_cache_ttl_secs = 0\n{extra}"
         );
         Self::launch(topology, Some((lb, admin)), (web_port..web_port + webs).collect())
+    }
+
+    /// [`Up::web_tier`] (health checks every 300 ms) behind `edges` CDN
+    /// edges in front of the load balancer; the web tier's media and assets
+    /// point at the first edge. The edges' access log is on (in `up.log`).
+    pub fn cdn_tier(webs: u16, edges: u16) -> Up {
+        let (listen, admin) = (free_ports(edges), free_ports(edges));
+        let mut up = Self::web_tier(
+            webs,
+            300,
+            &format!(
+                "[cdn]\ncount = {edges}\nlisten = \"127.0.0.1:{listen}\"\n\
+                 admin_listen = \"127.0.0.1:{admin}\"\nmemory_mb = 32\naccess_log = true\n"
+            ),
+        );
+        up.edges = (listen..listen + edges)
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        up.edge_admins = (admin..admin + edges)
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        up
     }
 
     fn launch(web_section: String, lb: Option<(u16, u16)>, web_ports: Vec<u16>) -> Up {
@@ -122,6 +157,8 @@ impl Up {
                 .iter()
                 .map(|p| format!("http://127.0.0.1:{p}"))
                 .collect(),
+            edges: Vec::new(),
+            edge_admins: Vec::new(),
         }
     }
 
@@ -130,6 +167,18 @@ impl Up {
         let mut all = vec!["ctl", "--url", &self.control];
         all.extend_from_slice(args);
         run(&all, self.dir.path())
+    }
+
+    /// [`Up::ctl`], which must succeed; its standard output.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "ctl {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
     }
 
     /// Waits until `up` printed that everything is ready.

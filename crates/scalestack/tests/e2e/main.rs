@@ -1,6 +1,8 @@
 //! End to end: the built binary, started as a user starts it.
 
+mod browser;
 mod cache_tier;
+mod cdn;
 mod data_tier;
 mod helpers;
 mod log_format;

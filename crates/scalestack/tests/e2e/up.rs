@@ -4,21 +4,12 @@
 //! worker=N`: new workers run and are listed, workers scaled away finish the
 //! job in hand before they exit.
 
-use crate::helpers::{get_json, http_client, signal, Up};
+use crate::helpers::{get_json, http_client, sample, signal, Up};
 use crate::{signup, upload, wait_processed};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-/// The value of the sample of `name` whose labels include every one of
-/// `labels` (`role="web"`), if there is one.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .find(|l| labels.iter().all(|label| l.contains(label)))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 async fn up_metrics(up: &Up) -> String {
     let r = reqwest::get(format!("{}/metrics", up.control)).await.unwrap();
