@@ -26,9 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::BytesMut;
 use proxy_core::downstream::{self, ReadError};
-use proxy_core::{Client, ClientConfig, Clock, Framing, PoolConfig, ReadLimits, Timer};
+use proxy_core::serve::{self, Next, RequestReader};
+use proxy_core::{Client, ClientConfig, Clock, PoolConfig, ReadLimits, Timer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -110,7 +110,7 @@ impl Edge {
             .await?
             .context("opening the disk tier")?;
         let store = Arc::new(store);
-        let listener = reuseport_listener(config.listen)
+        let listener = serve::reuseport_listener(config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let admin_listener = TcpListener::bind(config.admin_listen)
             .await
@@ -185,30 +185,16 @@ impl Edge {
             stop_tx,
         } = self;
         let addr = listener.local_addr()?;
-        let threads = match shared.config.threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            n => n,
-        };
-        let mut workers = Vec::new();
-        for i in 1..threads {
-            let listener = reuseport_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
-            let shared = shared.clone();
-            let worker = std::thread::Builder::new()
-                .name(format!("cdn-worker-{i}"))
-                .spawn(move || {
-                    proxy_core::pool::set_thread_slot(i);
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    rt.block_on(async move {
-                        accept_loop(listener, shared.clone()).await;
-                        wait_for_connections(&shared, grace).await;
-                    });
-                    std::io::Result::Ok(())
-                })
-                .context("starting a worker thread")?;
-            workers.push(worker);
-        }
+        let threads = serve::thread_count(shared.config.threads);
+        let worker_shared = shared.clone();
+        let workers = serve::spawn_workers(addr, threads, "cdn", move |listener| {
+            let shared = worker_shared.clone();
+            async move {
+                accept_loop(listener, shared.clone()).await;
+                wait_for_connections(&shared, grace).await;
+            }
+        })
+        .with_context(|| format!("cannot listen on {addr} (worker threads)"))?;
         let sweeper = tokio::spawn(shared.clock.clone().run());
         let admin = tokio::spawn(admin::serve(admin_listener, shared.clone()));
         tracing::info!(
@@ -239,64 +225,27 @@ impl Edge {
     }
 }
 
-/// A listener other threads can share the address of.
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-/// Waits until every connection permit is back (no connection open), at
-/// most `grace`; returns whether they all came back.
+/// Waits until every client connection has closed, at most `grace`.
 async fn wait_for_connections(shared: &Shared, grace: Duration) -> bool {
-    let all = shared.config.limits.max_connections as u32;
-    tokio::time::timeout(grace, shared.connection_slots.acquire_many(all))
-        .await
-        .is_ok()
+    let all = shared.config.limits.max_connections;
+    serve::wait_for_connections(&shared.connection_slots, all, grace).await
 }
 
 /// Accepts until the edge stops; connections above the limit get 503.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut stopping = shared.stopping.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stopping.wait_for(|s| *s) => return,
-        };
-        let (stream, _peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        match shared.connection_slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    serve_connection(stream, &shared).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    let mut stream = stream;
-                    let body = br#"{"error":"too many connections"}"#;
-                    let write =
-                        downstream::write_simple(&mut stream, 503, body, &[("retry-after", "1")], false);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
-                });
-            }
-        }
-    }
+    let on_full = || shared.metrics.answered(metrics::Outcome::Error, 0);
+    let serve = |stream, _peer| {
+        let shared = shared.clone();
+        async move { serve_connection(stream, &shared).await }
+    };
+    serve::accept_loop(
+        listener,
+        shared.connection_slots.clone(),
+        shared.stopping.clone(),
+        on_full,
+        serve,
+    )
+    .await;
 }
 
 /// Decrements the open-connection gauge when a connection ends.
@@ -311,58 +260,30 @@ impl Drop for ConnectionGauge<'_> {
 /// Serves one client connection: requests in sequence while keep-alive
 /// holds and the edge is not stopping.
 async fn serve_connection(mut stream: TcpStream, shared: &Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
     shared.metrics.connections.inc();
     let _gauge = ConnectionGauge(&shared.metrics.connections);
-    let limits = shared.read_limits;
-    let mut stopping = shared.stopping.clone();
-    let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = Vec::with_capacity(8 * 1024);
     let deadline = shared.clock.deadline();
     let t = Timer {
         clock: &shared.clock,
         deadline: &deadline,
     };
-    let mut first_byte = limits.header_timeout;
+    let mut requests = RequestReader::new(
+        &shared.read_limits,
+        &shared.body_budget,
+        shared.stopping.clone(),
+        t,
+    );
     loop {
-        if *stopping.borrow() {
-            break;
-        }
-        let read = if buf.is_empty() {
-            tokio::select! {
-                biased;
-                r = downstream::read_head(&mut stream, &mut buf, &limits, first_byte, t) => Some(r),
-                _ = stopping.wait_for(|s| *s) => None,
-            }
-        } else {
-            Some(downstream::read_head(&mut stream, &mut buf, &limits, first_byte, t).await)
+        let (head, body, keep_alive) = match requests.next(&mut stream).await {
+            Next::Request {
+                head,
+                body,
+                keep_alive,
+            } => (head, body, keep_alive),
+            Next::Refused(e) => return refuse(&mut stream, shared, &e).await,
+            Next::Done => break,
         };
-        let read = match read {
-            Some(r) => r,
-            None if buf.is_empty() => break,
-            None => downstream::read_head(&mut stream, &mut buf, &limits, first_byte, t).await,
-        };
-        first_byte = limits.idle_timeout;
-        let head = match read {
-            Ok(h) => h,
-            Err(e) => return refuse(&mut stream, shared, &e).await,
-        };
-        if head.expect_continue && head.body != Framing::None {
-            if matches!(head.body, Framing::Length(n) if n > limits.max_body_bytes) {
-                return refuse(&mut stream, shared, &ReadError::BodyTooLarge).await;
-            }
-            if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-                return;
-            }
-        }
-        let body =
-            match downstream::read_body(&mut stream, &mut buf, head.body, &limits, &shared.body_budget, t)
-                .await
-            {
-                Ok(b) => b,
-                Err(e) => return refuse(&mut stream, shared, &e).await,
-            };
-        let keep_alive = head.keep_alive && head.minor_version == 1 && !*stopping.borrow();
         let mut conn = handle::Conn {
             io: &mut stream,
             t,

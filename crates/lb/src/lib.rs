@@ -31,10 +31,10 @@ pub use backend::{Backend, BackendSet, BackendStatus};
 pub use config::{Algorithm, BackendSpec, HashKey, HealthConfig, LbConfig, Limits, OutlierConfig};
 
 use anyhow::Context;
+use proxy_core::serve;
 use proxy_core::{Clock, ReadLimits};
 use shared::Shared;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -55,7 +55,7 @@ impl LoadBalancer {
         config
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid lb configuration: {e}"))?;
-        let listener = reuseport_listener(config.listen)
+        let listener = serve::reuseport_listener(config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let admin_listener = TcpListener::bind(config.admin_listen)
             .await
@@ -133,30 +133,16 @@ impl LoadBalancer {
             stop_tx,
         } = self;
         let addr = listener.local_addr()?;
-        let threads = match shared.config.threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            n => n,
-        };
-        let mut workers = Vec::new();
-        for i in 1..threads {
-            let listener = reuseport_listener(addr).with_context(|| format!("cannot listen on {addr}"))?;
-            let shared = shared.clone();
-            let worker = std::thread::Builder::new()
-                .name(format!("lb-worker-{i}"))
-                .spawn(move || {
-                    proxy_core::pool::set_thread_slot(i);
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    rt.block_on(async move {
-                        proxy::accept_loop(listener, shared.clone()).await;
-                        wait_for_connections(&shared, grace).await;
-                    });
-                    std::io::Result::Ok(())
-                })
-                .context("starting a worker thread")?;
-            workers.push(worker);
-        }
+        let threads = serve::thread_count(shared.config.threads);
+        let worker_shared = shared.clone();
+        let workers = serve::spawn_workers(addr, threads, "lb", move |listener| {
+            let shared = worker_shared.clone();
+            async move {
+                proxy::accept_loop(listener, shared.clone()).await;
+                wait_for_connections(&shared, grace).await;
+            }
+        })
+        .with_context(|| format!("cannot listen on {addr} (worker threads)"))?;
         let sweeper = tokio::spawn(shared.clock.clone().run());
         let health = tokio::spawn(health_check::run(shared.clone()));
         let admin = tokio::spawn(admin::serve(admin_listener, shared.clone()));
@@ -188,29 +174,9 @@ impl LoadBalancer {
     }
 }
 
-/// A listener other threads can share the address of.
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
 /// Waits until every client connection has closed (all permits are back),
 /// at most `grace`. True when they all did.
 async fn wait_for_connections(shared: &Shared, grace: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + grace;
-    while shared.connection_slots.available_permits() < shared.config.limits.max_connections {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
+    let all = shared.config.limits.max_connections;
+    proxy_core::serve::wait_for_connections(&shared.connection_slots, all, grace).await
 }

@@ -20,11 +20,11 @@ use crate::config::Algorithm;
 use crate::forwarding::{self, Peer, RequestId};
 use crate::selection;
 use crate::shared::Shared;
-use bytes::BytesMut;
 use http::Method;
-use proxy_core::codec::{Framing, RequestHead, ResponseHead};
+use proxy_core::codec::{RequestHead, ResponseHead};
 use proxy_core::downstream::{self, ReadError};
 use proxy_core::relay::{field, Downstream, Failure, ProxyHooks, Scratch};
+use proxy_core::serve::{Next, RequestReader};
 use proxy_core::{BodyError, SendError, Timer};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,41 +35,19 @@ use tokio::net::{TcpListener, TcpStream};
 /// Accepts until the load balancer stops (or the task is dropped);
 /// connections above the limit get 503.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut stopping = shared.stopping.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stopping.wait_for(|s| *s) => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: back off, go on.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        match shared.connection_slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    serve_connection(stream, peer, &shared).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                shared.metrics.count_response(503);
-                tokio::spawn(async move {
-                    let mut stream = stream;
-                    let body = br#"{"error":"too many connections"}"#;
-                    let write =
-                        downstream::write_simple(&mut stream, 503, body, &[("retry-after", "1")], false);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
-                });
-            }
-        }
-    }
+    let on_full = || shared.metrics.count_response(503);
+    let serve = |stream, peer| {
+        let shared = shared.clone();
+        async move { serve_connection(stream, peer, &shared).await }
+    };
+    proxy_core::serve::accept_loop(
+        listener,
+        shared.connection_slots.clone(),
+        shared.stopping.clone(),
+        on_full,
+        serve,
+    )
+    .await;
 }
 
 /// What a client connection carries from one request to the next.
@@ -92,12 +70,8 @@ impl Drop for ConnectionGauge<'_> {
 /// Serves one client connection: requests in sequence while keep-alive
 /// holds and the load balancer is not stopping.
 async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let _ = stream.set_nodelay(true);
     shared.metrics.connections.inc();
     let _gauge = ConnectionGauge(&shared.metrics.connections);
-    let limits = shared.read_limits;
-    let mut stopping = shared.stopping.clone();
-    let mut buf = BytesMut::with_capacity(8 * 1024);
     let deadline = shared.clock.deadline();
     let t = Timer {
         clock: &shared.clock,
@@ -108,51 +82,22 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         scratch: Scratch::new(),
         timer: t,
     };
-    // A new connection gets the header timeout for its first byte; between
-    // requests of a kept-alive one, the idle timeout.
-    let mut first_byte = limits.header_timeout;
+    let mut requests = RequestReader::new(
+        &shared.read_limits,
+        &shared.body_budget,
+        shared.stopping.clone(),
+        t,
+    );
     loop {
-        if *stopping.borrow() {
-            break;
-        }
-        // Between requests a stop closes the connection at once; a request
-        // that has begun to arrive is read and served.
-        let read = if buf.is_empty() {
-            tokio::select! {
-                biased;
-                r = downstream::read_head(&mut stream, &mut buf, &limits, first_byte, t) => Some(r),
-                _ = stopping.wait_for(|s| *s) => None,
-            }
-        } else {
-            Some(downstream::read_head(&mut stream, &mut buf, &limits, first_byte, t).await)
+        let (head, body, keep_alive) = match requests.next(&mut stream).await {
+            Next::Request {
+                head,
+                body,
+                keep_alive,
+            } => (head, body, keep_alive),
+            Next::Refused(e) => return refuse(&mut stream, shared, &e).await,
+            Next::Done => break,
         };
-        let read = match read {
-            Some(r) => r,
-            None if buf.is_empty() => break,
-            None => downstream::read_head(&mut stream, &mut buf, &limits, first_byte, t).await,
-        };
-        first_byte = limits.idle_timeout;
-        let head = match read {
-            Ok(h) => h,
-            Err(e) => return refuse(&mut stream, shared, &e).await,
-        };
-        if head.expect_continue && head.body != Framing::None {
-            if matches!(head.body, Framing::Length(n) if n > limits.max_body_bytes) {
-                return refuse(&mut stream, shared, &ReadError::BodyTooLarge).await;
-            }
-            if stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
-                return;
-            }
-        }
-        let body =
-            match downstream::read_body(&mut stream, &mut buf, head.body, &limits, &shared.body_budget, t)
-                .await
-            {
-                Ok(b) => b,
-                Err(e) => return refuse(&mut stream, shared, &e).await,
-            };
-        // HTTP/1.0 clients get one request per connection.
-        let keep_alive = head.keep_alive && head.minor_version == 1 && !*stopping.borrow();
         let served = proxy_request(shared, &mut stream, &mut conn, head, body, keep_alive).await;
         // The scratch buffers keep their capacity between requests; not
         // that of a large body (the budget gave those bytes back already).

@@ -11,15 +11,18 @@
 //! - [`pool`]: keep-alive upstream connections per peer and per thread;
 //! - [`client`]: the upstream client (`send` → response head + body);
 //! - [`relay`]: a request to an upstream and its answer back, with the
-//!   decisions (peer, rewrites, retries) left to [`ProxyHooks`].
+//!   decisions (peer, rewrites, retries) left to [`ProxyHooks`];
+//! - [`serve`]: thread per core, the accept loop with its connection limit,
+//!   and a connection's requests one by one ([`serve::RequestReader`]).
 //!
 //! ```text
 //! client ─▶ downstream::read_head/read_body ─▶ relay(hooks) ─▶ hooks.select ─▶ client::send (pool) ─▶ upstream
 //!        ◀─────────────── response head rewritten by the hooks, body streamed ◀──────────────────────┘
 //! ```
 //!
-//! Modules depend downwards only: `relay` → `client` → `pool`, `codec`,
-//! `deadline`; `downstream` → `codec`, `deadline`; `codec` → nothing of the
+//! Modules depend downwards only: `serve` → `downstream`, `pool`;
+//! `relay` → `client` → `pool`, `codec`, `deadline`; `downstream` →
+//! `codec`, `deadline`; `codec` → nothing of the
 //! crate but its own parts.
 
 pub mod client;
@@ -30,6 +33,7 @@ pub mod error;
 pub mod hop_by_hop;
 pub mod pool;
 pub mod relay;
+pub mod serve;
 
 pub use client::{is_idempotent, BodyError, Client, ClientConfig, Response, SendError};
 pub use codec::{Framing, HeadError, HeadLimits, HeaderFields, RequestHead, ResponseHead};
