@@ -1,6 +1,6 @@
 //! Managed engines started from the installed binaries: private PostgreSQL
-//! clusters (a primary and streaming replicas, with failover) and Redis
-//! servers, for `scalestack up` (under the data directory) and for the test
+//! clusters (a primary and streaming replicas, with failover), Redis and NATS
+//! (JetStream) servers, for `scalestack up` (under the data directory) and for the test
 //! harness (in temporary directories on free ports).
 //!
 //! Invariants:
@@ -14,6 +14,7 @@
 //!   [`postgres::PgNode::pid`] and the signals sent through it go to whatever
 //!   postmaster the data directory's lock file names.
 
+pub mod nats;
 mod owner;
 pub mod postgres;
 mod process;

@@ -1,11 +1,12 @@
 //! Test harness for real engines: private PostgreSQL clusters (a primary
-//! and streaming replicas) and Redis servers, each on free ports in its own
+//! and streaming replicas), Redis and NATS (JetStream) servers, each on free ports in its own
 //! temporary directory, stopped and deleted when its handle drops. Never
 //! the machine's default instances.
 //!
 //! Every constructor panics with a clear message when the engine's
 //! binaries are missing: run `scripts/setup.sh`.
 
+use engines::nats::NatsNode;
 use engines::postgres::{PgBinaries, PgNode, PgOptions};
 use engines::redis::RedisNode;
 use std::collections::BTreeSet;
@@ -138,6 +139,31 @@ impl TestRedis {
             .await
             .unwrap_or_else(|e| panic!("starting the test redis: {e:#}"));
         TestRedis { node, _dir: dir }
+    }
+}
+
+/// A private NATS server with JetStream on a free port, its store in a
+/// temporary directory. Dropping it kills the server and deletes the
+/// directory; [`NatsNode::kill9`] and [`NatsNode::restart`] keep the store.
+pub struct TestNats {
+    pub node: NatsNode,
+    _dir: TempDir,
+}
+
+impl TestNats {
+    /// A running NATS named `nats` with JetStream and an empty store.
+    pub async fn start() -> TestNats {
+        if let Err(e) = engines::nats::locate_server() {
+            panic!("NATS is needed for this test: {e:#} (run scripts/setup.sh)");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("scalestack-nats-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let node = NatsNode::start("nats", dir.path(), free_port())
+            .await
+            .unwrap_or_else(|e| panic!("starting the test nats: {e:#}"));
+        TestNats { node, _dir: dir }
     }
 }
 

@@ -1,0 +1,465 @@
+//! The NATS JetStream adapter of the job queue port ([`JobQueue`]).
+//!
+//! Layout, for a queue named `<name>` (letters, digits, `_`, `-`):
+//! - the work stream `<name>` (work-queue retention, file storage, subjects
+//!   `<name>.job.*`): one message per job on `<name>.job.<id>`, published
+//!   with `Nats-Msg-Id` = the job's id, so a publish retried inside the
+//!   stream's dedup window (2 minutes) is stored once; the job's kind in the
+//!   `Scalestack-Kind` header, its payload as the message's body;
+//! - the dead-letter stream `<name>_DEAD` (limits retention, file storage,
+//!   subjects `<name>.dead.*`): a copy of each dead job on
+//!   `<name>.dead.<id>`, with its last error in `Scalestack-Error`;
+//! - the durable pull consumer `<name>_workers` on the work stream, shared
+//!   by every handle (every process): explicit acks, the ack wait of the
+//!   [`QueueConfig`].
+//!
+//! Settling: `ack` is an acknowledgement the server confirms (the work
+//! stream then drops the message); `nack` is a JetStream `-NAK` with the
+//! delay [`QueueConfig::retry_delay`] decides; `in_progress` is `+WPI`;
+//! `terminate`, and a `nack` of the last attempt, copy the job to the
+//! dead-letter stream, delete it from the work stream and `+TERM` the
+//! delivery. `cancel` deletes the job's message (found by its subject) from
+//! whichever stream holds it.
+//!
+//! Deliberate choices, and what JetStream cannot tell:
+//! - The attempt number is JetStream's delivery count. The consumer's
+//!   `max_deliver` is unlimited: the adapter dead-letters (a nack of the
+//!   last attempt), and a job whose every consumer died is delivered again
+//!   with an attempt past `max_attempts`, which its consumer terminates (the
+//!   port's contract). A bounded `max_deliver` would instead strand such a
+//!   job in the work stream, never delivered and never dead.
+//! - Fencing: JetStream accepts a settlement from any delivery of a
+//!   message, even one overtaken by a redelivery. So a delivery fences
+//!   itself: it counts as stale once settled, once its message is gone
+//!   (acked elsewhere or cancelled: checked before a nack or a terminate),
+//!   and once its ack wait has run out, measured from just before the fetch
+//!   that brought it (or the last `in_progress`), which is never later than
+//!   the server's own clock for it. A delivery past its ack wait that the
+//!   server has not redelivered yet is therefore already stale: its ack is
+//!   dropped (the job runs again: at least once) and its nack answers
+//!   `Stale` (the redelivery is already due).
+//! - Depth: the work stream's message count is what waits plus what is in
+//!   flight, exactly. The split between the two is JetStream's ack-pending
+//!   count, which also holds deliveries that are backing off after a nack or
+//!   whose ack wait ran out until they are delivered again: `in_flight` may
+//!   count those, `ready` does not (their sum is exact). `dead` is the
+//!   dead-letter stream's message count.
+//! - Job ids are made by the publisher: microseconds since the epoch times
+//!   1024 plus 10 random bits, and above the handle's previous one, so they
+//!   grow within a handle and collide across processes with negligible
+//!   odds; a collision shows as a duplicate on the first publish and is
+//!   retried with a new id.
+//!
+//! Streams and consumer are created on connect if missing; an existing
+//! consumer is updated to the configuration's ack wait.
+
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use async_nats::HeaderMap;
+use async_trait::async_trait;
+use domain::ports::{Delivery, DeliveryHandle, JobQueue};
+use domain::{BackendError, Job, NackOutcome, QueueConfig, QueueDepth};
+use futures_util::StreamExt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Header carrying the job's kind.
+const KIND_HEADER: &str = "Scalestack-Kind";
+/// Header carrying a dead job's last error.
+const ERROR_HEADER: &str = "Scalestack-Error";
+/// Longest nak delay sent (JetStream's delays are nanoseconds in an i64):
+/// 100 years, "not before the end of time" for a job queue.
+const MAX_NAK_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// Publish attempts of one enqueue (same message id) on transport errors.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// The job queue on a JetStream server (see the module's documentation for
+/// the layout). Cloning shares the connection.
+#[derive(Clone)]
+pub struct NatsJobQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    context: jetstream::Context,
+    work: stream::Stream,
+    dead: stream::Stream,
+    consumer: consumer::PullConsumer,
+    config: QueueConfig,
+    last_id: AtomicI64,
+}
+
+fn backend(what: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!("nats: {what}: {e}"))
+}
+
+impl NatsJobQueue {
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`) and opens the queue
+    /// `name` with the retry policy `config`, creating its streams and its
+    /// consumer if they are missing. An invalid name is
+    /// [`BackendError::Invalid`], before any connection.
+    pub async fn connect(url: &str, name: &str, config: QueueConfig) -> Result<Self, BackendError> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(BackendError::Invalid(format!(
+                "queue name {name:?}: use letters, digits, '_' or '-'"
+            )));
+        }
+        let client = async_nats::connect(url)
+            .await
+            .map_err(|e| backend(&format!("connecting to {url}"), e))?;
+        let context = jetstream::new(client);
+        let work = context
+            .get_or_create_stream(stream::Config {
+                name: name.to_owned(),
+                subjects: vec![format!("{name}.job.*")],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| backend("creating the work stream", e))?;
+        let dead = context
+            .get_or_create_stream(stream::Config {
+                name: format!("{name}_DEAD"),
+                subjects: vec![format!("{name}.dead.*")],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| backend("creating the dead-letter stream", e))?;
+        let durable = format!("{name}_workers");
+        let consumer = work
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(durable),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: config.ack_wait(),
+                max_deliver: -1,
+                filter_subject: format!("{name}.job.*"),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| backend("creating the consumer", e))?;
+        Ok(NatsJobQueue {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                context,
+                work,
+                dead,
+                consumer,
+                config,
+                last_id: AtomicI64::new(0),
+            }),
+        })
+    }
+
+    /// A fresh job id, above this handle's previous one.
+    fn new_id(&self) -> i64 {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let candidate = (micros << 10) | rand::random::<u16>() as i64 & 0x3ff;
+        let mut last = self.inner.last_id.load(Ordering::Relaxed);
+        loop {
+            let id = candidate.max(last + 1);
+            match self
+                .inner
+                .last_id
+                .compare_exchange(last, id, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return id,
+                Err(now) => last = now,
+            }
+        }
+    }
+}
+
+/// The stream message with `subject`, if any.
+async fn message_on(s: &stream::Stream, subject: &str) -> Result<Option<u64>, BackendError> {
+    match s.get_last_raw_message_by_subject(subject).await {
+        Ok(m) => Ok(Some(m.sequence)),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(backend("looking a job up", e)),
+    }
+}
+
+#[async_trait]
+impl JobQueue for NatsJobQueue {
+    async fn enqueue(&self, kind: &str, payload: &[u8]) -> Result<i64, BackendError> {
+        'ids: loop {
+            let id = self.new_id();
+            let mut headers = HeaderMap::new();
+            headers.insert(KIND_HEADER, kind);
+            headers.insert("Nats-Msg-Id", id.to_string().as_str());
+            let subject = format!("{}.job.{id}", self.inner.name);
+            let mut last_error = None;
+            for attempt in 1..=PUBLISH_ATTEMPTS {
+                let sent = async {
+                    self.inner
+                        .context
+                        .publish_with_headers(
+                            subject.clone(),
+                            headers.clone(),
+                            bytes::Bytes::copy_from_slice(payload),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                .await;
+                match sent {
+                    // A duplicate on the first publish is another job's id.
+                    Ok(ack) if ack.duplicate && attempt == 1 => continue 'ids,
+                    // A duplicate on a retry is our own earlier publish.
+                    Ok(_) => return Ok(id),
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            return Err(backend("publishing a job", last_error.unwrap_or_default()));
+        }
+    }
+
+    async fn next(&self) -> Result<Option<Delivery>, BackendError> {
+        let asked = Instant::now();
+        let mut batch = self
+            .inner
+            .consumer
+            .fetch()
+            .max_messages(1)
+            .messages()
+            .await
+            .map_err(|e| backend("fetching a job", e))?;
+        let Some(message) = batch.next().await else {
+            return Ok(None);
+        };
+        let message = message.map_err(|e| backend("fetching a job", e))?;
+        let (attempt, sequence) = {
+            let info = message.info().map_err(|e| backend("reading a delivery", e))?;
+            (
+                u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                info.stream_sequence,
+            )
+        };
+        let id = message
+            .subject
+            .as_str()
+            .rsplit('.')
+            .next()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| backend("reading a delivery", format!("no job id in {}", message.subject)))?;
+        let kind = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(KIND_HEADER))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        let job = Job {
+            id,
+            kind,
+            payload: message.payload.to_vec(),
+            attempt,
+            max_attempts: self.inner.config.max_attempts,
+        };
+        let ack_wait = self.inner.config.ack_wait();
+        let handle = NatsDelivery {
+            queue: self.clone(),
+            message,
+            sequence,
+            state: Mutex::new(State {
+                settled: false,
+                owned_until: asked + ack_wait,
+            }),
+        };
+        Ok(Some(Delivery::new(job, ack_wait, handle)))
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, BackendError> {
+        let work = self
+            .inner
+            .work
+            .get_info()
+            .await
+            .map_err(|e| backend("reading the work stream", e))?;
+        let consumer = self
+            .inner
+            .consumer
+            .get_info()
+            .await
+            .map_err(|e| backend("reading the consumer", e))?;
+        let dead = self
+            .inner
+            .dead
+            .get_info()
+            .await
+            .map_err(|e| backend("reading the dead-letter stream", e))?;
+        let total = i64::try_from(work.state.messages).unwrap_or(i64::MAX);
+        let in_flight = i64::try_from(consumer.num_ack_pending)
+            .unwrap_or(i64::MAX)
+            .min(total);
+        Ok(QueueDepth {
+            ready: total - in_flight,
+            in_flight,
+            dead: i64::try_from(dead.state.messages).unwrap_or(i64::MAX),
+        })
+    }
+
+    async fn cancel(&self, job: i64) -> Result<bool, BackendError> {
+        let name = &self.inner.name;
+        for (s, subject) in [
+            (&self.inner.work, format!("{name}.job.{job}")),
+            (&self.inner.dead, format!("{name}.dead.{job}")),
+        ] {
+            if let Some(sequence) = message_on(s, &subject).await? {
+                return delete(s, sequence).await;
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Deletes message `sequence`: `false` if it was gone already.
+async fn delete(s: &stream::Stream, sequence: u64) -> Result<bool, BackendError> {
+    match s.delete_message(sequence).await {
+        Ok(deleted) => Ok(deleted),
+        // JetStream answers "no message found" (10037) for a message gone.
+        Err(e) if e.to_string().contains("10037") || e.to_string().contains("no message found") => Ok(false),
+        Err(e) => Err(backend("deleting a job", e)),
+    }
+}
+
+struct State {
+    /// Settled by this delivery (acked, nacked, terminated).
+    settled: bool,
+    /// Until when this delivery surely owns its message (see the module's
+    /// fencing notes).
+    owned_until: Instant,
+}
+
+/// One delivery: the JetStream message (its reply subject settles it).
+struct NatsDelivery {
+    queue: NatsJobQueue,
+    message: jetstream::Message,
+    sequence: u64,
+    state: Mutex<State>,
+}
+
+impl NatsDelivery {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this delivery still owns its job, by its own clock; if so,
+    /// marks it settled when `settle`.
+    fn claim(&self, settle: bool) -> bool {
+        let mut s = self.lock();
+        if s.settled || Instant::now() >= s.owned_until {
+            return false;
+        }
+        s.settled |= settle;
+        true
+    }
+
+    /// Whether the job's message is still in the work stream.
+    async fn still_queued(&self) -> Result<bool, BackendError> {
+        match self.queue.inner.work.get_raw_message(self.sequence).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(backend("looking a job up", e)),
+        }
+    }
+
+    async fn dead_letter(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
+        let inner = &self.queue.inner;
+        let mut headers = HeaderMap::new();
+        headers.insert(KIND_HEADER, job.kind.as_str());
+        // Header values are one line.
+        let error_line: String = error
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        headers.insert(ERROR_HEADER, error_line.as_str());
+        headers.insert("Nats-Msg-Id", format!("dead-{}", job.id).as_str());
+        inner
+            .context
+            .publish_with_headers(
+                format!("{}.dead.{}", inner.name, job.id),
+                headers,
+                bytes::Bytes::copy_from_slice(&job.payload),
+            )
+            .await
+            .map_err(|e| backend("dead-lettering a job", e))?
+            .await
+            .map_err(|e| backend("dead-lettering a job", e))?;
+        delete(&inner.work, self.sequence).await?;
+        self.message
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| backend("terminating a delivery", e))?;
+        Ok(NackOutcome::DeadLettered)
+    }
+}
+
+#[async_trait]
+impl DeliveryHandle for NatsDelivery {
+    async fn ack(&self, _job: &Job) -> Result<(), BackendError> {
+        if !self.claim(true) {
+            return Ok(());
+        }
+        self.message
+            .double_ack()
+            .await
+            .map_err(|e| backend("acking a delivery", e))
+    }
+
+    async fn nack(
+        &self,
+        job: &Job,
+        error: &str,
+        delay: Option<Duration>,
+    ) -> Result<NackOutcome, BackendError> {
+        if !self.claim(true) || !self.still_queued().await? {
+            return Ok(NackOutcome::Stale);
+        }
+        match self.queue.inner.config.retry_delay(job, delay) {
+            None => self.dead_letter(job, error).await,
+            Some(delay_ms) => {
+                let wait = Duration::from_millis(delay_ms).min(MAX_NAK_DELAY);
+                self.message
+                    .ack_with(AckKind::Nak(Some(wait)))
+                    .await
+                    .map_err(|e| backend("nacking a delivery", e))?;
+                tracing::debug!(job = job.id, attempt = job.attempt, delay_ms, error, "job nacked");
+                Ok(NackOutcome::Retry { delay_ms })
+            }
+        }
+    }
+
+    async fn in_progress(&self, _job: &Job) -> Result<(), BackendError> {
+        let sent = Instant::now();
+        if !self.claim(false) {
+            return Ok(());
+        }
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| backend("marking a delivery in progress", e))?;
+        let mut s = self.lock();
+        s.owned_until = s.owned_until.max(sent + self.queue.inner.config.ack_wait());
+        Ok(())
+    }
+
+    async fn terminate(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
+        if !self.claim(true) || !self.still_queued().await? {
+            return Ok(NackOutcome::Stale);
+        }
+        self.dead_letter(job, error).await
+    }
+}
