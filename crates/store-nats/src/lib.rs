@@ -329,9 +329,15 @@ impl JobQueue for NatsJobQueue {
 async fn delete(s: &stream::Stream, sequence: u64) -> Result<bool, BackendError> {
     match s.delete_message(sequence).await {
         Ok(deleted) => Ok(deleted),
-        // JetStream answers "no message found" (10037) for a message gone.
-        Err(e) if e.to_string().contains("10037") || e.to_string().contains("no message found") => Ok(false),
-        Err(e) => Err(backend("deleting a job", e)),
+        Err(e) => match e.kind() {
+            // JetStream's answer for a message already gone.
+            stream::DeleteMessageErrorKind::JetStream(js)
+                if js.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND =>
+            {
+                Ok(false)
+            }
+            _ => Err(backend("deleting a job", e)),
+        },
     }
 }
 
@@ -365,6 +371,15 @@ impl NatsDelivery {
         }
         s.settled |= settle;
         true
+    }
+
+    /// Undoes a settling [`NatsDelivery::claim`] whose settlement failed
+    /// (the caller may retry it), and passes the result on.
+    fn unless_failed<T>(&self, result: Result<T, BackendError>) -> Result<T, BackendError> {
+        if result.is_err() {
+            self.lock().settled = false;
+        }
+        result
     }
 
     /// Whether the job's message is still in the work stream.
@@ -413,10 +428,12 @@ impl DeliveryHandle for NatsDelivery {
         if !self.claim(true) {
             return Ok(());
         }
-        self.message
+        let acked = self
+            .message
             .double_ack()
             .await
-            .map_err(|e| backend("acking a delivery", e))
+            .map_err(|e| backend("acking a delivery", e));
+        self.unless_failed(acked)
     }
 
     async fn nack(
@@ -425,21 +442,28 @@ impl DeliveryHandle for NatsDelivery {
         error: &str,
         delay: Option<Duration>,
     ) -> Result<NackOutcome, BackendError> {
-        if !self.claim(true) || !self.still_queued().await? {
+        if !self.claim(true) {
             return Ok(NackOutcome::Stale);
         }
-        match self.queue.inner.config.retry_delay(job, delay) {
-            None => self.dead_letter(job, error).await,
-            Some(delay_ms) => {
-                let wait = Duration::from_millis(delay_ms).min(MAX_NAK_DELAY);
-                self.message
-                    .ack_with(AckKind::Nak(Some(wait)))
-                    .await
-                    .map_err(|e| backend("nacking a delivery", e))?;
-                tracing::debug!(job = job.id, attempt = job.attempt, delay_ms, error, "job nacked");
-                Ok(NackOutcome::Retry { delay_ms })
+        let outcome = async {
+            if !self.still_queued().await? {
+                return Ok(NackOutcome::Stale);
+            }
+            match self.queue.inner.config.retry_delay(job, delay) {
+                None => self.dead_letter(job, error).await,
+                Some(delay_ms) => {
+                    let wait = Duration::from_millis(delay_ms).min(MAX_NAK_DELAY);
+                    self.message
+                        .ack_with(AckKind::Nak(Some(wait)))
+                        .await
+                        .map_err(|e| backend("nacking a delivery", e))?;
+                    tracing::debug!(job = job.id, attempt = job.attempt, delay_ms, error, "job nacked");
+                    Ok(NackOutcome::Retry { delay_ms })
+                }
             }
         }
+        .await;
+        self.unless_failed(outcome)
     }
 
     async fn in_progress(&self, _job: &Job) -> Result<(), BackendError> {
@@ -457,9 +481,16 @@ impl DeliveryHandle for NatsDelivery {
     }
 
     async fn terminate(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
-        if !self.claim(true) || !self.still_queued().await? {
+        if !self.claim(true) {
             return Ok(NackOutcome::Stale);
         }
-        self.dead_letter(job, error).await
+        let outcome = async {
+            if !self.still_queued().await? {
+                return Ok(NackOutcome::Stale);
+            }
+            self.dead_letter(job, error).await
+        }
+        .await;
+        self.unless_failed(outcome)
     }
 }
