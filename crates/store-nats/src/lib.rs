@@ -22,6 +22,11 @@
 //! whichever stream holds it.
 //!
 //! Deliberate choices, and what JetStream cannot tell:
+//! - `next` is a pull request of one message that the server expires after
+//!   50 ms: when no job is ready it answers `None` after those 50 ms, not
+//!   at once (a `no_wait` fetch answers at once but, under concurrent
+//!   consumers, nats-server 2.9 could deliver a message to a fetch already
+//!   answered "no messages", and the job then waited a whole ack wait).
 //! - The attempt number is JetStream's delivery count. The consumer's
 //!   `max_deliver` is unlimited: the adapter dead-letters (a nack of the
 //!   last attempt), and a job whose every consumer died is delivered again
@@ -51,7 +56,11 @@
 //!   retried with a new id.
 //!
 //! Streams and consumer are created on connect if missing; an existing
-//! consumer is updated to the configuration's ack wait.
+//! consumer is updated to the configuration's ack wait. On connect, the
+//! work stream's messages at or below the consumer's ack floor (all acked)
+//! are purged: after a `kill -9`, nats-server 2.9.10 can restore such
+//! messages while its consumer remembers them acked, and never deliver
+//! them.
 
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::HeaderMap;
@@ -70,6 +79,12 @@ const ERROR_HEADER: &str = "Scalestack-Error";
 /// Longest nak delay sent (JetStream's delays are nanoseconds in an i64):
 /// 100 years, "not before the end of time" for a job queue.
 const MAX_NAK_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// How long the server keeps a pull request of `next` waiting for a job.
+/// A pull that the server expires itself (it answers 408, and never
+/// delivers after that) cannot lose a message; one the client gives up on
+/// (a `no_wait` fetch answered "no messages" while a message raced to it)
+/// can: that job would wait out a whole ack wait, as an extra attempt.
+const PULL_EXPIRES: Duration = Duration::from_millis(50);
 /// Publish attempts of one enqueue (same message id) on transport errors.
 const PUBLISH_ATTEMPTS: u32 = 3;
 
@@ -146,6 +161,30 @@ impl NatsJobQueue {
             })
             .await
             .map_err(|e| backend("creating the consumer", e))?;
+        // Every message up to the consumer's ack floor was acked. After a
+        // crash (kill -9) of nats-server 2.9 the work stream can hold such
+        // messages again while the consumer remembers them acked and never
+        // delivers them: they would count as waiting forever. Drop them.
+        let floor = consumer
+            .get_info()
+            .await
+            .map_err(|e| backend("reading the consumer", e))?
+            .ack_floor
+            .stream_sequence;
+        if floor > 0 {
+            let purged = work
+                .purge()
+                .sequence(floor + 1)
+                .await
+                .map_err(|e| backend("dropping acked jobs", e))?;
+            if purged.purged > 0 {
+                tracing::warn!(
+                    queue = name,
+                    jobs = purged.purged,
+                    "dropped jobs acked before a crash"
+                );
+            }
+        }
         Ok(NatsJobQueue {
             inner: Arc::new(Inner {
                 name: name.to_owned(),
@@ -178,6 +217,41 @@ impl NatsJobQueue {
                 Err(now) => last = now,
             }
         }
+    }
+}
+
+/// A dead job, as the dead-letter stream holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadJob {
+    /// The job's kind.
+    pub kind: String,
+    /// Its payload, byte for byte.
+    pub payload: Vec<u8>,
+    /// The error of its last attempt (control characters as spaces).
+    pub error: String,
+}
+
+impl NatsJobQueue {
+    /// The dead job `id`, if the dead-letter stream holds it.
+    pub async fn dead_job(&self, id: i64) -> Result<Option<DeadJob>, BackendError> {
+        let subject = format!("{}.dead.{id}", self.inner.name);
+        let message = match self.inner.dead.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(backend("reading a dead job", e)),
+        };
+        let header = |name: &str| {
+            message
+                .headers
+                .get(name)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        Ok(Some(DeadJob {
+            kind: header(KIND_HEADER),
+            payload: message.payload.to_vec(),
+            error: header(ERROR_HEADER),
+        }))
     }
 }
 
@@ -232,8 +306,9 @@ impl JobQueue for NatsJobQueue {
         let mut batch = self
             .inner
             .consumer
-            .fetch()
+            .batch()
             .max_messages(1)
+            .expires(PULL_EXPIRES)
             .messages()
             .await
             .map_err(|e| backend("fetching a job", e))?;

@@ -107,7 +107,8 @@ async fn acknowledged_jobs_survive_a_kill_9_of_the_server() {
     let mut got = BTreeSet::new();
     let mut acked_again = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
-    // Until every job not acked came back and nothing more is delivered.
+    // Until every job not acked came back and the queue is empty (jobs
+    // acked before the crash may come back too, and be acked again).
     loop {
         match q.next().await {
             Ok(Some(d)) => {
@@ -120,13 +121,14 @@ async fn acknowledged_jobs_survive_a_kill_9_of_the_server() {
                 }
                 d.ack().await.unwrap();
             }
-            Ok(None) if want.is_subset(&got) => break,
+            Ok(None) if want.is_subset(&got) && is_empty(&q).await => break,
             Ok(None) | Err(_) => {
                 assert!(
                     Instant::now() < deadline,
-                    "after the restart only {} of {} jobs came back",
+                    "after the restart {} of {} jobs came back, and the queue holds {:?}",
                     got.len(),
-                    want.len()
+                    want.len(),
+                    q.depth().await
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
@@ -140,6 +142,52 @@ async fn acknowledged_jobs_survive_a_kill_9_of_the_server() {
         "{acked_again} of {} jobs acked before the crash came back",
         acked.len()
     );
-    let depth = q.depth().await.unwrap();
-    assert_eq!(depth.ready + depth.in_flight + depth.dead, 0, "{depth:?}");
+}
+
+async fn is_empty(q: &NatsJobQueue) -> bool {
+    q.depth().await.is_ok_and(|d| d.ready + d.in_flight + d.dead == 0)
+}
+
+/// A job is published with its id as `Nats-Msg-Id`, so a publish repeated
+/// inside the dedup window is stored once; a terminated job's copy in the
+/// dead-letter stream keeps its kind, payload and last error.
+#[tokio::test]
+async fn publishes_are_deduplicated_and_dead_jobs_keep_their_error() {
+    let nats = TestNats::start().await;
+    let url = nats.node.url();
+    let q = NatsJobQueue::connect(&url, "jobs", QueueConfig::default())
+        .await
+        .unwrap();
+    let id = q.enqueue("photo", b"p").await.unwrap();
+
+    // The same publish again, as a producer retrying after a lost ack.
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.to_string().as_str());
+    headers.insert("Scalestack-Kind", "photo");
+    let ack = js
+        .publish_with_headers(format!("jobs.job.{id}"), headers, "p".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(ack.duplicate, "the repeated publish was stored");
+    let d = q.depth().await.unwrap();
+    assert_eq!(d.ready + d.in_flight, 1, "{d:?}");
+
+    let delivery = q.next().await.unwrap().unwrap();
+    assert_eq!(delivery.job().id, id);
+    assert!(q.next().await.unwrap().is_none(), "stored twice");
+    assert_eq!(q.dead_job(id).await.unwrap(), None);
+    delivery.terminate("cannot decode:\nnot an image").await.unwrap();
+    assert_eq!(
+        q.dead_job(id).await.unwrap(),
+        Some(store_nats::DeadJob {
+            kind: "photo".into(),
+            payload: b"p".to_vec(),
+            error: "cannot decode: not an image".into(),
+        })
+    );
+    assert!(q.cancel(id).await.unwrap(), "a dead job is cancelled");
+    assert_eq!(q.dead_job(id).await.unwrap(), None);
 }
