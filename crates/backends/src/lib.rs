@@ -106,7 +106,7 @@ impl Backends {
             store: sql.store(),
             cache: self::cache::build(&config.cache, registry)?,
             sessions: self::sessions::build(&config.sessions, &sql, registry)?,
-            queue: self::queue::build(&config.queue, &sql)?,
+            queue: self::queue::build(&config.queue, &sql, registry).await?,
             blobs: self::blobs::build(&config.blobs, &config.data_dir).await?,
             metrics: registry.clone(),
         })
@@ -143,8 +143,7 @@ mod tests {
                 }
             }
         );
-        let QueueTier::Embedded { config } = c.queue;
-        assert_eq!(config.max_attempts, 2);
+        assert_eq!(c.queue.config().max_attempts, 2);
         assert_eq!(c.sqlite_path().unwrap(), PathBuf::from("/tmp/x/scalestack.db"));
     }
 

@@ -115,6 +115,24 @@ impl NatsJobQueue {
     /// consumer if they are missing. An invalid name is
     /// [`BackendError::Invalid`], before any connection.
     pub async fn connect(url: &str, name: &str, config: QueueConfig) -> Result<Self, BackendError> {
+        Self::connect_with(url, name, config, 1).await
+    }
+
+    /// As [`NatsJobQueue::connect`], to a cluster: `url` is one URL or
+    /// several separated by commas (the client fails over between them),
+    /// and streams created here keep `replicas` copies (1 to 5; an existing
+    /// stream keeps its own).
+    pub async fn connect_with(
+        url: &str,
+        name: &str,
+        config: QueueConfig,
+        replicas: usize,
+    ) -> Result<Self, BackendError> {
+        if !(1..=5).contains(&replicas) {
+            return Err(BackendError::Invalid(format!(
+                "replicas {replicas}: JetStream keeps 1 to 5 copies"
+            )));
+        }
         if name.is_empty()
             || !name
                 .bytes()
@@ -134,6 +152,7 @@ impl NatsJobQueue {
                 subjects: vec![format!("{name}.job.*")],
                 retention: stream::RetentionPolicy::WorkQueue,
                 storage: stream::StorageType::File,
+                num_replicas: replicas,
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             })
@@ -145,6 +164,7 @@ impl NatsJobQueue {
                 subjects: vec![format!("{name}.dead.*")],
                 retention: stream::RetentionPolicy::Limits,
                 storage: stream::StorageType::File,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await
@@ -255,6 +275,56 @@ impl NatsJobQueue {
     }
 }
 
+/// How a publish ended.
+enum Published {
+    /// Stored (or found stored by a retry of the same publish).
+    Stored,
+    /// The first attempt found the id taken.
+    DuplicateAtOnce,
+}
+
+impl NatsJobQueue {
+    /// Publishes job `id`, retrying transport errors with the same message
+    /// id (so a retry of a publish that was stored is stored once).
+    async fn publish(&self, id: i64, kind: &str, payload: &[u8]) -> Result<Published, BackendError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(KIND_HEADER, kind);
+        headers.insert("Nats-Msg-Id", id.to_string().as_str());
+        let subject = format!("{}.job.{id}", self.inner.name);
+        let mut last_error = None;
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            let sent = async {
+                self.inner
+                    .context
+                    .publish_with_headers(
+                        subject.clone(),
+                        headers.clone(),
+                        bytes::Bytes::copy_from_slice(payload),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match sent {
+                Ok(ack) if ack.duplicate && attempt == 1 => return Ok(Published::DuplicateAtOnce),
+                Ok(_) => return Ok(Published::Stored),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(backend("publishing a job", last_error.unwrap_or_default()))
+    }
+
+    /// Publishes a job whose id was made elsewhere (a transactional
+    /// outbox's row): a publish of the same id inside the dedup window (2
+    /// minutes), by anyone, is stored once, so a relay that publishes again
+    /// after a crash does not run the job twice.
+    pub async fn publish_job(&self, id: i64, kind: &str, payload: &[u8]) -> Result<(), BackendError> {
+        self.publish(id, kind, payload).await.map(drop)
+    }
+}
+
 /// The stream message with `subject`, if any.
 async fn message_on(s: &stream::Stream, subject: &str) -> Result<Option<u64>, BackendError> {
     match s.get_last_raw_message_by_subject(subject).await {
@@ -267,37 +337,13 @@ async fn message_on(s: &stream::Stream, subject: &str) -> Result<Option<u64>, Ba
 #[async_trait]
 impl JobQueue for NatsJobQueue {
     async fn enqueue(&self, kind: &str, payload: &[u8]) -> Result<i64, BackendError> {
-        'ids: loop {
+        loop {
             let id = self.new_id();
-            let mut headers = HeaderMap::new();
-            headers.insert(KIND_HEADER, kind);
-            headers.insert("Nats-Msg-Id", id.to_string().as_str());
-            let subject = format!("{}.job.{id}", self.inner.name);
-            let mut last_error = None;
-            for attempt in 1..=PUBLISH_ATTEMPTS {
-                let sent = async {
-                    self.inner
-                        .context
-                        .publish_with_headers(
-                            subject.clone(),
-                            headers.clone(),
-                            bytes::Bytes::copy_from_slice(payload),
-                        )
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                .await;
-                match sent {
-                    // A duplicate on the first publish is another job's id.
-                    Ok(ack) if ack.duplicate && attempt == 1 => continue 'ids,
-                    // A duplicate on a retry is our own earlier publish.
-                    Ok(_) => return Ok(id),
-                    Err(e) => last_error = Some(e),
-                }
+            match self.publish(id, kind, payload).await? {
+                // A duplicate on the first publish is another job's id.
+                Published::DuplicateAtOnce => continue,
+                Published::Stored => return Ok(id),
             }
-            return Err(backend("publishing a job", last_error.unwrap_or_default()));
         }
     }
 

@@ -7,6 +7,7 @@
 //! binaries are missing: run `scripts/setup.sh`.
 
 use engines::nats::NatsNode;
+pub use engines::nats::SyncPolicy;
 use engines::postgres::{PgBinaries, PgNode, PgOptions};
 use engines::redis::RedisNode;
 use std::collections::BTreeSet;
@@ -153,6 +154,11 @@ pub struct TestNats {
 impl TestNats {
     /// A running NATS named `nats` with JetStream and an empty store.
     pub async fn start() -> TestNats {
+        Self::start_with(SyncPolicy::Default).await
+    }
+
+    /// As [`TestNats::start`], syncing its store as `sync` says.
+    pub async fn start_with(sync: SyncPolicy) -> TestNats {
         if let Err(e) = engines::nats::locate_server() {
             panic!("NATS is needed for this test: {e:#} (run scripts/setup.sh)");
         }
@@ -160,10 +166,56 @@ impl TestNats {
             .prefix("scalestack-nats-")
             .tempdir()
             .expect("creating a temporary directory");
-        let node = NatsNode::start("nats", dir.path(), free_port())
+        let node = NatsNode::start_with("nats", dir.path(), free_port(), sync, None)
             .await
             .unwrap_or_else(|e| panic!("starting the test nats: {e:#}"));
         TestNats { node, _dir: dir }
+    }
+}
+
+/// A private JetStream cluster of `n` nodes (`nats-1` …) on free ports in
+/// one temporary directory. Dropping it kills every node.
+pub struct TestNatsCluster {
+    pub nodes: Vec<NatsNode>,
+    _dir: TempDir,
+}
+
+impl TestNatsCluster {
+    /// `n` running members (started together: each waits for a quorum).
+    pub async fn start(n: usize, sync: SyncPolicy) -> TestNatsCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("scalestack-nats-cluster-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let starts: Vec<_> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, &route)| {
+                let cluster = engines::nats::ClusterConf {
+                    name: "scalestack".into(),
+                    port: route,
+                    routes: routes.clone(),
+                };
+                let name = format!("nats-{}", i + 1);
+                let dir = dir.path().to_owned();
+                tokio::spawn(async move {
+                    NatsNode::start_with(&name, &dir, free_port(), sync, Some(cluster)).await
+                })
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for start in starts {
+            let node = start.await.expect("a nats start task panicked");
+            nodes.push(node.unwrap_or_else(|e| panic!("starting the test nats cluster: {e:#}")));
+        }
+        TestNatsCluster { nodes, _dir: dir }
+    }
+
+    /// Every member's client URL, comma-separated (as clients take them).
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(NatsNode::url).collect();
+        urls.join(",")
     }
 }
 

@@ -9,6 +9,7 @@ pub mod component;
 pub mod control;
 pub mod ctl;
 pub mod metrics;
+pub mod nats;
 pub mod postgres;
 pub mod role;
 pub mod supervisor;
@@ -368,6 +369,7 @@ impl Orchestrator {
                 scalestack("cdn", write_config(&self.run_dir, name, &config)?)
             }
             Role::Redis => redis_launch(&self.topology, &self.data_dir)?,
+            Role::Nats => self.topology.nats.launch(name, &self.data_dir)?,
             Role::Postgres => anyhow::bail!("postgres nodes are launched by their cluster"),
         };
         Ok(ChildSpec::new(component.clone(), launch))

@@ -28,17 +28,20 @@ pub enum Role {
     Postgres,
     /// The Redis `up` runs.
     Redis,
+    /// A node of the NATS JetStream servers `up` runs (the queue's broker).
+    Nats,
 }
 
 impl Role {
     /// Every role, in the order `ctl ps` groups them.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Cdn,
         Role::Lb,
         Role::Web,
         Role::Worker,
         Role::Postgres,
         Role::Redis,
+        Role::Nats,
     ];
 
     /// The name used in the topology file, `ctl` and metrics labels.
@@ -50,6 +53,7 @@ impl Role {
             Role::Worker => "worker",
             Role::Postgres => "postgres",
             Role::Redis => "redis",
+            Role::Nats => "nats",
         }
     }
 
@@ -67,14 +71,14 @@ impl Role {
         match self {
             Role::Web => Some(1..=MAX_COPIES),
             Role::Worker => Some(0..=MAX_COPIES),
-            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis => None,
+            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis | Role::Nats => None,
         }
     }
 
     /// Whether it is an engine the application tiers use (started, and
     /// ready, before the migrations run).
     pub fn is_engine(self) -> bool {
-        matches!(self, Role::Postgres | Role::Redis)
+        matches!(self, Role::Postgres | Role::Redis | Role::Nats)
     }
 
     /// The roles `ctl scale` accepts, for error messages.

@@ -17,8 +17,8 @@ use crate::component::{self, Bind, Component, Readiness, RestartPolicy};
 use crate::role::{Role, MAX_COPIES};
 use app::{WebConfig, WebSettings};
 use backends::{
-    BackendsConfig, BlobsTier, CacheTier, PostgresTier, QueueTier, RedisCacheTier, RedisSessionsTier,
-    SessionsTier, SqlTier,
+    BackendsConfig, BlobsTier, CacheTier, PostgresTier, QueueConfig, QueueTier, RedisCacheTier,
+    RedisSessionsTier, SessionsTier, SqlTier,
 };
 use cdn::config::{CdnConfig, CdnLimits, DiskSection, QuerySection};
 use lb::LbConfig;
@@ -47,7 +47,7 @@ pub struct Topology {
     #[serde(default)]
     pub sessions: SessionsSection,
     #[serde(default)]
-    pub queue: QueueTier,
+    pub queue: QueueSection,
     #[serde(default)]
     pub blobs: BlobsTier,
     /// `[lb]`: a load balancer in front of the web tier. Absent: the first
@@ -69,6 +69,10 @@ pub struct Topology {
     /// has no `nodes`.
     #[serde(default)]
     pub postgres: crate::postgres::ManagedPostgres,
+    /// `[nats]`: the NATS servers `up` runs when `[queue] kind = "nats"`
+    /// has no `url`.
+    #[serde(default)]
+    pub nats: crate::nats::ManagedNats,
 }
 
 /// `[site]`: the site (data centre) a topology's components run in. Every
@@ -191,6 +195,48 @@ impl From<SessionsTier> for SessionsSection {
             SessionsTier::Redis(mut client) => SessionsSection::Redis {
                 server: client.url.take().map_or(Server::Managed, Server::External),
                 client,
+            },
+        }
+    }
+}
+
+/// `[queue]` as the file says it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "QueueTier")]
+pub enum QueueSection {
+    /// A table of the SQL store.
+    Embedded(QueueConfig),
+    /// NATS JetStream: the servers (`url = ...`, or the ones `up` runs
+    /// when absent), the queue's name, its stream copies (`None`: one per
+    /// managed node, else 1) and its retry policy.
+    Nats {
+        server: Server<String>,
+        name: String,
+        replicas: Option<usize>,
+        config: QueueConfig,
+    },
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        QueueSection::Embedded(QueueConfig::default())
+    }
+}
+
+impl From<QueueTier> for QueueSection {
+    fn from(t: QueueTier) -> Self {
+        match t {
+            QueueTier::Embedded { config } => QueueSection::Embedded(config),
+            QueueTier::Nats {
+                url,
+                name,
+                replicas,
+                config,
+            } => QueueSection::Nats {
+                server: url.map_or(Server::Managed, Server::External),
+                name,
+                replicas,
+                config,
             },
         }
     }
@@ -663,6 +709,21 @@ impl Topology {
                 config.validate().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             }
         }
+        if self.needs_managed_nats() {
+            self.nats.validate()?;
+        }
+        if let QueueSection::Nats { server, replicas, .. } = &self.queue {
+            let most = match server {
+                Server::Managed => self.nats.nodes,
+                Server::External(_) => 5,
+            };
+            if let Some(r) = replicas {
+                anyhow::ensure!(
+                    (1..=most).contains(r),
+                    "queue.replicas = {r}: 1 to {most} (one copy per node at most)"
+                );
+            }
+        }
         let components = self.components();
         component::find_clash(self.control_binds().chain(component::binds_of(&components)))?;
         Ok(())
@@ -684,6 +745,17 @@ impl Topology {
         ) || matches!(
             &self.sessions,
             SessionsSection::Redis {
+                server: Server::Managed,
+                ..
+            }
+        )
+    }
+
+    /// Whether `up` must run NATS: a NATS queue without a `url`.
+    pub fn needs_managed_nats(&self) -> bool {
+        matches!(
+            &self.queue,
+            QueueSection::Nats {
                 server: Server::Managed,
                 ..
             }
@@ -738,7 +810,26 @@ impl Topology {
             sql,
             cache,
             sessions,
-            queue: self.queue.clone(),
+            queue: match &self.queue {
+                QueueSection::Embedded(config) => QueueTier::Embedded { config: *config },
+                QueueSection::Nats {
+                    server,
+                    name,
+                    replicas,
+                    config,
+                } => {
+                    let (url, copies) = match server {
+                        Server::Managed => (self.nats.urls(), self.nats.nodes),
+                        Server::External(url) => (url.clone(), 1),
+                    };
+                    QueueTier::Nats {
+                        url: Some(url),
+                        name: name.clone(),
+                        replicas: Some(replicas.unwrap_or(copies)),
+                        config: *config,
+                    }
+                }
+            },
             blobs: self.blobs.clone(),
         }
     }
@@ -753,6 +844,9 @@ impl Topology {
         if self.needs_managed_redis() {
             engines.push(Role::Redis);
         }
+        if self.needs_managed_nats() {
+            engines.push(Role::Nats);
+        }
         engines
     }
 
@@ -765,6 +859,9 @@ impl Topology {
         }
         if self.needs_managed_redis() {
             all.push(self.redis.component(&self.site.name));
+        }
+        if self.needs_managed_nats() {
+            all.extend(self.nats.components(&self.site.name));
         }
         all.extend((0..self.web.count).filter_map(|i| self.copy(Role::Web, i)));
         all.extend((0..self.worker.count).filter_map(|i| self.copy(Role::Worker, i)));
@@ -906,7 +1003,7 @@ impl Topology {
                 nth(self.worker.metrics_listen, index),
                 "metrics",
             ),
-            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis => return None,
+            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis | Role::Nats => return None,
         };
         Some(Component {
             name,

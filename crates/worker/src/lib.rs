@@ -20,7 +20,7 @@ mod metrics;
 pub use metrics::WorkerMetrics;
 
 use anyhow::Context;
-use backends::{Backends, BackendsConfig, QueueTier};
+use backends::{Backends, BackendsConfig};
 use bytes::Bytes;
 use domain::jobs::{ProcessPhoto, PROCESS_PHOTO};
 use domain::ports::Delivery;
@@ -103,8 +103,7 @@ impl WorkerConfig {
     pub fn backends_with_ack_wait(&self) -> BackendsConfig {
         let mut backends = self.backends.clone();
         if let Some(secs) = self.settings.visibility_secs {
-            let QueueTier::Embedded { config } = &mut backends.queue;
-            config.ack_wait_ms = secs.saturating_mul(1000);
+            backends.queue.config_mut().ack_wait_ms = secs.saturating_mul(1000);
         }
         backends
     }
@@ -438,7 +437,7 @@ mod tests {
     async fn gated_backends(dir: &tempfile::TempDir) -> (Backends, Arc<Gated>) {
         let config = BackendsConfig {
             data_dir: dir.path().to_path_buf(),
-            queue: QueueTier::Embedded {
+            queue: backends::QueueTier::Embedded {
                 config: QueueConfig::default(),
             },
             ..Default::default()
@@ -568,7 +567,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.settings.visibility_secs, Some(30));
-        let QueueTier::Embedded { config } = old.backends_with_ack_wait().queue;
+        let config = old.backends_with_ack_wait().queue.config();
         assert_eq!(config.ack_wait_ms, 30_000);
 
         let new: WorkerConfig = serde_json::from_str(
@@ -581,7 +580,7 @@ mod tests {
             new.backends,
             "unset: the queue's own"
         );
-        let QueueTier::Embedded { config } = new.backends.queue;
+        let config = new.backends.queue.config();
         assert_eq!(config.ack_wait_ms, 5000);
     }
 }
