@@ -5,6 +5,7 @@
 //! dashboard, a control API, its own `/metrics` and a Prometheus target
 //! list, scales roles at runtime, and stops everything cleanly on Ctrl-C.
 
+pub mod autoscale;
 pub mod component;
 pub mod control;
 pub mod ctl;
