@@ -180,13 +180,18 @@ async fn publishes_are_deduplicated_and_dead_jobs_keep_their_error() {
     assert!(q.next().await.unwrap().is_none(), "stored twice");
     assert_eq!(q.dead_job(id).await.unwrap(), None);
     delivery.terminate("cannot decode:\nnot an image").await.unwrap();
+    let dead = q.dead_job(id).await.unwrap().expect("dead-lettered");
+    assert!(dead.died_at_ms.is_some());
     assert_eq!(
-        q.dead_job(id).await.unwrap(),
-        Some(store_nats::DeadJob {
+        dead,
+        store_nats::DeadJob {
+            id,
             kind: "photo".into(),
             payload: b"p".to_vec(),
-            error: "cannot decode: not an image".into(),
-        })
+            attempts: 1,
+            last_error: "cannot decode: not an image".into(),
+            died_at_ms: dead.died_at_ms,
+        }
     );
     assert!(q.cancel(id).await.unwrap(), "a dead job is cancelled");
     assert_eq!(q.dead_job(id).await.unwrap(), None);
