@@ -625,6 +625,21 @@ pub async fn dead_jobs_are_listed_newest_first(adapter: &dyn QueueAdapter) {
     held.ack().await.unwrap();
     assert_eq!(dead_ids(q, 10).await, vec![flaky, poison]);
     check_depth(adapter, q, depth(1, 0, 2), "").await;
+
+    // Gaps left by cancelled dead jobs, the newest among them, are skipped.
+    let _waiting = q.next().await.unwrap().unwrap();
+    let mut more = vec![];
+    for i in 0..3u8 {
+        let id = q.enqueue("photo", &[i]).await.unwrap();
+        let d = q.next().await.unwrap().unwrap();
+        assert_eq!(d.job().id, id);
+        d.terminate("dead").await.unwrap();
+        more.push(id);
+    }
+    assert!(q.cancel(more[2]).await.unwrap());
+    assert!(q.cancel(more[0]).await.unwrap());
+    assert_eq!(dead_ids(q, 2).await, vec![more[1], flaky]);
+    assert_eq!(dead_ids(q, 10).await, vec![more[1], flaky, poison]);
 }
 
 /// `retry_dead` makes a dead job ready again, same id, kind and payload,
