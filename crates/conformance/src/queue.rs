@@ -3,7 +3,9 @@
 //! back-off or a delay of the caller's), in-progress and terminate, the ack
 //! wait that redelivers the job of a consumer that died (and counts that
 //! delivery as an attempt), the fencing of a delivery that outlived its ack
-//! wait, consumers that never share a job, and the depth counts.
+//! wait, consumers that never share a job, the depth counts, and the
+//! dead-letter set: listed with each job's last error, retried with a fresh
+//! attempt count under the same id.
 //!
 //! The cases wait on the queue's state (poll until a condition holds, with
 //! a generous bound) and never assert that something happened quickly; the
@@ -556,6 +558,190 @@ pub async fn cancel_removes_a_job_whatever_its_state(adapter: &dyn QueueAdapter)
     check_depth(adapter, q, QueueDepth::default(), "").await;
 }
 
+/// Ids of the dead jobs, as `dead_jobs(limit)` lists them.
+async fn dead_ids(q: &dyn JobQueue, limit: usize) -> Vec<i64> {
+    q.dead_jobs(limit).await.unwrap().iter().map(|j| j.id).collect()
+}
+
+/// The dead-letter set lists a terminated job and a job nacked past its
+/// attempts, each with its kind, payload, attempts and last error, the most
+/// recently dead first, at most `limit`; waiting, delivered and acked jobs
+/// are not in it.
+pub async fn dead_jobs_are_listed_newest_first(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(policy()).await;
+    let q = &*s.queue;
+    assert!(q.dead_jobs(10).await.unwrap().is_empty(), "a fresh queue");
+    let binary = [0u8, 0xff, b'\n', b'\''];
+    let poison = q.enqueue("render", &binary).await.unwrap();
+    let flaky = q.enqueue("photo", b"flaky").await.unwrap();
+
+    let d = q.next().await.unwrap().unwrap();
+    assert_eq!(d.job().id, poison);
+    assert_eq!(
+        d.terminate("cannot decode").await.unwrap(),
+        NackOutcome::DeadLettered
+    );
+    for attempt in 1..=3 {
+        let d = next_eventually(q, "the flaky job").await;
+        assert_eq!((d.job().id, d.job().attempt), (flaky, attempt));
+        d.nack(&format!("boom {attempt}"), Some(Duration::ZERO))
+            .await
+            .unwrap();
+    }
+    let delivered = q.enqueue("photo", b"delivered").await.unwrap();
+    let held = next_eventually(q, "a job to hold").await;
+    assert_eq!(held.job().id, delivered);
+    q.enqueue("photo", b"waiting").await.unwrap();
+
+    let dead = s.other.dead_jobs(10).await.unwrap();
+    assert_eq!(
+        dead.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![flaky, poison],
+        "the dead jobs, newest first"
+    );
+    let (f, p) = (&dead[0], &dead[1]);
+    assert_eq!(
+        (
+            f.kind.as_str(),
+            f.payload.as_slice(),
+            f.attempts,
+            f.last_error.as_str()
+        ),
+        ("photo", &b"flaky"[..], 3, "boom 3")
+    );
+    assert_eq!(
+        (
+            p.kind.as_str(),
+            p.payload.as_slice(),
+            p.attempts,
+            p.last_error.as_str()
+        ),
+        ("render", &binary[..], 1, "cannot decode")
+    );
+    let (fd, pd) = (f.died_at_ms.unwrap(), p.died_at_ms.unwrap());
+    assert!(fd >= pd && pd > 0, "died at {fd} then {pd}");
+    assert_eq!(dead_ids(q, 1).await, vec![flaky], "at most `limit`");
+    assert!(q.dead_jobs(0).await.unwrap().is_empty());
+    held.ack().await.unwrap();
+    assert_eq!(dead_ids(q, 10).await, vec![flaky, poison]);
+    check_depth(adapter, q, depth(1, 0, 2), "").await;
+
+    // Gaps left by cancelled dead jobs, the newest among them, are skipped.
+    let _waiting = q.next().await.unwrap().unwrap();
+    let mut more = vec![];
+    for i in 0..3u8 {
+        let id = q.enqueue("photo", &[i]).await.unwrap();
+        let d = q.next().await.unwrap().unwrap();
+        assert_eq!(d.job().id, id);
+        d.terminate("dead").await.unwrap();
+        more.push(id);
+    }
+    assert!(q.cancel(more[2]).await.unwrap());
+    assert!(q.cancel(more[0]).await.unwrap());
+    assert_eq!(dead_ids(q, 2).await, vec![more[1], flaky]);
+    assert_eq!(dead_ids(q, 10).await, vec![more[1], flaky, poison]);
+}
+
+/// `retry_dead` makes a dead job ready again, same id, kind and payload,
+/// with a fresh attempt count and the whole budget; it leaves the
+/// dead-letter set, and can die (and be listed, and be retried) again. It
+/// is `false` for an unknown id and for a job that is not dead; a retried
+/// job can still be cancelled.
+pub async fn retry_dead_brings_a_job_back(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(policy()).await;
+    let q = &*s.queue;
+    let binary = [7u8, 0, 0xfe];
+    let id = q.enqueue("photo", &binary).await.unwrap();
+    assert!(!q.retry_dead(id).await.unwrap(), "a waiting job is not dead");
+    assert!(!q.retry_dead(i64::MAX).await.unwrap(), "an unknown id");
+    for attempt in 1..=3 {
+        let d = next_eventually(q, "the failing job").await;
+        assert_eq!(d.job().attempt, attempt);
+        d.nack("boom", Some(Duration::ZERO)).await.unwrap();
+    }
+    assert_eq!(dead_ids(q, 10).await, vec![id]);
+
+    assert!(s.other.retry_dead(id).await.unwrap(), "from any handle");
+    assert!(!q.retry_dead(id).await.unwrap(), "twice");
+    assert!(q.dead_jobs(10).await.unwrap().is_empty(), "still listed");
+    check_depth(adapter, q, depth(1, 0, 0), "").await;
+    let d = next_eventually(q, "the retried job").await;
+    let j = d.job();
+    assert_eq!(
+        (
+            j.id,
+            j.kind.as_str(),
+            j.payload.as_slice(),
+            j.attempt,
+            j.max_attempts
+        ),
+        (id, "photo", &binary[..], 1, 3),
+        "the same job, attempt 1"
+    );
+    assert!(!q.retry_dead(id).await.unwrap(), "a delivered job is not dead");
+    assert_eq!(
+        d.nack("again", Some(Duration::ZERO)).await.unwrap(),
+        NackOutcome::Retry { delay_ms: 0 },
+        "the whole budget again"
+    );
+    let d = next_eventually(q, "the retried job's retry").await;
+    assert_eq!((d.job().id, d.job().attempt), (id, 2));
+    assert_eq!(
+        d.terminate("second death").await.unwrap(),
+        NackOutcome::DeadLettered
+    );
+    let dead = q.dead_jobs(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (dead[0].id, dead[0].attempts, dead[0].last_error.as_str()),
+        (id, 2, "second death"),
+        "dead again, with its new error"
+    );
+    check_depth(adapter, q, depth(0, 0, 1), "").await;
+
+    // Retried again, then cancelled (as deleting its photo does).
+    assert!(q.retry_dead(id).await.unwrap());
+    assert!(s.other.cancel(id).await.unwrap(), "a retried job is cancelled");
+    assert!(q.next().await.unwrap().is_none(), "a cancelled job is delivered");
+    assert!(!q.retry_dead(id).await.unwrap(), "a cancelled job");
+    assert!(q.dead_jobs(10).await.unwrap().is_empty());
+    check_depth(adapter, q, QueueDepth::default(), "").await;
+}
+
+/// A delivery from before a job died stays stale once the job is retried:
+/// its ack does not remove the retried job, its nack and terminate answer
+/// `Stale`, though the retried job's deliveries count from 1 again.
+pub async fn a_retry_fences_deliveries_from_before_the_death(adapter: &dyn QueueAdapter) {
+    let s = adapter.fresh(expiring(200)).await;
+    let q = &*s.queue;
+    let id = q.enqueue("photo", b"1").await.unwrap();
+    let first = q.next().await.unwrap().unwrap();
+    let second = next_eventually(q, "the redelivery").await;
+    assert_eq!((second.job().id, second.job().attempt), (id, 2));
+    assert_eq!(second.terminate("dead").await.unwrap(), NackOutcome::DeadLettered);
+    assert!(q.retry_dead(id).await.unwrap());
+    let third = next_eventually(q, "the retried job").await;
+    assert_eq!((third.job().id, third.job().attempt), (id, 1));
+    first.ack().await.unwrap();
+    first.in_progress().await.unwrap();
+    assert_eq!(first.nack("late", None).await.unwrap(), NackOutcome::Stale);
+    assert_eq!(first.terminate("late").await.unwrap(), NackOutcome::Stale);
+    assert_eq!(
+        second.nack("late", Some(Duration::ZERO)).await.unwrap(),
+        NackOutcome::Stale
+    );
+    let d = q.depth().await.unwrap();
+    assert_eq!(
+        (d.ready + d.in_flight, d.dead),
+        (1, 0),
+        "a settlement from before the retry acted: {d:?}"
+    );
+    // Whether or not `third`'s short ack wait has run out, the job is there.
+    assert!(q.cancel(id).await.unwrap());
+    drop(third);
+    check_depth(adapter, q, QueueDepth::default(), "").await;
+}
+
 /// Runs every case, each on a fresh queue.
 pub async fn run_all(adapter: &dyn QueueAdapter) {
     macro_rules! cases {
@@ -577,5 +763,8 @@ pub async fn run_all(adapter: &dyn QueueAdapter) {
         concurrent_consumers_never_share_a_job,
         depth_counts,
         cancel_removes_a_job_whatever_its_state,
+        dead_jobs_are_listed_newest_first,
+        retry_dead_brings_a_job_back,
+        a_retry_fences_deliveries_from_before_the_death,
     );
 }

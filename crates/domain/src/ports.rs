@@ -126,6 +126,19 @@ pub trait JobQueue: Send + Sync + 'static {
     /// good, that its work is still wanted: see the worker). A broker
     /// deletes the message (JetStream: by stream sequence).
     async fn cancel(&self, job: i64) -> Result<bool, BackendError>;
+    /// The dead-letter set: at most `limit` dead jobs, the most recently
+    /// dead first (ties: the highest id first), each with its last error.
+    async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, BackendError>;
+    /// Brings the dead job `id` back: it is ready again now, with the same
+    /// id, kind and payload (so a photo's recorded job stays its job, and
+    /// [`JobQueue::cancel`] still finds it) and a fresh attempt count (its
+    /// next delivery is attempt 1, with the queue's whole budget). `false`
+    /// if there is no dead job `id` (unknown, waiting, delivered, acked or
+    /// cancelled). Deliveries from before it died stay stale: they can
+    /// settle the retried job no more than any overtaken delivery. A crash
+    /// midway may leave the job both dead and ready (delivered at least
+    /// once, as always), never neither.
+    async fn retry_dead(&self, id: i64) -> Result<bool, BackendError>;
 }
 
 /// One delivery of a job, handed out by [`JobQueue::next`]: the job, and the

@@ -421,6 +421,28 @@ pub struct Job {
     pub max_attempts: u32,
 }
 
+/// A job in the dead-letter set (its attempts spent, or terminated), as
+/// [`JobQueue::dead_jobs`](crate::ports::JobQueue::dead_jobs) lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadJob {
+    /// The job's id, the one [`enqueue`](crate::ports::JobQueue::enqueue)
+    /// returned (a retry keeps it).
+    pub id: i64,
+    /// Its kind.
+    pub kind: String,
+    /// Its payload, byte for byte.
+    pub payload: Vec<u8>,
+    /// The deliveries it got before it died (since its last retry, if it
+    /// was retried); 0 when the adapter did not record them.
+    pub attempts: u32,
+    /// The error of its last attempt, as the consumer gave it (a broker may
+    /// replace control characters with spaces).
+    pub last_error: String,
+    /// When it died, in milliseconds since the Unix epoch; `None` when the
+    /// adapter does not know.
+    pub died_at_ms: Option<i64>,
+}
+
 /// What became of a job that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NackOutcome {

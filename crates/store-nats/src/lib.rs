@@ -8,7 +8,10 @@
 //!   `Scalestack-Kind` header, its payload as the message's body;
 //! - the dead-letter stream `<name>_DEAD` (limits retention, file storage,
 //!   subjects `<name>.dead.*`): a copy of each dead job on
-//!   `<name>.dead.<id>`, with its last error in `Scalestack-Error`;
+//!   `<name>.dead.<id>`, with its last error in `Scalestack-Error` and its
+//!   attempt number in `Scalestack-Attempts`, published with `Nats-Msg-Id`
+//!   = `dead-<id>-<work stream sequence>` (one per life of the job, so a
+//!   retried job that dies again is not taken for a duplicate);
 //! - the durable pull consumer `<name>_workers` on the work stream, shared
 //!   by every handle (every process): explicit acks, the ack wait of the
 //!   [`QueueConfig`].
@@ -18,8 +21,21 @@
 //! delay [`QueueConfig::retry_delay`] decides; `in_progress` is `+WPI`;
 //! `terminate`, and a `nack` of the last attempt, copy the job to the
 //! dead-letter stream, delete it from the work stream and `+TERM` the
-//! delivery. `cancel` deletes the job's message (found by its subject) from
-//! whichever stream holds it.
+//! delivery. `cancel` deletes the job's messages (found by their subject)
+//! from both streams.
+//!
+//! Dead jobs: `dead_jobs` reads the dead-letter stream by sequence (one
+//! direct message get each), from the newest `limit` plus the stream's
+//! deleted count (the window that surely holds the newest `limit`).
+//! `retry_dead` publishes the job again on the work stream, on
+//! `<name>.job.<id>` with `Nats-Msg-Id` = `<id>-r<dead sequence>` (not the
+//! id: the dedup window would drop it; the dead copy's sequence makes a
+//! repeated retry of one dead copy a duplicate), then deletes the dead
+//! copy. A crash between the two leaves the job both ready and dead
+//! (delivered at least once, as always; `cancel` removes both), never
+//! neither. JetStream counts a new message's deliveries from 1: the
+//! retried job starts a fresh attempt count, and a delivery from before it
+//! died is fenced off because its message is gone.
 //!
 //! Deliberate choices, and what JetStream cannot tell:
 //! - `next` is a pull request of one message that the server expires after
@@ -66,6 +82,7 @@ use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 use domain::ports::{Delivery, DeliveryHandle, JobQueue};
+pub use domain::DeadJob;
 use domain::{BackendError, Job, NackOutcome, QueueConfig, QueueDepth};
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -76,6 +93,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const KIND_HEADER: &str = "Scalestack-Kind";
 /// Header carrying a dead job's last error.
 const ERROR_HEADER: &str = "Scalestack-Error";
+/// Header carrying a dead job's attempt number when it died.
+const ATTEMPTS_HEADER: &str = "Scalestack-Attempts";
 /// Longest nak delay sent (JetStream's delays are nanoseconds in an i64):
 /// 100 years, "not before the end of time" for a job queue.
 const MAX_NAK_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -240,39 +259,58 @@ impl NatsJobQueue {
     }
 }
 
-/// A dead job, as the dead-letter stream holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadJob {
-    /// The job's kind.
-    pub kind: String,
-    /// Its payload, byte for byte.
-    pub payload: Vec<u8>,
-    /// The error of its last attempt (control characters as spaces).
-    pub error: String,
-}
-
 impl NatsJobQueue {
-    /// The dead job `id`, if the dead-letter stream holds it.
+    /// The dead job `id`, if the dead-letter stream holds it (its error's
+    /// control characters as spaces).
     pub async fn dead_job(&self, id: i64) -> Result<Option<DeadJob>, BackendError> {
         let subject = format!("{}.dead.{id}", self.inner.name);
-        let message = match self.inner.dead.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-            Err(e) => return Err(backend("reading a dead job", e)),
-        };
-        let header = |name: &str| {
-            message
-                .headers
-                .get(name)
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default()
-        };
-        Ok(Some(DeadJob {
-            kind: header(KIND_HEADER),
-            payload: message.payload.to_vec(),
-            error: header(ERROR_HEADER),
-        }))
+        Ok(self.dead_message(&subject).await?.map(|m| dead_job_of(&m)))
     }
+
+    /// The dead-letter stream's message on `subject`, if any.
+    async fn dead_message(
+        &self,
+        subject: &str,
+    ) -> Result<Option<jetstream::message::StreamMessage>, BackendError> {
+        match self.inner.dead.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(backend("reading a dead job", e)),
+        }
+    }
+}
+
+/// The dead job a dead-letter message holds (attempts 0 for a message
+/// written before the attempts header was).
+fn dead_job_of(m: &jetstream::message::StreamMessage) -> DeadJob {
+    let header = |name: &str| {
+        m.headers
+            .get(name)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    DeadJob {
+        id: job_id(m.subject.as_str()).unwrap_or(0),
+        kind: header(KIND_HEADER),
+        payload: m.payload.to_vec(),
+        attempts: header(ATTEMPTS_HEADER).parse().unwrap_or(0),
+        last_error: header(ERROR_HEADER),
+        died_at_ms: i64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).ok(),
+    }
+}
+
+/// The job id that ends a subject (`<name>.job.<id>`, `<name>.dead.<id>`).
+fn job_id(subject: &str) -> Option<i64> {
+    subject.rsplit('.').next()?.parse().ok()
+}
+
+/// The first sequence of the dead-letter stream that can hold one of its
+/// newest `limit` messages: every message below `last + 1 - (limit +
+/// deleted)` has at least `limit` live messages above it, since at most
+/// `deleted` of the sequences in between are gone.
+fn window_start(first: u64, last: u64, deleted: u64, limit: usize) -> u64 {
+    let span = (limit as u64).saturating_add(deleted);
+    first.max(last.saturating_add(1).saturating_sub(span))
 }
 
 /// How a publish ended.
@@ -369,12 +407,7 @@ impl JobQueue for NatsJobQueue {
                 info.stream_sequence,
             )
         };
-        let id = message
-            .subject
-            .as_str()
-            .rsplit('.')
-            .next()
-            .and_then(|s| s.parse::<i64>().ok())
+        let id = job_id(message.subject.as_str())
             .ok_or_else(|| backend("reading a delivery", format!("no job id in {}", message.subject)))?;
         let kind = message
             .headers
@@ -433,16 +466,89 @@ impl JobQueue for NatsJobQueue {
     }
 
     async fn cancel(&self, job: i64) -> Result<bool, BackendError> {
+        // Both streams: a retry that crashed midway leaves a job in both.
         let name = &self.inner.name;
+        let mut found = false;
         for (s, subject) in [
             (&self.inner.work, format!("{name}.job.{job}")),
             (&self.inner.dead, format!("{name}.dead.{job}")),
         ] {
             if let Some(sequence) = message_on(s, &subject).await? {
-                return delete(s, sequence).await;
+                found |= delete(s, sequence).await?;
             }
         }
-        Ok(false)
+        Ok(found)
+    }
+
+    async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, BackendError> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let state = self
+            .inner
+            .dead
+            .get_info()
+            .await
+            .map_err(|e| backend("reading the dead-letter stream", e))?
+            .state;
+        if state.messages == 0 {
+            return Ok(vec![]);
+        }
+        // The stream's order is the order of death: walk the window that
+        // holds the newest `limit` forwards, keep the last `limit`.
+        let subjects = format!("{}.dead.*", self.inner.name);
+        let mut sequence = window_start(
+            state.first_sequence,
+            state.last_sequence,
+            state.deleted_count.unwrap_or(u64::MAX),
+            limit,
+        );
+        let mut newest = std::collections::VecDeque::with_capacity(limit.min(1024));
+        loop {
+            let message = match self
+                .inner
+                .dead
+                .get_first_raw_message_by_subject(&subjects, sequence)
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(backend("reading the dead-letter stream", e)),
+            };
+            if newest.len() == limit {
+                newest.pop_front();
+            }
+            newest.push_back(dead_job_of(&message));
+            sequence = message.sequence + 1;
+        }
+        Ok(newest.into_iter().rev().collect())
+    }
+
+    async fn retry_dead(&self, id: i64) -> Result<bool, BackendError> {
+        let inner = &self.inner;
+        let Some(dead) = self.dead_message(&format!("{}.dead.{id}", inner.name)).await? else {
+            return Ok(false);
+        };
+        // Publish first, delete second: a crash in between leaves the job
+        // in both streams (at least once), never in neither.
+        let mut headers = HeaderMap::new();
+        if let Some(kind) = dead.headers.get(KIND_HEADER) {
+            headers.insert(KIND_HEADER, kind.as_str());
+        }
+        headers.insert("Nats-Msg-Id", format!("{id}-r{}", dead.sequence).as_str());
+        inner
+            .context
+            .publish_with_headers(format!("{}.job.{id}", inner.name), headers, dead.payload.clone())
+            .await
+            .map_err(|e| backend("retrying a dead job", e))?
+            .await
+            .map_err(|e| backend("retrying a dead job", e))?;
+        // Gone already: a concurrent retry of it deleted it (and published
+        // the same message id, stored once), or a concurrent cancel did
+        // (the job runs once more: at least once).
+        delete(&inner.dead, dead.sequence).await?;
+        tracing::info!(queue = inner.name, job = id, "dead job retried");
+        Ok(true)
     }
 }
 
@@ -522,7 +628,14 @@ impl NatsDelivery {
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
         headers.insert(ERROR_HEADER, error_line.as_str());
-        headers.insert("Nats-Msg-Id", format!("dead-{}", job.id).as_str());
+        headers.insert(ATTEMPTS_HEADER, job.attempt.to_string().as_str());
+        // One message id per life of the job (its work stream message): a
+        // repeated dead-lettering of this delivery is a duplicate, the
+        // death of the job after a retry is not.
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("dead-{}-{}", job.id, self.sequence).as_str(),
+        );
         inner
             .context
             .publish_with_headers(
@@ -613,5 +726,28 @@ impl DeliveryHandle for NatsDelivery {
         }
         .await;
         self.unless_failed(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_end_subjects() {
+        assert_eq!(job_id("jobs.job.42"), Some(42));
+        assert_eq!(job_id("jobs.dead.-7"), Some(-7));
+        assert_eq!(job_id("jobs.job.x"), None);
+    }
+
+    #[test]
+    fn the_window_holds_the_newest_messages() {
+        // No deletions: exactly the last `limit` sequences.
+        assert_eq!(window_start(1, 10, 0, 3), 8);
+        // Every deletion may sit in the tail: widen by their count.
+        assert_eq!(window_start(1, 10, 2, 3), 6);
+        // Never below the first sequence, whatever the limit.
+        assert_eq!(window_start(5, 10, 0, 100), 5);
+        assert_eq!(window_start(5, 10, u64::MAX, usize::MAX), 5);
     }
 }

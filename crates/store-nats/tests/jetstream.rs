@@ -180,14 +180,88 @@ async fn publishes_are_deduplicated_and_dead_jobs_keep_their_error() {
     assert!(q.next().await.unwrap().is_none(), "stored twice");
     assert_eq!(q.dead_job(id).await.unwrap(), None);
     delivery.terminate("cannot decode:\nnot an image").await.unwrap();
+    let dead = q.dead_job(id).await.unwrap().expect("dead-lettered");
+    assert!(dead.died_at_ms.is_some());
     assert_eq!(
-        q.dead_job(id).await.unwrap(),
-        Some(store_nats::DeadJob {
+        dead,
+        store_nats::DeadJob {
+            id,
             kind: "photo".into(),
             payload: b"p".to_vec(),
-            error: "cannot decode: not an image".into(),
-        })
+            attempts: 1,
+            last_error: "cannot decode: not an image".into(),
+            died_at_ms: dead.died_at_ms,
+        }
     );
     assert!(q.cancel(id).await.unwrap(), "a dead job is cancelled");
     assert_eq!(q.dead_job(id).await.unwrap(), None);
+}
+
+/// A retry that crashed between its publish and its deletion of the dead
+/// copy leaves the job in both streams (at least once, never lost): a
+/// repeated retry of that dead copy is a duplicate publish (one job in the
+/// work stream) that then clears the dead copy, and `cancel` removes the
+/// job from both streams.
+#[tokio::test]
+async fn a_retry_that_crashed_midway_leaves_the_job_in_both_streams() {
+    let nats = TestNats::start().await;
+    let url = nats.node.url();
+    let q = NatsJobQueue::connect(&url, "jobs", QueueConfig::default())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let dead_stream = js.get_stream("jobs_DEAD").await.unwrap();
+
+    // The retry's publish, as `retry_dead` makes it, and then a crash.
+    let crashed_retry = |id: i64| {
+        let (js, dead_stream) = (js.clone(), dead_stream.clone());
+        async move {
+            let dead = dead_stream
+                .get_last_raw_message_by_subject(&format!("jobs.dead.{id}"))
+                .await
+                .unwrap();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{id}-r{}", dead.sequence).as_str());
+            headers.insert("Scalestack-Kind", "photo");
+            js.publish_with_headers(format!("jobs.job.{id}"), headers, dead.payload)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    let dead_job = |payload: &'static [u8]| {
+        let q = q.clone();
+        async move {
+            let id = q.enqueue("photo", payload).await.unwrap();
+            let d = q.next().await.unwrap().unwrap();
+            d.terminate("boom").await.unwrap();
+            id
+        }
+    };
+    let totals = || async {
+        let d = q.depth().await.unwrap();
+        (d.ready + d.in_flight, d.dead)
+    };
+
+    let a = dead_job(b"a").await;
+    crashed_retry(a).await;
+    assert_eq!(totals().await, (1, 1), "in both streams");
+    assert_eq!(q.dead_jobs(10).await.unwrap()[0].id, a);
+    assert!(q.retry_dead(a).await.unwrap(), "the retry repeated");
+    assert_eq!(totals().await, (1, 0), "published twice");
+    let d = q.next().await.unwrap().unwrap();
+    assert_eq!(
+        (d.job().id, d.job().attempt, d.job().payload.as_slice()),
+        (a, 1, &b"a"[..])
+    );
+    d.ack().await.unwrap();
+    assert_eq!(totals().await, (0, 0));
+
+    let b = dead_job(b"b").await;
+    crashed_retry(b).await;
+    assert_eq!(totals().await, (1, 1));
+    assert!(q.cancel(b).await.unwrap());
+    assert_eq!(totals().await, (0, 0), "cancelled in one stream only");
+    assert!(!q.retry_dead(b).await.unwrap());
 }

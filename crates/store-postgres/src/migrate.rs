@@ -10,6 +10,7 @@ use sqlx::{Executor, PgPool};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "photo_job", include_str!("../migrations/0002_photo_job.sql")),
+    (3, "job_retry", include_str!("../migrations/0003_job_retry.sql")),
 ];
 
 /// Key of the transaction-scoped advisory lock every migrating process takes

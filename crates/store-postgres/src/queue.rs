@@ -6,7 +6,10 @@
 //! The attempt counter doubles as a fencing token: a delivery's `ack`,
 //! `nack`, `in_progress` and `terminate` only act on the row if it still
 //! carries the attempt that delivery handed out, so a worker whose ack wait
-//! ran out cannot undo the work of the next one.
+//! ran out cannot undo the work of the next one. The counter never goes
+//! down: a retry of a dead job records the attempts spent so far in
+//! `attempt_base` and deliveries number their attempts from there, so a
+//! delivery from before the job died never matches a later one.
 
 use crate::{backend, now_ms};
 use async_trait::async_trait;
@@ -61,10 +64,17 @@ impl PgJobQueue {
         }
     }
 
-    /// Moves this delivery's row from `running` to `state` (`queued` after
-    /// `delay_ms`, or `dead`), recording `error`; `false` if the delivery
-    /// no longer owns the row.
-    async fn settle(&self, job: &Job, state: &str, delay_ms: u64, error: &str) -> Result<bool, BackendError> {
+    /// Moves the row of the delivery with fencing token `token` from
+    /// `running` to `state` (`queued` after `delay_ms`, or `dead`),
+    /// recording `error`; `false` if the delivery no longer owns the row.
+    async fn settle(
+        &self,
+        job: &Job,
+        token: i32,
+        state: &str,
+        delay_ms: u64,
+        error: &str,
+    ) -> Result<bool, BackendError> {
         let done = sqlx::query(concat!(
             "UPDATE jobs SET state = $1, run_at = ",
             now_ms!(),
@@ -75,7 +85,7 @@ impl PgJobQueue {
         .bind(millis(delay_ms))
         .bind(error)
         .bind(job.id)
-        .bind(attempt(job.attempt))
+        .bind(token)
         .execute(&self.pool()?)
         .await
         .map_err(backend)?;
@@ -119,7 +129,7 @@ impl JobQueue for PgJobQueue {
         // someone else since this statement's snapshot is re-checked
         // against the WHERE clause and passed over. So two consumers never
         // get one job, and neither waits for the other.
-        let row: Option<(i64, String, Vec<u8>, i32, i32)> = sqlx::query_as(concat!(
+        let row: Option<(i64, String, Vec<u8>, i32, i32, i32)> = sqlx::query_as(concat!(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_until = ",
             now_ms!(),
             " + $1 \
@@ -129,13 +139,13 @@ impl JobQueue for PgJobQueue {
             ") OR (state = 'running' AND locked_until <= ",
             now_ms!(),
             ") ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, kind, payload, attempts, max_attempts"
+             RETURNING id, kind, payload, attempts, attempts - attempt_base, max_attempts"
         ))
         .bind(millis(self.config.ack_wait_ms))
         .fetch_optional(&self.pool()?)
         .await
         .map_err(backend)?;
-        Ok(row.map(|(id, kind, payload, attempt, max_attempts)| {
+        Ok(row.map(|(id, kind, payload, token, attempt, max_attempts)| {
             let job = Job {
                 id,
                 kind,
@@ -143,7 +153,11 @@ impl JobQueue for PgJobQueue {
                 attempt: attempt as u32,
                 max_attempts: max_attempts as u32,
             };
-            Delivery::new(job, self.config.ack_wait(), self.clone())
+            let handle = PgDelivery {
+                queue: self.clone(),
+                token,
+            };
+            Delivery::new(job, self.config.ack_wait(), handle)
         }))
     }
 
@@ -177,16 +191,61 @@ impl JobQueue for PgJobQueue {
             .map_err(backend)?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, BackendError> {
+        // A dead row's run_at is when it died (settle's delay is 0).
+        let rows: Vec<(i64, String, Vec<u8>, i32, String, i64)> = sqlx::query_as(
+            "SELECT id, kind, payload, attempts - attempt_base, coalesce(last_error, ''), run_at \
+             FROM jobs WHERE state = 'dead' ORDER BY run_at DESC, id DESC LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool()?)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, kind, payload, attempts, last_error, died_at)| DeadJob {
+                id,
+                kind,
+                payload,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+                last_error,
+                died_at_ms: Some(died_at),
+            })
+            .collect())
+    }
+
+    async fn retry_dead(&self, id: i64) -> Result<bool, BackendError> {
+        // attempts keeps growing (the fencing token); the next delivery's
+        // attempt number starts again from 1 above the base.
+        let done = sqlx::query(concat!(
+            "UPDATE jobs SET state = 'queued', attempt_base = attempts, run_at = ",
+            now_ms!(),
+            ", locked_until = NULL WHERE id = $1 AND state = 'dead'"
+        ))
+        .bind(id)
+        .execute(&self.pool()?)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
 }
 
-/// A delivery's settlements: statements guarded by the attempt it handed out.
+/// One delivery: its queue and its fencing token (the row's `attempts` as
+/// the delivery set it).
+struct PgDelivery {
+    queue: PgJobQueue,
+    token: i32,
+}
+
+/// A delivery's settlements: statements guarded by its fencing token.
 #[async_trait]
-impl DeliveryHandle for PgJobQueue {
+impl DeliveryHandle for PgDelivery {
     async fn ack(&self, job: &Job) -> Result<(), BackendError> {
         sqlx::query("DELETE FROM jobs WHERE id = $1 AND attempts = $2 AND state = 'running'")
             .bind(job.id)
-            .bind(attempt(job.attempt))
-            .execute(&self.pool()?)
+            .bind(self.token)
+            .execute(&self.queue.pool()?)
             .await
             .map_err(backend)?;
         Ok(())
@@ -198,10 +257,14 @@ impl DeliveryHandle for PgJobQueue {
         error: &str,
         delay: Option<Duration>,
     ) -> Result<NackOutcome, BackendError> {
-        let retry = self.config.retry_delay(job, delay);
+        let retry = self.queue.config.retry_delay(job, delay);
         let owned = match retry {
-            None => self.settle(job, "dead", 0, error).await?,
-            Some(delay_ms) => self.settle(job, "queued", delay_ms, error).await?,
+            None => self.queue.settle(job, self.token, "dead", 0, error).await?,
+            Some(delay_ms) => {
+                self.queue
+                    .settle(job, self.token, "queued", delay_ms, error)
+                    .await?
+            }
         };
         Ok(NackOutcome::of_update(owned.into(), retry))
     }
@@ -212,17 +275,17 @@ impl DeliveryHandle for PgJobQueue {
             now_ms!(),
             " + $1 WHERE id = $2 AND attempts = $3 AND state = 'running'"
         ))
-        .bind(millis(self.config.ack_wait_ms))
+        .bind(millis(self.queue.config.ack_wait_ms))
         .bind(job.id)
-        .bind(attempt(job.attempt))
-        .execute(&self.pool()?)
+        .bind(self.token)
+        .execute(&self.queue.pool()?)
         .await
         .map_err(backend)?;
         Ok(())
     }
 
     async fn terminate(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
-        let owned = self.settle(job, "dead", 0, error).await?;
+        let owned = self.queue.settle(job, self.token, "dead", 0, error).await?;
         Ok(NackOutcome::of_update(owned.into(), None))
     }
 }

@@ -5,7 +5,10 @@
 //! The attempt counter doubles as a fencing token: a delivery's `ack`,
 //! `nack`, `in_progress` and `terminate` only act on the row if it still
 //! carries the attempt that delivery handed out, so a worker whose ack wait
-//! ran out cannot undo the work of the next one.
+//! ran out cannot undo the work of the next one. The counter never goes
+//! down: a retry of a dead job records the attempts spent so far in
+//! `attempt_base` and deliveries number their attempts from there, so a
+//! delivery from before the job died never matches a later one.
 
 use crate::backend;
 use async_trait::async_trait;
@@ -27,10 +30,17 @@ impl SqlJobQueue {
         SqlJobQueue { pool, config }
     }
 
-    /// Moves this delivery's row from `running` to `state` (`queued` after
-    /// `delay_ms`, or `dead`), recording `error`; `false` if the delivery
-    /// no longer owns the row.
-    async fn settle(&self, job: &Job, state: &str, delay_ms: u64, error: &str) -> Result<bool, BackendError> {
+    /// Moves the row of the delivery with fencing token `token` from
+    /// `running` to `state` (`queued` after `delay_ms`, or `dead`),
+    /// recording `error`; `false` if the delivery no longer owns the row.
+    async fn settle(
+        &self,
+        job: &Job,
+        token: i64,
+        state: &str,
+        delay_ms: u64,
+        error: &str,
+    ) -> Result<bool, BackendError> {
         let done = sqlx::query(
             "UPDATE jobs SET state = ?, run_at = ?, locked_until = NULL, last_error = ? \
              WHERE id = ? AND attempts = ? AND state = 'running'",
@@ -39,7 +49,7 @@ impl SqlJobQueue {
         .bind(now_millis().saturating_add(millis(delay_ms)))
         .bind(error)
         .bind(job.id)
-        .bind(job.attempt as i64)
+        .bind(token)
         .execute(&self.pool)
         .await
         .map_err(backend)?;
@@ -75,20 +85,20 @@ impl JobQueue for SqlJobQueue {
         let now = now_millis();
         // One statement: SQLite runs it under the write lock, so two
         // consumers can never claim the same row.
-        let row: Option<(i64, String, Vec<u8>, i64, i64)> = sqlx::query_as(
+        let row: Option<(i64, String, Vec<u8>, i64, i64, i64)> = sqlx::query_as(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_until = ?1 \
              WHERE id = (SELECT id FROM jobs \
                          WHERE (state = 'queued' AND run_at <= ?2) \
                             OR (state = 'running' AND locked_until <= ?2) \
                          ORDER BY run_at, id LIMIT 1) \
-             RETURNING id, kind, payload, attempts, max_attempts",
+             RETURNING id, kind, payload, attempts, attempts - attempt_base, max_attempts",
         )
         .bind(now.saturating_add(millis(self.config.ack_wait_ms)))
         .bind(now)
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(row.map(|(id, kind, payload, attempt, max_attempts)| {
+        Ok(row.map(|(id, kind, payload, token, attempt, max_attempts)| {
             let job = Job {
                 id,
                 kind,
@@ -96,7 +106,11 @@ impl JobQueue for SqlJobQueue {
                 attempt: attempt as u32,
                 max_attempts: max_attempts as u32,
             };
-            Delivery::new(job, self.config.ack_wait(), self.clone())
+            let handle = SqlDelivery {
+                queue: self.clone(),
+                token,
+            };
+            Delivery::new(job, self.config.ack_wait(), handle)
         }))
     }
 
@@ -130,16 +144,61 @@ impl JobQueue for SqlJobQueue {
             .map_err(backend)?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, BackendError> {
+        // A dead row's run_at is when it died (settle's delay is 0).
+        let rows: Vec<(i64, String, Vec<u8>, i64, String, i64)> = sqlx::query_as(
+            "SELECT id, kind, payload, attempts - attempt_base, coalesce(last_error, ''), run_at \
+             FROM jobs WHERE state = 'dead' ORDER BY run_at DESC, id DESC LIMIT ?",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, kind, payload, attempts, last_error, died_at)| DeadJob {
+                id,
+                kind,
+                payload,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+                last_error,
+                died_at_ms: Some(died_at),
+            })
+            .collect())
+    }
+
+    async fn retry_dead(&self, id: i64) -> Result<bool, BackendError> {
+        // attempts keeps growing (the fencing token); the next delivery's
+        // attempt number starts again from 1 above the base.
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempt_base = attempts, run_at = ?, locked_until = NULL \
+             WHERE id = ? AND state = 'dead'",
+        )
+        .bind(now_millis())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
+    }
 }
 
-/// A delivery's settlements: statements guarded by the attempt it handed out.
+/// One delivery: its queue and its fencing token (the row's `attempts` as
+/// the delivery set it).
+struct SqlDelivery {
+    queue: SqlJobQueue,
+    token: i64,
+}
+
+/// A delivery's settlements: statements guarded by its fencing token.
 #[async_trait]
-impl DeliveryHandle for SqlJobQueue {
+impl DeliveryHandle for SqlDelivery {
     async fn ack(&self, job: &Job) -> Result<(), BackendError> {
         sqlx::query("DELETE FROM jobs WHERE id = ? AND attempts = ? AND state = 'running'")
             .bind(job.id)
-            .bind(job.attempt as i64)
-            .execute(&self.pool)
+            .bind(self.token)
+            .execute(&self.queue.pool)
             .await
             .map_err(backend)?;
         Ok(())
@@ -151,27 +210,31 @@ impl DeliveryHandle for SqlJobQueue {
         error: &str,
         delay: Option<Duration>,
     ) -> Result<NackOutcome, BackendError> {
-        let retry = self.config.retry_delay(job, delay);
+        let retry = self.queue.config.retry_delay(job, delay);
         let owned = match retry {
-            None => self.settle(job, "dead", 0, error).await?,
-            Some(delay_ms) => self.settle(job, "queued", delay_ms, error).await?,
+            None => self.queue.settle(job, self.token, "dead", 0, error).await?,
+            Some(delay_ms) => {
+                self.queue
+                    .settle(job, self.token, "queued", delay_ms, error)
+                    .await?
+            }
         };
         Ok(NackOutcome::of_update(owned.into(), retry))
     }
 
     async fn in_progress(&self, job: &Job) -> Result<(), BackendError> {
         sqlx::query("UPDATE jobs SET locked_until = ? WHERE id = ? AND attempts = ? AND state = 'running'")
-            .bind(now_millis().saturating_add(millis(self.config.ack_wait_ms)))
+            .bind(now_millis().saturating_add(millis(self.queue.config.ack_wait_ms)))
             .bind(job.id)
-            .bind(job.attempt as i64)
-            .execute(&self.pool)
+            .bind(self.token)
+            .execute(&self.queue.pool)
             .await
             .map_err(backend)?;
         Ok(())
     }
 
     async fn terminate(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
-        let owned = self.settle(job, "dead", 0, error).await?;
+        let owned = self.queue.settle(job, self.token, "dead", 0, error).await?;
         Ok(NackOutcome::of_update(owned.into(), None))
     }
 }
