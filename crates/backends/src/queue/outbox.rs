@@ -34,7 +34,7 @@
 
 use async_trait::async_trait;
 use domain::ports::{Delivery, JobQueue};
-use domain::{BackendError, QueueConfig, QueueDepth};
+use domain::{BackendError, DeadJob, QueueConfig, QueueDepth};
 use prometheus::{IntCounter, IntCounterVec, Opts};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -234,5 +234,13 @@ impl JobQueue for OutboxQueue {
         let in_outbox = self.outbox.cancel(job).await?;
         let in_broker = self.broker.cancel(job).await?;
         Ok(in_outbox || in_broker)
+    }
+
+    async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, BackendError> {
+        self.broker.dead_jobs(limit).await
+    }
+
+    async fn retry_dead(&self, id: i64) -> Result<bool, BackendError> {
+        self.broker.retry_dead(id).await
     }
 }
