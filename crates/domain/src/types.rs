@@ -423,7 +423,7 @@ pub struct Job {
 
 /// A job in the dead-letter set (its attempts spent, or terminated), as
 /// [`JobQueue::dead_jobs`](crate::ports::JobQueue::dead_jobs) lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadJob {
     /// The job's id, the one [`enqueue`](crate::ports::JobQueue::enqueue)
     /// returned (a retry keeps it).

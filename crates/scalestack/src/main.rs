@@ -129,6 +129,27 @@ enum CtlCommand {
         /// ROLE=COUNT, e.g. web=5 or worker=2.
         target: String,
     },
+    /// The autoscaled tiers: bounds, replicas running and desired, scale
+    /// events and the reason of the latest decision.
+    Autoscale,
+    /// Dead jobs: list them, or make one ready again.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Jobs whose attempts are spent or that failed for good, newest first,
+    /// with their last error.
+    Dead {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Make dead job ID ready again, with a fresh attempt count.
+    Retry { id: i64 },
 }
 
 #[derive(clap::Args, Default)]
@@ -310,6 +331,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     let (role, count) = up::ctl::parse_scale(&target)?;
                     up::ctl::CtlCommand::Scale { role, count }
                 }
+                CtlCommand::Autoscale => up::ctl::CtlCommand::Autoscale,
+                CtlCommand::Jobs {
+                    command: JobsCommand::Dead { limit },
+                } => up::ctl::CtlCommand::JobsDead { limit },
+                CtlCommand::Jobs {
+                    command: JobsCommand::Retry { id },
+                } => up::ctl::CtlCommand::JobsRetry { id },
             };
             up::ctl::run(&args.url, command).await
         }

@@ -10,13 +10,17 @@
 //! | `GET /metrics` | `up`'s own metrics (children by state, restarts per child, scale operations, failovers) |
 //! | `GET /targets` | Prometheus `file_sd` list of every child's metrics address (also in `<data>/prometheus/targets.json`) |
 //! | `POST /api/scale {"role": "web", "count": 5}` | start or drain-and-stop copies |
+//! | `GET /api/autoscale` | the autoscaled tiers: bounds, latest decision and its reason, scale events, history |
+//! | `GET /api/jobs/dead?limit=50` | dead jobs, newest first (id, kind, payload, attempts, last error) |
+//! | `POST /api/jobs/{id}/retry` | a dead job ready again with a fresh attempt count (404: no such dead job) |
 //! | `GET /healthz` | alive |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input) or 404 (unknown name).
 
 use crate::supervisor::SupervisorError;
 use crate::{Orchestrator, ScaleError};
-use axum::extract::{rejection::JsonRejection, Path, Query, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -35,6 +39,9 @@ pub(crate) async fn serve(listener: TcpListener, orchestrator: Arc<Orchestrator>
         .route("/api/processes/{name}/kill", post(kill))
         .route("/api/processes/{name}/start", post(start))
         .route("/api/scale", post(scale))
+        .route("/api/autoscale", get(autoscale))
+        .route("/api/jobs/dead", get(dead_jobs))
+        .route("/api/jobs/{id}/retry", post(retry_job))
         .route("/metrics", get(metrics))
         .route("/targets", get(targets))
         .route("/healthz", get(|| async { "ok" }))
@@ -122,6 +129,50 @@ async fn scale(State(o): State<AppState>, body: Result<Json<ScaleRequest>, JsonR
         Ok(ps) => Json(ps).into_response(),
         Err(e @ ScaleError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
         Err(e @ ScaleError::Failed(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn autoscale(State(o): State<AppState>) -> Response {
+    Json(o.autoscale_state()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadQuery {
+    /// At most this many, newest first. Default 50.
+    limit: Option<usize>,
+}
+
+async fn dead_jobs(State(o): State<AppState>, query: Result<Query<DeadQuery>, QueryRejection>) -> Response {
+    let limit = match query {
+        Ok(Query(q)) => q.limit.unwrap_or(50).min(10_000),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let queue = match o.queue() {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    match queue.dead_jobs(limit).await {
+        Ok(jobs) => Json(jobs).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn retry_job(State(o): State<AppState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a job id"));
+    };
+    let queue = match o.queue() {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    match queue.retry_dead(id).await {
+        Ok(true) => {
+            tracing::info!(job_id = id, "dead job retried");
+            Json(serde_json::json!({ "retried": id })).into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no dead job {id}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 

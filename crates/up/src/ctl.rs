@@ -11,6 +11,9 @@ pub enum CtlCommand {
     Kill { name: String, signal: String },
     Start { name: String },
     Scale { role: String, count: usize },
+    Autoscale,
+    JobsDead { limit: usize },
+    JobsRetry { id: i64 },
 }
 
 /// Parses `ROLE=N` of `ctl scale`.
@@ -41,6 +44,11 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
         CtlCommand::Scale { role, count } => http
             .post(format!("{url}/api/scale"))
             .json(&serde_json::json!({ "role": role, "count": count })),
+        CtlCommand::Autoscale => http.get(format!("{url}/api/autoscale")),
+        CtlCommand::JobsDead { limit } => http
+            .get(format!("{url}/api/jobs/dead"))
+            .query(&[("limit", limit)]),
+        CtlCommand::JobsRetry { id } => http.post(format!("{url}/api/jobs/{id}/retry")),
     };
     let response = request
         .send()
@@ -71,8 +79,68 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             }
         }
         CtlCommand::Start { name } => println!("{name} starting"),
+        CtlCommand::Autoscale => {
+            let tiers: serde_json::Value = serde_json::from_str(&text).context("unexpected answer")?;
+            print!("{}", autoscale_table(&tiers));
+        }
+        CtlCommand::JobsDead { .. } => {
+            let jobs: Vec<domain::DeadJob> = serde_json::from_str(&text).context("unexpected answer")?;
+            print!("{}", dead_table(&jobs));
+        }
+        CtlCommand::JobsRetry { id } => println!("job {id} is ready again"),
     }
     Ok(())
+}
+
+/// `ctl autoscale`: one line per autoscaled tier.
+pub fn autoscale_table(tiers: &serde_json::Value) -> String {
+    let Some(tiers) = tiers.as_object().filter(|t| !t.is_empty()) else {
+        return "no tier is autoscaled (add [autoscale.worker] or [autoscale.web] to the topology)\n".into();
+    };
+    let mut out = format!(
+        "{:<7} {:>4} {:>4} {:>7} {:>7} {:>5} {:>5}  {}\n",
+        "ROLE", "MIN", "MAX", "RUNNING", "DESIRED", "UPS", "DOWNS", "REASON"
+    );
+    for (role, t) in tiers {
+        let last = &t["last"];
+        let reason = match (t["error"].as_str(), last["reason"].as_str()) {
+            (Some(e), _) => format!("error: {e}"),
+            (None, Some(r)) => r.to_owned(),
+            (None, None) => "no decision yet".into(),
+        };
+        out.push_str(&format!(
+            "{:<7} {:>4} {:>4} {:>7} {:>7} {:>5} {:>5}  {}\n",
+            role,
+            t["min"],
+            t["max"],
+            last["current"],
+            last["desired"],
+            t["scaled_up"],
+            t["scaled_down"],
+            reason
+        ));
+    }
+    out
+}
+
+/// `ctl jobs dead`: one line per dead job.
+pub fn dead_table(jobs: &[domain::DeadJob]) -> String {
+    if jobs.is_empty() {
+        return "no dead job\n".into();
+    }
+    let mut out = format!(
+        "{:<20} {:<14} {:>8}  {:<30} {}\n",
+        "ID", "KIND", "ATTEMPTS", "PAYLOAD", "LAST ERROR"
+    );
+    for j in jobs {
+        let mut payload: String = String::from_utf8_lossy(&j.payload).chars().take(30).collect();
+        payload.retain(|c| !c.is_control());
+        out.push_str(&format!(
+            "{:<20} {:<14} {:>8}  {:<30} {}\n",
+            j.id, j.kind, j.attempts, payload, j.last_error
+        ));
+    }
+    out
 }
 
 /// `ps` output: one line per process.

@@ -6,6 +6,7 @@
 //! list, scales roles at runtime, and stops everything cleanly on Ctrl-C.
 
 pub mod autoscale;
+pub mod autoscaler;
 pub mod component;
 pub mod control;
 pub mod ctl;
@@ -51,6 +52,11 @@ pub struct Orchestrator {
     targets_file: std::sync::Mutex<()>,
     /// The PostgreSQL cluster, when `up` runs one.
     cluster: std::sync::OnceLock<Arc<postgres::PgCluster>>,
+    /// `up`'s own handle on the job queue (depth for the autoscaler, dead
+    /// jobs for `ctl jobs`), once the engines run.
+    queue: std::sync::OnceLock<Arc<dyn domain::ports::JobQueue>>,
+    /// The autoscaled tiers' state.
+    autoscale: autoscaler::AutoscaleState,
 }
 
 /// Why a scale request was refused or failed.
@@ -89,6 +95,8 @@ impl Orchestrator {
             scaling: tokio::sync::Mutex::new(()),
             targets_file: std::sync::Mutex::new(()),
             cluster: std::sync::OnceLock::new(),
+            queue: std::sync::OnceLock::new(),
+            autoscale: autoscaler::AutoscaleState::default(),
         })
     }
 
@@ -134,6 +142,23 @@ impl Orchestrator {
     pub fn start(&self, name: &str) -> Result<Option<ChildStatus>, supervisor::SupervisorError> {
         self.supervisor.resume(name)?;
         Ok(self.ps().into_iter().find(|c| c.name == name))
+    }
+
+    /// The job queue, once the engines run.
+    pub fn queue(&self) -> Result<&Arc<dyn domain::ports::JobQueue>, domain::BackendError> {
+        self.queue
+            .get()
+            .ok_or_else(|| domain::BackendError::Unavailable("the queue is not connected yet".into()))
+    }
+
+    /// What waits in the queue and what runs.
+    pub async fn queue_depth(&self) -> Result<domain::QueueDepth, domain::BackendError> {
+        self.queue()?.depth().await
+    }
+
+    /// The autoscaled tiers' state (`ctl autoscale`).
+    pub fn autoscale_state(&self) -> std::collections::BTreeMap<Role, autoscaler::TierState> {
+        self.autoscale.snapshot()
     }
 
     /// The supervisor of every child.
@@ -376,6 +401,15 @@ impl Orchestrator {
         Ok(ChildSpec::new(component.clone(), launch))
     }
 
+    /// Connects to the stores (applying migrations) and keeps the queue.
+    async fn connect_backends(&self) -> anyhow::Result<()> {
+        let b = backends::Backends::connect(&self.backends)
+            .await
+            .context("preparing the backends")?;
+        let _ = self.queue.set(b.queue);
+        Ok(())
+    }
+
     /// Starts the components in dependency order, each level once the one
     /// before is ready (the PostgreSQL cluster first, migrations before the
     /// first component that is no engine), then waits until the topology
@@ -388,9 +422,7 @@ impl Orchestrator {
             if !migrated && level.iter().any(|r| !r.is_engine()) {
                 // Migrations run once here, before any child that uses the
                 // stores, so copies never race them.
-                backends::Backends::connect(&self.backends)
-                    .await
-                    .context("preparing the backends")?;
+                self.connect_backends().await?;
                 migrated = true;
             }
             let members: Vec<&Component> = components.iter().filter(|c| level.contains(&c.role)).collect();
@@ -411,9 +443,7 @@ impl Orchestrator {
             }
         }
         if !migrated {
-            backends::Backends::connect(&self.backends)
-                .await
-                .context("preparing the backends")?;
+            self.connect_backends().await?;
         }
         Ok(all_ready && wait_in_rotation(&self.topology, &self.http).await)
     }
@@ -506,7 +536,9 @@ pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output 
             } else {
                 tracing::warn!("not ready after 60 s; still supervising");
             }
+            let autoscalers = autoscaler::spawn(orchestrator.clone());
             shutdown.await;
+            autoscalers.iter().for_each(|t| t.abort());
             Ok(())
         }
         None => Ok(()),

@@ -5,6 +5,7 @@
 
 use crate::component::Component;
 use crate::supervisor::{ChildStatus, SupervisorMetrics};
+use crate::Role;
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,6 +37,76 @@ pub struct UpMetrics {
     pub failovers: IntCounter,
     /// Handed to the supervisor: restarts per child.
     pub supervisor: SupervisorMetrics,
+    /// The autoscaler's figures.
+    pub autoscale: AutoscaleMetrics,
+}
+
+/// `scalestack_up_autoscale_*`: per autoscaled role, the replicas desired
+/// and running, the deciding signal and its target (per replica), and the
+/// scale operations the autoscaler started by direction.
+#[derive(Clone)]
+pub struct AutoscaleMetrics {
+    desired: IntGaugeVec,
+    actual: IntGaugeVec,
+    signal: prometheus::GaugeVec,
+    target: prometheus::GaugeVec,
+    decisions: IntCounterVec,
+}
+
+impl AutoscaleMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let desired = IntGaugeVec::new(
+            Opts::new("autoscale_desired_replicas", "Replicas the autoscaler wants"),
+            &["role"],
+        )?;
+        let actual = IntGaugeVec::new(
+            Opts::new("autoscale_actual_replicas", "Replicas running when last observed"),
+            &["role"],
+        )?;
+        let signal = prometheus::GaugeVec::new(
+            Opts::new("autoscale_signal", "The deciding signal per replica (queue depth per worker, in-flight or requests per second per server, p99 ms)"),
+            &["role", "metric"],
+        )?;
+        let target = prometheus::GaugeVec::new(
+            Opts::new("autoscale_target", "The signal's target per replica"),
+            &["role", "metric"],
+        )?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "autoscale_scale_events_total",
+                "Scale operations the autoscaler started, by direction",
+            ),
+            &["role", "direction"],
+        )?;
+        registry.register(Box::new(desired.clone()))?;
+        registry.register(Box::new(actual.clone()))?;
+        registry.register(Box::new(signal.clone()))?;
+        registry.register(Box::new(target.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
+        Ok(AutoscaleMetrics {
+            desired,
+            actual,
+            signal,
+            target,
+            decisions,
+        })
+    }
+
+    /// Records a decision's figures.
+    pub fn observe(&self, role: Role, d: &crate::autoscale::Decision) {
+        let r = role.as_str();
+        self.desired.with_label_values(&[r]).set(d.desired as i64);
+        self.actual.with_label_values(&[r]).set(d.current as i64);
+        self.signal.with_label_values(&[r, d.metric]).set(d.signal);
+        self.target.with_label_values(&[r, d.metric]).set(d.target);
+    }
+
+    /// Counts a scale operation started.
+    pub fn scaled(&self, role: Role, up: bool) {
+        self.decisions
+            .with_label_values(&[role.as_str(), if up { "up" } else { "down" }])
+            .inc();
+    }
 }
 
 impl UpMetrics {
@@ -61,12 +132,14 @@ impl UpMetrics {
             .register(Box::new(failovers.clone()))
             .expect("registered once");
         let supervisor = SupervisorMetrics::register(&registry).expect("registered once");
+        let autoscale = AutoscaleMetrics::register(&registry).expect("registered once");
         UpMetrics {
             registry,
             children,
             scale_operations,
             failovers,
             supervisor,
+            autoscale,
         }
     }
 

@@ -73,6 +73,9 @@ pub struct Topology {
     /// has no `url`.
     #[serde(default)]
     pub nats: crate::nats::ManagedNats,
+    /// `[autoscale.worker]`, `[autoscale.web]`: tiers that size themselves.
+    #[serde(default)]
+    pub autoscale: crate::autoscale::AutoscaleSection,
 }
 
 /// `[site]`: the site (data centre) a topology's components run in. Every
@@ -712,6 +715,11 @@ impl Topology {
         if self.needs_managed_nats() {
             self.nats.validate()?;
         }
+        self.autoscale.validate()?;
+        anyhow::ensure!(
+            self.autoscale.web.is_none() || self.lb.is_some(),
+            "autoscale.web needs an [lb]: the web tier scales behind the load balancer"
+        );
         if let QueueSection::Nats { server, replicas, .. } = &self.queue {
             let most = match server {
                 Server::Managed => self.nats.nodes,
@@ -1500,6 +1508,40 @@ mod tests {
     }
 
     #[test]
+    fn a_nats_queue_without_url_runs_under_up_with_a_copy_per_node() {
+        let t = Topology::parse(include_str!("../../../topologies/queue.toml")).unwrap();
+        assert!(t.needs_managed_nats());
+        let QueueTier::Nats { url, replicas, .. } = t.resolve(Path::new("/d")).queue else {
+            panic!("a nats queue")
+        };
+        assert_eq!(
+            url.as_deref(),
+            Some("nats://127.0.0.1:4230,nats://127.0.0.1:4231,nats://127.0.0.1:4232")
+        );
+        assert_eq!(replicas, Some(3));
+        let web = t.copy(Role::Web, 0).unwrap();
+        assert_eq!(web.depends_on, [Role::Nats]);
+        assert!(t.autoscale.worker.is_some() && t.autoscale.web.is_some());
+
+        let t = Topology::parse("[queue]\nkind = \"nats\"\nurl = \"nats://q:4222\"").unwrap();
+        assert!(!t.needs_managed_nats());
+        assert!(t.components().iter().all(|c| c.role != Role::Nats));
+        for (text, key) in [
+            ("[queue]\nkind = \"nats\"\nreplicas = 3", "queue.replicas"),
+            ("[queue]\nkind = \"nats\"\n[nats]\nnodes = 2", "nats.nodes"),
+            (
+                "[queue]\nkind = \"nats\"\n[nats]\nsync = \"sometimes\"",
+                "sometimes",
+            ),
+            ("[autoscale.web]\ntarget_in_flight = 4", "needs an [lb]"),
+            ("[autoscale.worker]\nmin = 5\nmax = 2", "autoscale.worker"),
+        ] {
+            let e = Topology::parse(text).unwrap_err();
+            assert!(format!("{e:#}").contains(key), "{text}: {e:#}");
+        }
+    }
+
+    #[test]
     fn every_topology_file_of_today_loads_into_components() {
         let files = [
             (
@@ -1509,6 +1551,7 @@ mod tests {
             ("web-tier", include_str!("../../../topologies/web-tier.toml")),
             ("replicated", include_str!("../../../topologies/replicated.toml")),
             ("cdn", include_str!("../../../topologies/cdn.toml")),
+            ("queue", include_str!("../../../topologies/queue.toml")),
             ("default", crate::DEFAULT_TOPOLOGY),
         ];
         for (file, text) in files {
@@ -1520,6 +1563,7 @@ mod tests {
                     "pg1", "pg2", "pg3", "redis", "web-1", "web-2", "web-3", "worker-1", "lb",
                 ],
                 "cdn" => &["web-1", "web-2", "web-3", "worker-1", "lb", "cdn-1", "cdn-2"],
+                "queue" => &["nats-1", "nats-2", "nats-3", "web-1", "web-2", "worker-1", "lb"],
                 _ => &["web-1", "web-2", "web-3", "worker-1", "lb", "cdn-1"],
             };
             assert_eq!(names, expected, "{file}");
