@@ -161,7 +161,12 @@ impl NatsJobQueue {
                 "queue name {name:?}: use letters, digits, '_' or '-'"
             )));
         }
-        let client = async_nats::connect(url)
+        let servers = url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BackendError::Invalid(format!("nats url {url:?}: {e}")))?;
+        let client = async_nats::connect(servers)
             .await
             .map_err(|e| backend(&format!("connecting to {url}"), e))?;
         let context = jetstream::new(client);
