@@ -12,12 +12,16 @@ use test_support::free_ports;
 /// The web tier (two servers behind the LB) with its queue on a NATS
 /// cluster of `nodes` that `up` runs, on free ports, plus `extra`.
 fn queue_tier(nodes: u16, extra: &str) -> Up {
+    queue_tier_with_ack_wait(nodes, 10_000, extra)
+}
+
+fn queue_tier_with_ack_wait(nodes: u16, ack_wait_ms: u64, extra: &str) -> Up {
     let (port, cluster, monitor) = (free_ports(nodes), free_ports(nodes), free_ports(nodes));
     Up::web_tier(
         2,
         300,
         &format!(
-            "[queue]\nkind = \"nats\"\nmax_attempts = 3\nbackoff_ms = 100\nack_wait_ms = 10000\n\
+            "[queue]\nkind = \"nats\"\nmax_attempts = 3\nbackoff_ms = 100\nack_wait_ms = {ack_wait_ms}\n\
              [nats]\nnodes = {nodes}\nport = {port}\ncluster_port = {cluster}\nmonitor_port = {monitor}\n\
              sync = \"always\"\n{extra}"
         ),
@@ -94,6 +98,49 @@ async fn statuses_now(up: &Up, c: &reqwest::Client, ids: &[i64]) -> usize {
         n += usize::from(p["status"] == "processing");
     }
     n
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_has_its_job_redelivered_and_the_photo_ends_ready_once() {
+    // A short ack wait, so the killed worker's delivery comes back soon; the
+    // worker reports progress three times per ack wait while it renders.
+    let up = queue_tier_with_ack_wait(1, 3_000, "");
+    up.wait_up(120).await;
+    let c = signup(&up.web, "victim").await;
+    let id = upload(&up.web, &c, imaging::samples::jpeg(3000, 2000)).await;
+    let metrics = format!("{}/metrics", up.worker_metrics);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        if m.contains("scalestack_queue_depth{state=\"in_flight\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker never took the job: {m}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let old = up.pid("worker-1").unwrap();
+    helpers::signal(old, nix::sys::signal::Signal::SIGKILL);
+    let photo = wait_processed(&up.web, &c, id).await;
+    assert_eq!(photo["status"], "ready", "{photo}");
+    // Rendered once, by the worker up started in its place.
+    let m = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    let done = helpers::sample(&m, "scalestack_jobs_total", &["outcome=\"done\""]).unwrap_or(0.0);
+    assert_eq!(done, 1.0, "{m}");
+    // Every variant whole: an image that decodes to its last pixel.
+    let variants = photo["variants"].as_object().unwrap();
+    assert!(variants.len() > 1, "{photo}");
+    for (name, url) in variants {
+        let body = c
+            .get(format!("{}{}", up.web, url.as_str().unwrap()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(body.status(), 200, "{name}");
+        let bytes = body.bytes().await.unwrap();
+        imaging::decode(&bytes, 100_000_000).unwrap_or_else(|e| panic!("{name} is not whole: {e}"));
+    }
+    let (status, log) = up.stop();
+    assert!(status.success(), "{log}");
 }
 
 #[tokio::test]
