@@ -191,7 +191,27 @@ button{margin-right:.3rem}
 <tbody id="ps"></tbody></table>
 <p><label>web servers <input id="n" type="number" min="1" max="64" style="width:4rem"></label>
 <button onclick="scale()">scale</button> <span id="msg"></span></p>
+<div id="autoscale"></div>
 <script>
+// Replicas over time for each autoscaled tier: running (solid) and desired
+// (dashed), from /api/autoscale's history, as an inline SVG.
+async function autoscale(){
+  const r = await fetch('/api/autoscale'); if (!r.ok) return;
+  const tiers = await r.json(); const out = [];
+  for (const [role, t] of Object.entries(tiers)) {
+    const h = t.history; if (!h.length) continue;
+    const W = 600, H = 120, top = Math.max(t.max, 1), t0 = h[0].at_ms, span = Math.max(h[h.length-1].at_ms - t0, 1);
+    const pts = k => h.map(p => `${(p.at_ms - t0) / span * W},${H - p[k] / top * (H - 10)}`).join(' ');
+    const last = t.last || {};
+    out.push(`<h3>${role}: ${last.current ?? '?'} running, ${last.desired ?? '?'} desired (min ${t.min}, max ${t.max};
+      ${t.scaled_up} up, ${t.scaled_down} down)</h3><p>${t.error ? 'error: ' + t.error : (last.reason ?? '')}</p>
+      <svg width="${W}" height="${H}" style="border:1px solid #ddd">
+      <polyline fill="none" stroke="#070" stroke-width="2" points="${pts('actual')}"/>
+      <polyline fill="none" stroke="#a60" stroke-dasharray="4" points="${pts('desired')}"/></svg>`);
+  }
+  document.getElementById('autoscale').innerHTML = out.length ? '<h2>autoscaling</h2>' + out.join('') : '';
+}
+autoscale(); setInterval(autoscale, 2000);
 async function refresh(){
   const r = await fetch('/api/ps'); const ps = await r.json();
   const rows = ps.map(c => `<tr><td>${c.name}</td><td>${c.role}</td><td>${c.site}</td><td>${c.addr??''}</td>
