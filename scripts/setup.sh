@@ -11,13 +11,14 @@
 #   scripts/setup.sh           build + test dependencies
 #   scripts/setup.sh --bench   also the peer tools of docs/BENCHMARKS.md: nginx,
 #                              HAProxy, Varnish, Squid, Apache Traffic Server,
-#                              wrk, dnsperf (and python3, which
+#                              wrk, dnsperf, ImageMagick (scripts/bench-burst.sh
+#                              makes its photos with it) (and python3, which
 #                              scripts/bench-data.sh uses)
 set -euo pipefail
 
 packages=(build-essential pkg-config cmake curl postgresql redis-server nats-server python3 python3-pip chromium)
 if [[ "${1:-}" == "--bench" ]]; then
-    packages+=(nginx haproxy varnish squid trafficserver wrk dnsperf python3 time)
+    packages+=(nginx haproxy varnish squid trafficserver wrk dnsperf python3 time imagemagick)
 fi
 
 missing=()
