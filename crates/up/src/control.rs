@@ -176,7 +176,7 @@ async fn retry_job(State(o): State<AppState>, Path(id): Path<String>) -> Respons
     }
 }
 
-const DASHBOARD: &str = r#"<!doctype html>
+const DASHBOARD: &str = r##"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>scalestack</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
@@ -229,4 +229,4 @@ async function scale(){
 }
 refresh(); setInterval(refresh, 1000);
 </script></body></html>
-"#;
+"##;
