@@ -4,7 +4,9 @@
 //! origin for caches (`bench origin`: cacheable objects, a slow key, a
 //! Zipf-addressed set, requests counted per path), used to compare the CDN
 //! edge with Varnish, nginx, Squid and Traffic Server
-//! (`scripts/bench-cdn.sh`).
+//! (`scripts/bench-cdn.sh`). `bench queue` measures the job queue port on
+//! NATS JetStream against a minimal raw `async-nats` client
+//! (`scripts/bench-queue.sh`).
 //!
 //! The generator speaks HTTP/1.1 on plain tokio `TcpStream`s, reads
 //! responses with `proxy_core`'s codec (the LB's), runs one task per
@@ -19,6 +21,7 @@ mod keys;
 mod load;
 mod origin;
 mod parse;
+mod queue;
 mod report;
 mod serve;
 mod target;
@@ -26,6 +29,7 @@ mod target;
 pub use keys::{KeysError, Zipf, MAX_KEYS};
 pub use load::LoadConfig;
 pub use origin::{Origin, OriginConfig, COUNT_PATH};
+pub use queue::{QueueArgs, QueueMode, QueueReport};
 pub use report::{Mode, Report};
 pub use serve::{shutdown_signal, ServeConfig, Server};
 pub use target::{Target, TargetError};
@@ -51,6 +55,8 @@ pub enum BenchCommand {
     Serve(ServeArgs),
     /// Run an origin for caches: cacheable objects, a slow key, a Zipf set, requests counted per path.
     Origin(OriginArgs),
+    /// Measure jobs/s through the job queue port on NATS JetStream, or through a raw async-nats client.
+    Queue(QueueArgs),
 }
 
 /// Options of `bench http`.
@@ -203,6 +209,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Http(http) => run_http(&http),
         BenchCommand::Serve(serve) => run_serve(&serve),
         BenchCommand::Origin(origin) => run_origin(&origin),
+        BenchCommand::Queue(queue) => queue::run_queue(&queue),
     }
 }
 
