@@ -38,8 +38,10 @@
 //! died is fenced off because its message is gone.
 //!
 //! Deliberate choices, and what JetStream cannot tell:
-//! - `next` is a pull request of one message that the server expires after
-//!   50 ms: when no job is ready it answers `None` after those 50 ms, not
+//! - `next` takes a message of the handle's pull in progress, or sends one
+//!   (see `Pull`): for as many messages as the handle has callers of
+//!   `next` waiting (1 to 64), expired by the server after 50 ms. When no
+//!   job is ready it answers `None` after those 50 ms, not
 //!   at once (a `no_wait` fetch answers at once but, under concurrent
 //!   consumers, nats-server 2.9 could deliver a message to a fetch already
 //!   answered "no messages", and the job then waited a whole ack wait).
@@ -85,7 +87,7 @@ use domain::ports::{Delivery, DeliveryHandle, JobQueue};
 pub use domain::DeadJob;
 use domain::{BackendError, Job, NackOutcome, QueueConfig, QueueDepth};
 use futures_util::StreamExt;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -104,6 +106,8 @@ const MAX_NAK_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// (a `no_wait` fetch answered "no messages" while a message raced to it)
 /// can: that job would wait out a whole ack wait, as an extra attempt.
 const PULL_EXPIRES: Duration = Duration::from_millis(50);
+/// Most messages one pull asks for (see [`Pull`]).
+const MAX_PULL_BATCH: usize = 64;
 /// Publish attempts of one enqueue (same message id) on transport errors.
 const PUBLISH_ATTEMPTS: u32 = 3;
 
@@ -122,6 +126,24 @@ struct Inner {
     consumer: consumer::PullConsumer,
     config: QueueConfig,
     last_id: AtomicI64,
+    /// Callers of `next` waiting now, the size of the next pull.
+    waiting: AtomicUsize,
+    /// The pull in progress, shared by the handle's callers of `next`.
+    pull: tokio::sync::Mutex<Option<Pull>>,
+}
+
+/// One pull request of the handle's consumer, for as many messages as
+/// callers of `next` were waiting when it was sent (at most 64): concurrent
+/// callers (a worker's tasks, a benchmark's consumers) share one round trip
+/// instead of one each, and an idle process asks for no more than it has
+/// callers for, so it hoards no job another process could run. The server
+/// expires it after 50 ms; callers take its messages in turn, and one that
+/// finds it ended sends the next.
+struct Pull {
+    /// Just before the request was sent: the start of its messages' ack
+    /// wait on our clock, never later than the server's.
+    asked: Instant,
+    batch: consumer::pull::Batch,
 }
 
 fn backend(what: &str, e: impl std::fmt::Display) -> BackendError {
@@ -238,6 +260,8 @@ impl NatsJobQueue {
                 consumer,
                 config,
                 last_id: AtomicI64::new(0),
+                waiting: AtomicUsize::new(0),
+                pull: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -391,20 +415,52 @@ impl JobQueue for NatsJobQueue {
     }
 
     async fn next(&self) -> Result<Option<Delivery>, BackendError> {
-        let asked = Instant::now();
-        let mut batch = self
-            .inner
-            .consumer
-            .batch()
-            .max_messages(1)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await
-            .map_err(|e| backend("fetching a job", e))?;
-        let Some(message) = batch.next().await else {
-            return Ok(None);
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.inner.waiting);
+        let ack_wait = self.inner.config.ack_wait();
+        let mut pull = self.inner.pull.lock().await;
+        let mut fresh = false;
+        let (asked, message) = loop {
+            if pull.is_none() {
+                let want = self.inner.waiting.load(Ordering::Relaxed).clamp(1, MAX_PULL_BATCH);
+                let asked = Instant::now();
+                let batch = self
+                    .inner
+                    .consumer
+                    .batch()
+                    .max_messages(want)
+                    .expires(PULL_EXPIRES)
+                    .messages()
+                    .await
+                    .map_err(|e| backend("fetching a job", e))?;
+                *pull = Some(Pull { asked, batch });
+                fresh = true;
+            }
+            let current = pull.as_mut().expect("a pull in progress");
+            match current.batch.next().await {
+                Some(Ok(m)) if current.asked + ack_wait > Instant::now() => break (current.asked, m),
+                // Delivered to a caller that gave up, and its ack wait ran
+                // out meanwhile: the server delivers it again.
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    *pull = None;
+                    return Err(backend("fetching a job", e));
+                }
+                None => {
+                    *pull = None;
+                    if fresh {
+                        return Ok(None); // our own pull found nothing
+                    }
+                }
+            }
         };
-        let message = message.map_err(|e| backend("fetching a job", e))?;
+        drop(pull);
         let (attempt, sequence) = {
             let info = message.info().map_err(|e| backend("reading a delivery", e))?;
             (
@@ -427,7 +483,6 @@ impl JobQueue for NatsJobQueue {
             attempt,
             max_attempts: self.inner.config.max_attempts,
         };
-        let ack_wait = self.inner.config.ack_wait();
         let handle = NatsDelivery {
             queue: self.clone(),
             message,
