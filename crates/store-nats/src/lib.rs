@@ -126,14 +126,18 @@ struct Inner {
     consumer: consumer::PullConsumer,
     config: QueueConfig,
     last_id: AtomicI64,
-    /// Callers of `next` waiting now, the size of the next pull.
+    /// Callers of `next` waiting now.
     waiting: AtomicUsize,
+    /// The most callers of `next` seen waiting at once since the last pull
+    /// was sent: the size of the next one.
+    peak: AtomicUsize,
     /// The pull in progress, shared by the handle's callers of `next`.
     pull: tokio::sync::Mutex<Option<Pull>>,
 }
 
 /// One pull request of the handle's consumer, for as many messages as
-/// callers of `next` were waiting when it was sent (at most 64): concurrent
+/// callers of `next` were seen waiting at once since the previous pull was
+/// sent (at most 64): concurrent
 /// callers (a worker's tasks, a benchmark's consumers) share one round trip
 /// instead of one each, and an idle process asks for no more than it has
 /// callers for, so it hoards no job another process could run. The server
@@ -261,6 +265,7 @@ impl NatsJobQueue {
                 config,
                 last_id: AtomicI64::new(0),
                 waiting: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
                 pull: tokio::sync::Mutex::new(None),
             }),
         })
@@ -421,14 +426,19 @@ impl JobQueue for NatsJobQueue {
                 self.0.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        let now = self.inner.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        self.inner.peak.fetch_max(now, Ordering::Relaxed);
         let _waiting = Waiting(&self.inner.waiting);
         let ack_wait = self.inner.config.ack_wait();
         let mut pull = self.inner.pull.lock().await;
         let mut fresh = false;
         let (asked, message) = loop {
             if pull.is_none() {
-                let want = self.inner.waiting.load(Ordering::Relaxed).clamp(1, MAX_PULL_BATCH);
+                // As many as were waiting at once since the last pull (the
+                // callers' concurrency: while each acks its job, fewer wait).
+                let waiting = self.inner.waiting.load(Ordering::Relaxed);
+                let want = self.inner.peak.swap(waiting, Ordering::Relaxed).max(waiting);
+                let want = want.clamp(1, MAX_PULL_BATCH);
                 let asked = Instant::now();
                 let batch = self
                     .inner
