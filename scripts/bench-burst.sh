@@ -23,6 +23,8 @@ PARALLEL=${PARALLEL:-8}
 SIZE=${SIZE:-2400x1600}
 MAX_SECS=${MAX_SECS:-240}
 [[ -x $BIN ]] || { echo "no $BIN: cargo build --release first" >&2; exit 1; }
+# Debian's ImageMagick (a `convert` earlier on PATH may be something else).
+CONVERT=${CONVERT:-$(command -v /usr/bin/convert || command -v convert)}
 
 work=$(mktemp -d)
 up_pid=""
@@ -33,7 +35,7 @@ cleanup() {
 trap cleanup EXIT
 
 cp topologies/queue.toml "$work/topology.toml"
-convert -size "$SIZE" plasma:fractal -quality 90 "$work/photo.jpg"
+"$CONVERT" -size "$SIZE" plasma:fractal -quality 90 "$work/photo.jpg"
 (cd "$work" && exec "$BIN" up --topology topology.toml >"$work/up.log" 2>&1) &
 up_pid=$!
 for _ in $(seq 1 240); do
