@@ -39,8 +39,12 @@
 //!
 //! Deliberate choices, and what JetStream cannot tell:
 //! - `next` takes a message of the handle's pull in progress, or sends one
-//!   (see `Pull`): for as many messages as the handle has callers of
-//!   `next` waiting (1 to 64), expired by the server after 50 ms. When no
+//!   (see `Pull`): for as many messages as the handle's callers of `next`
+//!   were seen waiting at once (1 to 64), expired by the server after
+//!   50 ms; once half of a pull is taken the next is sent (`Pulls`), so a
+//!   handle holds at most twice its callers' concurrency in messages not
+//!   yet handed out (a worker stopped meanwhile leaves those to be
+//!   delivered again after their ack wait). When no
 //!   job is ready it answers `None` after those 50 ms, not
 //!   at once (a `no_wait` fetch answers at once but, under concurrent
 //!   consumers, nats-server 2.9 could deliver a message to a fetch already
@@ -131,8 +135,8 @@ struct Inner {
     /// The most callers of `next` seen waiting at once since the last pull
     /// was sent: the size of the next one.
     peak: AtomicUsize,
-    /// The pull in progress, shared by the handle's callers of `next`.
-    pull: tokio::sync::Mutex<Option<Pull>>,
+    /// The pulls in progress, shared by the handle's callers of `next`.
+    pull: tokio::sync::Mutex<Pulls>,
 }
 
 /// One pull request of the handle's consumer, for as many messages as
@@ -148,6 +152,19 @@ struct Pull {
     /// wait on our clock, never later than the server's.
     asked: Instant,
     batch: consumer::pull::Batch,
+    /// Messages asked for, and taken by callers so far.
+    want: usize,
+    taken: usize,
+}
+
+/// The pull callers take from, and the next one, sent once half of the
+/// current one is taken (so callers coming back from their acks find
+/// messages on their way instead of waiting for a round trip). Both are
+/// sized by callers that were waiting: no more is asked than callers took.
+#[derive(Default)]
+struct Pulls {
+    current: Option<Pull>,
+    ahead: Option<Pull>,
 }
 
 fn backend(what: &str, e: impl std::fmt::Display) -> BackendError {
@@ -266,7 +283,7 @@ impl NatsJobQueue {
                 last_id: AtomicI64::new(0),
                 waiting: AtomicUsize::new(0),
                 peak: AtomicUsize::new(0),
-                pull: tokio::sync::Mutex::new(None),
+                pull: tokio::sync::Mutex::new(Pulls::default()),
             }),
         })
     }
@@ -388,6 +405,31 @@ impl NatsJobQueue {
         Err(backend("publishing a job", last_error.unwrap_or_default()))
     }
 
+    /// Sends a pull request for as many messages as callers of `next` were
+    /// seen waiting at once since the previous one (the callers'
+    /// concurrency: while each acks its job, fewer wait), 1 to 64.
+    async fn send_pull(&self) -> Result<Pull, BackendError> {
+        let waiting = self.inner.waiting.load(Ordering::Relaxed);
+        let want = self.inner.peak.swap(waiting, Ordering::Relaxed).max(waiting);
+        let want = want.clamp(1, MAX_PULL_BATCH);
+        let asked = Instant::now();
+        let batch = self
+            .inner
+            .consumer
+            .batch()
+            .max_messages(want)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| backend("fetching a job", e))?;
+        Ok(Pull {
+            asked,
+            batch,
+            want,
+            taken: 0,
+        })
+    }
+
     /// Publishes a job whose id was made elsewhere (a transactional
     /// outbox's row): a publish of the same id inside the dedup window (2
     /// minutes), by anyone, is stored once, so a relay that publishes again
@@ -430,47 +472,44 @@ impl JobQueue for NatsJobQueue {
         self.inner.peak.fetch_max(now, Ordering::Relaxed);
         let _waiting = Waiting(&self.inner.waiting);
         let ack_wait = self.inner.config.ack_wait();
-        let mut pull = self.inner.pull.lock().await;
+        let mut pulls = self.inner.pull.lock().await;
         let mut fresh = false;
         let (asked, message) = loop {
-            if pull.is_none() {
-                // As many as were waiting at once since the last pull (the
-                // callers' concurrency: while each acks its job, fewer wait).
-                let waiting = self.inner.waiting.load(Ordering::Relaxed);
-                let want = self.inner.peak.swap(waiting, Ordering::Relaxed).max(waiting);
-                let want = want.clamp(1, MAX_PULL_BATCH);
-                let asked = Instant::now();
-                let batch = self
-                    .inner
-                    .consumer
-                    .batch()
-                    .max_messages(want)
-                    .expires(PULL_EXPIRES)
-                    .messages()
-                    .await
-                    .map_err(|e| backend("fetching a job", e))?;
-                *pull = Some(Pull { asked, batch });
+            if pulls.current.is_none() {
+                pulls.current = match pulls.ahead.take() {
+                    Some(ahead) => Some(ahead),
+                    None => Some(self.send_pull().await?),
+                };
                 fresh = true;
             }
-            let current = pull.as_mut().expect("a pull in progress");
+            // Half of this pull taken by callers: ask for the next now, so
+            // its messages are on their way when the callers come back.
+            let half_taken = pulls.current.as_ref().is_some_and(|c| c.taken * 2 >= c.want);
+            if half_taken && pulls.ahead.is_none() {
+                pulls.ahead = Some(self.send_pull().await?);
+            }
+            let current = pulls.current.as_mut().expect("a pull in progress");
             match current.batch.next().await {
-                Some(Ok(m)) if current.asked + ack_wait > Instant::now() => break (current.asked, m),
+                Some(Ok(m)) if current.asked + ack_wait > Instant::now() => {
+                    current.taken += 1;
+                    break (current.asked, m);
+                }
                 // Delivered to a caller that gave up, and its ack wait ran
                 // out meanwhile: the server delivers it again.
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
-                    *pull = None;
+                    pulls.current = None;
                     return Err(backend("fetching a job", e));
                 }
                 None => {
-                    *pull = None;
-                    if fresh {
+                    pulls.current = None;
+                    if fresh && pulls.ahead.is_none() {
                         return Ok(None); // our own pull found nothing
                     }
                 }
             }
         };
-        drop(pull);
+        drop(pulls);
         let (attempt, sequence) = {
             let info = message.info().map_err(|e| backend("reading a delivery", e))?;
             (
