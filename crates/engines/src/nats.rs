@@ -19,13 +19,10 @@
 
 use crate::process;
 use anyhow::{bail, Context};
-use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// Environment variable naming the `nats-server` program to run.
 pub const NATS_SERVER_ENV: &str = "SCALESTACK_NATS_SERVER";
@@ -66,7 +63,7 @@ pub fn locate_server() -> anyhow::Result<PathBuf> {
                 .map(|dir| dir.join("nats-server"))
                 .find(|p| p.is_file())
         })
-        .context("no nats-server found (looked in SCALESTACK_NATS_SERVER, /usr/sbin and PATH); install it with scripts/setup.sh")
+        .context("no nats-server found (looked in SCALESTACK_NATS_SERVER, /usr/local/lib/scalestack, /usr/sbin and PATH); install it with scripts/setup.sh")
 }
 
 /// `<dir>/nats-server-<version>/nats-server` with the highest version.
@@ -153,7 +150,7 @@ pub struct NatsNode {
     port: u16,
     conf: String,
     server_bin: PathBuf,
-    server: Mutex<Option<Child>>,
+    server: process::ServerProcess,
 }
 
 impl NatsNode {
@@ -203,7 +200,7 @@ impl NatsNode {
             port,
             conf,
             server_bin: locate_server()?,
-            server: Mutex::new(None),
+            server: process::ServerProcess::new("nats", name),
         };
         node.spawn_and_wait().await?;
         Ok(node)
@@ -212,31 +209,18 @@ impl NatsNode {
     async fn spawn_and_wait(&self) -> anyhow::Result<()> {
         std::fs::write(self.conf_path(), &self.conf)
             .with_context(|| format!("writing {}", self.conf_path().display()))?;
-        let log = process::open_log(&self.log_file())?;
         let mut cmd = Command::new(&self.server_bin);
-        cmd.arg("-c")
-            .arg(self.conf_path())
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("duplicating the log file")?)
-            .stderr(log);
-        process::tie_to_owner(&mut cmd, Signal::SIGTERM);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {}", self.server_bin.display()))?;
-        tracing::info!(node = %self.name, pid = ?child.id(), port = self.port, "nats started");
-        *self.lock_server() = Some(child);
+        cmd.arg("-c").arg(self.conf_path()).current_dir(&self.dir);
+        self.server.spawn(cmd, &self.log_file(), self.port)?;
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(c) = self.lock_server().as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    bail!(
-                        "nats {} exited while starting ({status}); {}",
-                        self.name,
-                        self.log_tail()
-                    );
-                }
+            if let Some(status) = self.server.exit_status() {
+                bail!(
+                    "nats {} exited while starting ({status}); {}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             match greeting(self.port).await {
                 Ok(info) if info.contains("\"jetstream\":true") => return Ok(()),
@@ -282,49 +266,19 @@ impl NatsNode {
 
     /// The server's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
-        let mut server = self.lock_server();
-        let child = server.as_mut()?;
-        if process::has_exited(child) {
-            *server = None;
-            return None;
-        }
-        child.id()
+        self.server.pid()
     }
 
     /// Kills the server with SIGKILL (a real crash) and reaps it: its port
     /// refuses connections when this returns. The store stays.
     pub fn kill9(&self) -> anyhow::Result<()> {
-        let Some(mut child) = self.lock_server().take() else {
-            bail!("nats {} is not running", self.name);
-        };
-        if let Some(pid) = child.id() {
-            process::signal(pid, Signal::SIGKILL)?;
-        }
-        process::reap_blocking(&mut child, Duration::from_secs(5));
-        tracing::info!(node = %self.name, "nats killed");
-        Ok(())
+        self.server.kill9()
     }
 
     /// SIGTERM (nats-server shuts down cleanly), and waits up to 10 s before
     /// a SIGKILL. Does nothing if the server is not running.
     pub async fn stop(&self) -> anyhow::Result<()> {
-        let Some(mut child) = self.lock_server().take() else {
-            return Ok(());
-        };
-        let Some(pid) = child.id() else {
-            return Ok(()); // already reaped
-        };
-        process::signal(pid, Signal::SIGTERM)?;
-        if !process::wait_exit(&mut child, STOP_TIMEOUT).await {
-            process::signal(pid, Signal::SIGKILL)?;
-            let _ = child.wait().await;
-            bail!(
-                "nats {} ignored SIGTERM for {STOP_TIMEOUT:?} and was killed",
-                self.name
-            );
-        }
-        tracing::info!(node = %self.name, "nats stopped");
-        Ok(())
+        self.server.stop(STOP_TIMEOUT).await
     }
 
     /// Stops the server if it runs, then starts it again on the same port
@@ -334,23 +288,8 @@ impl NatsNode {
         self.spawn_and_wait().await
     }
 
-    fn lock_server(&self) -> MutexGuard<'_, Option<Child>> {
-        self.server.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn log_tail(&self) -> String {
         process::log_tail(&self.log_file(), LOG_TAIL_LINES)
-    }
-}
-
-impl Drop for NatsNode {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.server.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
-            if let Some(pid) = child.id() {
-                let _ = process::signal(pid, Signal::SIGKILL);
-            }
-            process::reap_blocking(&mut child, Duration::from_secs(2));
-        }
     }
 }
 

@@ -153,3 +153,109 @@ mod tests {
         signal(i32::MAX as u32, Signal::SIGTERM).unwrap();
     }
 }
+
+/// The one process of a server engine we started (Redis, NATS): spawned
+/// tied to us with its output in a log file, signalled, stopped and reaped.
+/// Dropping it kills the process (SIGKILL).
+#[derive(Debug)]
+pub(crate) struct ServerProcess {
+    /// `redis`, `nats`: how logs and errors name the engine.
+    engine: &'static str,
+    name: String,
+    child: std::sync::Mutex<Option<Child>>,
+}
+
+impl ServerProcess {
+    /// No process yet.
+    pub(crate) fn new(engine: &'static str, name: &str) -> Self {
+        ServerProcess {
+            engine,
+            name: name.to_owned(),
+            child: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Spawns `cmd` with stdin closed and stdout and stderr appended to
+    /// `log`, tied to us (SIGTERM when the spawning thread exits).
+    pub(crate) fn spawn(&self, mut cmd: Command, log: &Path, port: u16) -> anyhow::Result<()> {
+        let log = open_log(log)?;
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().context("duplicating the log file")?)
+            .stderr(log);
+        tie_to_owner(&mut cmd, Signal::SIGTERM);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", cmd.as_std().get_program().to_string_lossy()))?;
+        tracing::info!(node = %self.name, pid = ?child.id(), port, "{} started", self.engine);
+        *self.lock() = Some(child);
+        Ok(())
+    }
+
+    /// How the process ended, if it has (it stays reapable by `stop`).
+    pub(crate) fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        self.lock().as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The pid while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        let mut child = self.lock();
+        let running = child.as_mut()?;
+        if has_exited(running) {
+            *child = None;
+            return None;
+        }
+        running.id()
+    }
+
+    /// SIGKILL (a real crash), and reaped: its ports refuse connections
+    /// when this returns.
+    pub(crate) fn kill9(&self) -> anyhow::Result<()> {
+        let Some(mut child) = self.lock().take() else {
+            anyhow::bail!("{} {} is not running", self.engine, self.name);
+        };
+        if let Some(pid) = child.id() {
+            signal(pid, Signal::SIGKILL)?;
+        }
+        reap_blocking(&mut child, Duration::from_secs(5));
+        tracing::info!(node = %self.name, "{} killed", self.engine);
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after `timeout` (an error then). Nothing if it
+    /// is not running.
+    pub(crate) async fn stop(&self, timeout: Duration) -> anyhow::Result<()> {
+        let Some(mut child) = self.lock().take() else {
+            return Ok(());
+        };
+        let Some(pid) = child.id() else {
+            return Ok(()); // already reaped
+        };
+        signal(pid, Signal::SIGTERM)?;
+        if !wait_exit(&mut child, timeout).await {
+            signal(pid, Signal::SIGKILL)?;
+            let _ = child.wait().await;
+            anyhow::bail!(
+                "{} {} ignored SIGTERM for {timeout:?} and was killed",
+                self.engine,
+                self.name
+            );
+        }
+        tracing::info!(node = %self.name, "{} stopped", self.engine);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Some(pid) = child.id() {
+                let _ = signal(pid, Signal::SIGKILL);
+            }
+            reap_blocking(&mut child, Duration::from_secs(2));
+        }
+    }
+}

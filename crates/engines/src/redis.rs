@@ -6,13 +6,10 @@
 
 use crate::process;
 use anyhow::{bail, Context};
-use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// Environment variable naming the `redis-server` program to run.
 pub const REDIS_SERVER_ENV: &str = "SCALESTACK_REDIS_SERVER";
@@ -59,7 +56,7 @@ pub struct RedisNode {
     dir: PathBuf,
     port: u16,
     server_bin: PathBuf,
-    server: Mutex<Option<Child>>,
+    server: process::ServerProcess,
 }
 
 impl RedisNode {
@@ -82,7 +79,7 @@ impl RedisNode {
             dir,
             port,
             server_bin: locate_server()?,
-            server: Mutex::new(None),
+            server: process::ServerProcess::new("redis", name),
         };
         std::fs::write(node.conf_path(), server_conf(port, &node.dir, &node.log_file()))
             .with_context(|| format!("writing {}", node.conf_path().display()))?;
@@ -91,30 +88,18 @@ impl RedisNode {
     }
 
     async fn spawn_and_wait(&self) -> anyhow::Result<()> {
-        let log = process::open_log(&self.log_file())?;
         let mut cmd = Command::new(&self.server_bin);
-        cmd.arg(self.conf_path())
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("duplicating the log file")?)
-            .stderr(log);
-        process::tie_to_owner(&mut cmd, Signal::SIGTERM);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {}", self.server_bin.display()))?;
-        tracing::info!(node = %self.name, pid = ?child.id(), port = self.port, "redis started");
-        *self.lock_server() = Some(child);
+        cmd.arg(self.conf_path()).current_dir(&self.dir);
+        self.server.spawn(cmd, &self.log_file(), self.port)?;
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(c) = self.lock_server().as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    bail!(
-                        "redis {} exited while starting ({status}); {}",
-                        self.name,
-                        self.log_tail()
-                    );
-                }
+            if let Some(status) = self.server.exit_status() {
+                bail!(
+                    "redis {} exited while starting ({status}); {}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             match ping(self.port).await {
                 Ok(reply) if reply == "+PONG" => return Ok(()),
@@ -155,49 +140,19 @@ impl RedisNode {
 
     /// The server's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
-        let mut server = self.lock_server();
-        let child = server.as_mut()?;
-        if process::has_exited(child) {
-            *server = None;
-            return None;
-        }
-        child.id()
+        self.server.pid()
     }
 
     /// Kills the server with SIGKILL (a real crash) and reaps it: its port
     /// refuses connections when this returns.
     pub fn kill9(&self) -> anyhow::Result<()> {
-        let Some(mut child) = self.lock_server().take() else {
-            bail!("redis {} is not running", self.name);
-        };
-        if let Some(pid) = child.id() {
-            process::signal(pid, Signal::SIGKILL)?;
-        }
-        process::reap_blocking(&mut child, Duration::from_secs(5));
-        tracing::info!(node = %self.name, "redis killed");
-        Ok(())
+        self.server.kill9()
     }
 
     /// SIGTERM, and waits up to 10 s before a SIGKILL. Does nothing if the
     /// server is not running.
     pub async fn stop(&self) -> anyhow::Result<()> {
-        let Some(mut child) = self.lock_server().take() else {
-            return Ok(());
-        };
-        let Some(pid) = child.id() else {
-            return Ok(()); // already reaped
-        };
-        process::signal(pid, Signal::SIGTERM)?;
-        if !process::wait_exit(&mut child, STOP_TIMEOUT).await {
-            process::signal(pid, Signal::SIGKILL)?;
-            let _ = child.wait().await;
-            bail!(
-                "redis {} ignored SIGTERM for {STOP_TIMEOUT:?} and was killed",
-                self.name
-            );
-        }
-        tracing::info!(node = %self.name, "redis stopped");
-        Ok(())
+        self.server.stop(STOP_TIMEOUT).await
     }
 
     /// Stops the server if it runs, then starts it again on the same port
@@ -207,23 +162,8 @@ impl RedisNode {
         self.spawn_and_wait().await
     }
 
-    fn lock_server(&self) -> MutexGuard<'_, Option<Child>> {
-        self.server.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn log_tail(&self) -> String {
         process::log_tail(&self.log_file(), LOG_TAIL_LINES)
-    }
-}
-
-impl Drop for RedisNode {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.server.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
-            if let Some(pid) = child.id() {
-                let _ = process::signal(pid, Signal::SIGKILL);
-            }
-            process::reap_blocking(&mut child, Duration::from_secs(2));
-        }
     }
 }
 
