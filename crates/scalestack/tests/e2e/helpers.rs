@@ -181,6 +181,21 @@ impl Up {
         text
     }
 
+    /// Waits (30 s at most) until worker-1's metrics show one job in
+    /// flight: it has taken the job and is working on it.
+    pub async fn wait_worker_busy(&self) {
+        let metrics = format!("{}/metrics", self.worker_metrics);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+            if m.contains("scalestack_queue_depth{state=\"in_flight\"} 1") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the worker never took the job: {m}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Waits until `up` printed that everything is ready.
     pub async fn wait_up(&self, secs: u64) {
         let deadline = Instant::now() + Duration::from_secs(secs);

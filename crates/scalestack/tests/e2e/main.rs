@@ -106,16 +106,7 @@ async fn a_worker_sent_sigterm_mid_job_finishes_it_first() {
     let c = signup(&up.web, "sig").await;
     // Large enough that rendering takes a while.
     let id = upload(&up.web, &c, imaging::samples::jpeg(3000, 2000)).await;
-    let metrics = format!("{}/metrics", up.worker_metrics);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
-        if m.contains("scalestack_queue_depth{state=\"in_flight\"} 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the worker never claimed the job: {m}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    up.wait_worker_busy().await;
     let old = up.pid("worker-1").unwrap();
     signal(old, Signal::SIGTERM);
     // Its replacement (up restarts it) cannot claim the job before the

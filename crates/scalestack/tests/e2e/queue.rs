@@ -108,22 +108,18 @@ async fn a_worker_killed_mid_job_has_its_job_redelivered_and_the_photo_ends_read
     up.wait_up(120).await;
     let c = signup(&up.web, "victim").await;
     let id = upload(&up.web, &c, imaging::samples::jpeg(3000, 2000)).await;
-    let metrics = format!("{}/metrics", up.worker_metrics);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
-        if m.contains("scalestack_queue_depth{state=\"in_flight\"} 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the worker never took the job: {m}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    up.wait_worker_busy().await;
     let old = up.pid("worker-1").unwrap();
     helpers::signal(old, nix::sys::signal::Signal::SIGKILL);
     let photo = wait_processed(&up.web, &c, id).await;
     assert_eq!(photo["status"], "ready", "{photo}");
     // Rendered once, by the worker up started in its place.
-    let m = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    let m = reqwest::get(format!("{}/metrics", up.worker_metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let done = helpers::sample(&m, "scalestack_jobs_total", &["outcome=\"done\""]).unwrap_or(0.0);
     assert_eq!(done, 1.0, "{m}");
     // Every variant whole: an image that decodes to its last pixel.
