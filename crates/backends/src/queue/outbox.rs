@@ -26,9 +26,9 @@
 //! Consumers (`next`, `cancel`, `depth`, dead jobs) talk to the broker; a
 //! job still in the outbox counts as ready in `depth`, and `cancel` removes
 //! it from both places. A relay may hold a cancelled row (it claimed it
-//! before the cancel, and publishes it after): a cancel through the same
-//! handle is remembered, and the relay deletes such a job from the broker
-//! once published. A cancel from another process racing a relay can leave
+//! before the cancel): a cancel through the same handle is remembered, and
+//! the relay does not publish such a job, or deletes it from the broker if
+//! the cancel came while it was publishing. A cancel from another process racing a relay can leave
 //! the job in the broker: its worker finds the photo gone and acks it
 //! without work.
 
@@ -157,11 +157,23 @@ async fn relay(
             }
         };
         let job = delivery.job().clone();
+        let is_cancelled = || {
+            cancelled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&job.id)
+        };
         let mut wait = RETRY_FIRST;
         let mut waited = Duration::ZERO;
-        loop {
+        let mut published = false;
+        // Until published, or cancelled meanwhile (while the broker was
+        // refusing, say): then it is not published at all.
+        while !is_cancelled() {
             match broker.publish_job(job.id, &job.kind, &job.payload).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    published = true;
+                    break;
+                }
                 Err(e) => {
                     metrics.failures.with_label_values(&["publish"]).inc();
                     if !failing_since_logged {
@@ -183,14 +195,12 @@ async fn relay(
             tracing::info!("outbox: the broker takes jobs again");
             failing_since_logged = false;
         }
-        metrics.relayed.inc();
-        let was_cancelled = cancelled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&job.id);
-        if was_cancelled {
-            // Cancelled while we held it: the cancel may have looked in the
-            // broker before we published.
+        if published {
+            metrics.relayed.inc();
+        }
+        if published && is_cancelled() {
+            // Cancelled while we published: the cancel may have looked in
+            // the broker before the job got there.
             if let Err(e) = broker.cancel(job.id).await {
                 tracing::warn!(job_id = job.id, error = %e, "outbox: a cancelled job reached the broker and stays there");
             }
