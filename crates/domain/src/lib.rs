@@ -11,7 +11,7 @@ mod queue_config;
 pub mod types;
 
 pub use error::{BackendError, StoreError};
-pub use queue_config::QueueConfig;
+pub use queue_config::{QueueConfig, DELIVERIES_SPENT};
 pub use types::*;
 
 /// Milliseconds since the Unix epoch, the one time representation stored in

@@ -99,9 +99,13 @@ pub trait SessionStore: Send + Sync + 'static {
 /// The queue owns the retry policy, not the consumer: how long a delivery
 /// stays owned before the job is delivered again (the ack wait), how many
 /// deliveries a job gets, and the back-off between them
-/// ([`QueueConfig`](crate::QueueConfig) for the SQL adapters). A delivery
-/// whose consumer dies (never settles) counts as an attempt: once its ack
-/// wait runs out, the job is delivered again with the next attempt number.
+/// ([`QueueConfig`](crate::QueueConfig); JetStream's consumer holds it as
+/// its ack wait, max deliveries and back-off). A delivery whose consumer
+/// dies (never settles) counts as an attempt: once its ack wait runs out,
+/// the job is delivered again with the next attempt number, and when that
+/// was its last attempt the queue dead-letters it itself, with the error
+/// [`DELIVERIES_SPENT`](crate::DELIVERIES_SPENT): no job is ever delivered
+/// past its budget.
 ///
 /// A delivery owns its job until it is settled or the job is delivered
 /// again; after that its settlements change nothing (a late `ack` is

@@ -6,6 +6,12 @@ use crate::Job;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// The last error of a job its queue dead-lettered itself: its last
+/// delivery ran out of ack wait unsettled (every consumer of it died or
+/// hung), so no consumer ever saw the budget spent.
+pub const DELIVERIES_SPENT: &str =
+    "deliveries spent: the last one was never settled (its consumer died or hung)";
+
 /// Retry policy of the queue (`[queue]` in a topology file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

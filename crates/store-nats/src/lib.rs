@@ -13,12 +13,21 @@
 //!   = `dead-<id>-<work stream sequence>` (one per life of the job, so a
 //!   retried job that dies again is not taken for a duplicate);
 //! - the durable pull consumer `<name>_workers` on the work stream, shared
-//!   by every handle (every process): explicit acks, the ack wait of the
-//!   [`QueueConfig`].
+//!   by every handle (every process), which owns the [`QueueConfig`]'s
+//!   retry policy: explicit acks, `max_deliver` = its attempts, and a
+//!   `backoff` list (see `redelivery_schedule`) that JetStream applies to
+//!   every delivery left unsettled, each entry the ack wait plus the
+//!   back-off of that attempt;
+//! - the stream `<name>_SPENT` (work-queue retention) keeping JetStream's
+//!   max-deliveries advisories of that consumer, and its durable consumer
+//!   `<name>_buriers`, from which every handle's burier dead-letters the
+//!   jobs whose deliveries ran out unsettled (see `dead`).
 //!
 //! Settling: `ack` is an acknowledgement the server confirms (the work
 //! stream then drops the message); `nack` is a JetStream `-NAK` with the
-//! delay [`QueueConfig::retry_delay`] decides; `in_progress` is `+WPI`;
+//! delay [`QueueConfig::retry_delay`] decides (the caller's, else the
+//! back-off of the attempt: the consumer's schedule less the ack wait);
+//! `in_progress` is `+WPI`;
 //! `terminate`, and a `nack` of the last attempt, copy the job to the
 //! dead-letter stream, delete it from the work stream and `+TERM` the
 //! delivery. `cancel` deletes the job's messages (found by their subject)
@@ -49,12 +58,14 @@
 //!   at once (a `no_wait` fetch answers at once but, under concurrent
 //!   consumers, nats-server 2.9 could deliver a message to a fetch already
 //!   answered "no messages", and the job then waited a whole ack wait).
-//! - The attempt number is JetStream's delivery count. The consumer's
-//!   `max_deliver` is unlimited: the adapter dead-letters (a nack of the
-//!   last attempt), and a job whose every consumer died is delivered again
-//!   with an attempt past `max_attempts`, which its consumer terminates (the
-//!   port's contract). A bounded `max_deliver` would instead strand such a
-//!   job in the work stream, never delivered and never dead.
+//! - The attempt number is JetStream's delivery count, bounded by the
+//!   consumer's `max_deliver`: a job is never delivered past its budget.
+//!   A failed last attempt is dead-lettered by its consumer (copied, then
+//!   `+TERM`ed); a last delivery that nobody settles is dead-lettered by a
+//!   burier once JetStream gives up on it. JetStream notices that (and
+//!   publishes the advisory) when it next looks for a message to deliver,
+//!   so until some consumer pulls, the spent job still counts in the work
+//!   stream (as waiting).
 //! - Fencing: JetStream accepts a settlement from any delivery of a
 //!   message, even one overtaken by a redelivery. So a delivery fences
 //!   itself: it counts as stale once settled, once its message is gone
@@ -84,6 +95,8 @@
 //! messages while its consumer remembers them acked, and never deliver
 //! them.
 
+mod dead;
+
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::HeaderMap;
 use async_trait::async_trait;
@@ -92,7 +105,7 @@ pub use domain::DeadJob;
 use domain::{BackendError, Job, NackOutcome, QueueConfig, QueueDepth};
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Header carrying the job's kind.
@@ -137,6 +150,36 @@ struct Inner {
     peak: AtomicUsize,
     /// The pulls in progress, shared by the handle's callers of `next`.
     pull: tokio::sync::Mutex<Pulls>,
+    /// The handle's burier (see `dead`), stopped with the handle.
+    burier: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(burier) = self.burier.get() {
+            burier.abort();
+        }
+    }
+}
+
+/// The consumer's back-off: JetStream delivers a job again
+/// `schedule[k - 1]` after the last sign of life (the delivery, or its last
+/// `+WPI`) of its unsettled delivery `k`, and repeats the last entry. Each
+/// entry is the queue's ack wait plus the back-off after attempt `k`, so a
+/// worker that died or hung is retried on the same schedule as one that
+/// failed and said so (a nack), and no delivery's ack wait is shorter than
+/// the queue's. Empty (the plain ack wait) for a single attempt; it stops
+/// where the back-off reaches its ceiling.
+fn redelivery_schedule(config: &QueueConfig) -> Vec<Duration> {
+    let mut schedule: Vec<Duration> = Vec::new();
+    for attempt in 1..config.max_attempts {
+        let wait = config.ack_wait() + Duration::from_millis(config.backoff(attempt));
+        if schedule.last() == Some(&wait) {
+            break;
+        }
+        schedule.push(wait);
+    }
+    schedule
 }
 
 /// One pull request of the handle's consumer, for as many messages as
@@ -242,12 +285,14 @@ impl NatsJobQueue {
                 durable_name: Some(durable),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: config.ack_wait(),
-                max_deliver: -1,
+                max_deliver: i64::from(config.max_attempts),
+                backoff: redelivery_schedule(&config),
                 filter_subject: format!("{name}.job.*"),
                 ..Default::default()
             })
             .await
             .map_err(|e| backend("creating the consumer", e))?;
+        let advisories = dead::spent_advisories(&context, name, &format!("{name}_workers"), replicas).await?;
         // Every message up to the consumer's ack floor was acked. After a
         // crash (kill -9) of nats-server 2.9 the work stream can hold such
         // messages again while the consumer remembers them acked and never
@@ -272,20 +317,22 @@ impl NatsJobQueue {
                 );
             }
         }
-        Ok(NatsJobQueue {
-            inner: Arc::new(Inner {
-                name: name.to_owned(),
-                context,
-                work,
-                dead,
-                consumer,
-                config,
-                last_id: AtomicI64::new(0),
-                waiting: AtomicUsize::new(0),
-                peak: AtomicUsize::new(0),
-                pull: tokio::sync::Mutex::new(Pulls::default()),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            context,
+            work,
+            dead,
+            consumer,
+            config,
+            last_id: AtomicI64::new(0),
+            waiting: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            pull: tokio::sync::Mutex::new(Pulls::default()),
+            burier: OnceLock::new(),
+        });
+        let burier = tokio::spawn(dead::burier(Arc::downgrade(&inner), advisories));
+        let _ = inner.burier.set(burier.abort_handle());
+        Ok(NatsJobQueue { inner })
     }
 
     /// A fresh job id, above this handle's previous one.
@@ -728,35 +775,10 @@ impl NatsDelivery {
     }
 
     async fn dead_letter(&self, job: &Job, error: &str) -> Result<NackOutcome, BackendError> {
-        let inner = &self.queue.inner;
-        let mut headers = HeaderMap::new();
-        headers.insert(KIND_HEADER, job.kind.as_str());
-        // Header values are one line.
-        let error_line: String = error
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        headers.insert(ERROR_HEADER, error_line.as_str());
-        headers.insert(ATTEMPTS_HEADER, job.attempt.to_string().as_str());
-        // One message id per life of the job (its work stream message): a
-        // repeated dead-lettering of this delivery is a duplicate, the
-        // death of the job after a retry is not.
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("dead-{}-{}", job.id, self.sequence).as_str(),
-        );
-        inner
-            .context
-            .publish_with_headers(
-                format!("{}.dead.{}", inner.name, job.id),
-                headers,
-                bytes::Bytes::copy_from_slice(&job.payload),
-            )
-            .await
-            .map_err(|e| backend("dead-lettering a job", e))?
-            .await
-            .map_err(|e| backend("dead-lettering a job", e))?;
-        delete(&inner.work, self.sequence).await?;
+        let attempts = u64::from(job.attempt);
+        self.queue
+            .bury(job.id, &job.kind, &job.payload, attempts, error, self.sequence)
+            .await?;
         self.message
             .ack_with(AckKind::Term)
             .await

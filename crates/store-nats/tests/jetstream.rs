@@ -265,3 +265,78 @@ async fn a_retry_that_crashed_midway_leaves_the_job_in_both_streams() {
     assert_eq!(totals().await, (0, 0), "cancelled in one stream only");
     assert!(!q.retry_dead(b).await.unwrap());
 }
+
+/// The consumer holds the queue's retry policy (a user sees it in `nats
+/// consumer info`): max deliveries = attempts, and a back-off of ack wait
+/// plus back-off per attempt. A job whose last delivery dies while no
+/// handle runs is still dead-lettered: JetStream's max-deliveries advisory
+/// waits in `<name>_SPENT` until a handle's burier takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_spent_while_no_handle_listened_is_buried_by_the_next() {
+    let nats = TestNats::start().await;
+    let url = nats.node.url();
+    let config = QueueConfig {
+        max_attempts: 2,
+        backoff_ms: 50,
+        max_backoff_ms: 1000,
+        ack_wait_ms: 300,
+    };
+    let q = NatsJobQueue::connect(&url, "spent", config).await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let mut workers: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("spent")
+        .await
+        .unwrap()
+        .get_consumer("spent_workers")
+        .await
+        .unwrap();
+    let policy = &workers.info().await.unwrap().config;
+    assert_eq!(policy.max_deliver, 2);
+    assert_eq!(policy.backoff, vec![Duration::from_millis(350)]);
+
+    let id = q.enqueue("photo", b"kills every worker").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for attempt in 1..=2 {
+        let d = loop {
+            if let Some(d) = q.next().await.unwrap() {
+                break d;
+            }
+            assert!(Instant::now() < deadline, "no delivery {attempt}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!((d.job().id, d.job().attempt), (id, attempt));
+        drop(d); // the worker dies
+    }
+    drop(q); // and no handle is left to listen
+
+    // Someone asks for work: JetStream notices the spent budget and
+    // publishes its advisory, which the advisory stream keeps.
+    let mut spent = js.get_stream("spent_SPENT").await.unwrap();
+    while spent.info().await.unwrap().state.messages == 0 {
+        let mut batch = workers
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_millis(100))
+            .messages()
+            .await
+            .unwrap();
+        use futures_util::StreamExt;
+        assert!(batch.next().await.is_none(), "delivered past its budget");
+        assert!(Instant::now() < deadline, "no max-deliveries advisory");
+    }
+
+    let q = NatsJobQueue::connect(&url, "spent", config).await.unwrap();
+    let dead = loop {
+        if let Some(dead) = q.dead_job(id).await.unwrap() {
+            break dead;
+        }
+        assert!(Instant::now() < deadline, "the spent job was never buried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (dead.attempts, dead.last_error.as_str(), dead.payload.as_slice()),
+        (2, domain::DELIVERIES_SPENT, &b"kills every worker"[..])
+    );
+    let d = q.depth().await.unwrap();
+    assert_eq!((d.ready + d.in_flight, d.dead), (0, 1));
+}

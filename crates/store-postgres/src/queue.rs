@@ -93,6 +93,34 @@ impl PgJobQueue {
     }
 }
 
+/// The statement that dead-letters the jobs whose last delivery ran out of
+/// ack wait unsettled, as dead since their lease ended; `$1` is
+/// [`DELIVERIES_SPENT`]. Run first by `next` (so none is delivered past its
+/// budget), `dead_jobs` and `retry_dead`; `depth` counts them as dead
+/// already.
+macro_rules! bury_spent {
+    () => {
+        concat!(
+            "UPDATE jobs SET state = 'dead', run_at = locked_until, locked_until = NULL, last_error = $1 \
+             WHERE state = 'running' AND locked_until <= ",
+            now_ms!(),
+            " AND attempts - attempt_base >= max_attempts"
+        )
+    };
+}
+
+impl PgJobQueue {
+    /// Runs [`bury_spent!`] alone.
+    async fn bury_spent(&self) -> Result<(), BackendError> {
+        sqlx::query(bury_spent!())
+            .bind(DELIVERIES_SPENT)
+            .execute(&self.pool()?)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
 /// Milliseconds as the BIGINT the time columns hold, saturating rather than
 /// wrapping (a `Duration::MAX` delay means "for ever", not the past).
 fn millis(ms: u64) -> i64 {
@@ -129,18 +157,25 @@ impl JobQueue for PgJobQueue {
         // someone else since this statement's snapshot is re-checked
         // against the WHERE clause and passed over. So two consumers never
         // get one job, and neither waits for the other.
+        // The first statement of the WITH buries the jobs whose last
+        // delivery ran out of ack wait unsettled ([`DELIVERIES_SPENT`]):
+        // the claim passes them over, so none is delivered past its budget.
         let row: Option<(i64, String, Vec<u8>, i32, i32, i32)> = sqlx::query_as(concat!(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_until = ",
+            "WITH buried AS (",
+            bury_spent!(),
+            ") UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_until = ",
             now_ms!(),
-            " + $1 \
+            " + $2 \
              WHERE id = (SELECT id FROM jobs \
                          WHERE (state = 'queued' AND run_at <= ",
             now_ms!(),
             ") OR (state = 'running' AND locked_until <= ",
             now_ms!(),
-            ") ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+            " AND attempts - attempt_base < max_attempts) \
+             ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, kind, payload, attempts, attempts - attempt_base, max_attempts"
         ))
+        .bind(DELIVERIES_SPENT)
         .bind(millis(self.config.ack_wait_ms))
         .fetch_optional(&self.pool()?)
         .await
@@ -163,12 +198,17 @@ impl JobQueue for PgJobQueue {
 
     async fn depth(&self) -> Result<QueueDepth, BackendError> {
         let (ready, in_flight, dead): (i64, i64, i64) = sqlx::query_as(concat!(
+            // A job whose last delivery ran out unsettled is dead already
+            // (the next `next` buries it).
             "SELECT \
                count(*) FILTER (WHERE state = 'queued' OR (state = 'running' AND locked_until <= ",
             now_ms!(),
-            ")), count(*) FILTER (WHERE state = 'running' AND locked_until > ",
+            " AND attempts - attempt_base < max_attempts)), \
+               count(*) FILTER (WHERE state = 'running' AND locked_until > ",
             now_ms!(),
-            "), count(*) FILTER (WHERE state = 'dead') \
+            "), count(*) FILTER (WHERE state = 'dead' OR (state = 'running' AND locked_until <= ",
+            now_ms!(),
+            " AND attempts - attempt_base >= max_attempts)) \
              FROM jobs"
         ))
         .fetch_one(&self.pool()?)
@@ -193,6 +233,7 @@ impl JobQueue for PgJobQueue {
     }
 
     async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, BackendError> {
+        self.bury_spent().await?;
         // A dead row's run_at is when it died (settle's delay is 0).
         let rows: Vec<(i64, String, Vec<u8>, i32, String, i64)> = sqlx::query_as(
             "SELECT id, kind, payload, attempts - attempt_base, coalesce(last_error, ''), run_at \
@@ -216,6 +257,7 @@ impl JobQueue for PgJobQueue {
     }
 
     async fn retry_dead(&self, id: i64) -> Result<bool, BackendError> {
+        self.bury_spent().await?;
         // attempts keeps growing (the fencing token); the next delivery's
         // attempt number starts again from 1 above the base.
         let done = sqlx::query(concat!(

@@ -1,6 +1,8 @@
 //! The job queue port on the SQL database: at-least-once delivery with an
 //! ack wait (a delivery's lease on its row), exponential back-off between
-//! attempts and a dead-letter state once the attempts are spent.
+//! attempts and a dead-letter state once the attempts are spent (by a
+//! failed last attempt, or by a last delivery that ran out of ack wait
+//! unsettled: the queue buries that one itself).
 //!
 //! The attempt counter doubles as a fencing token: a delivery's `ack`,
 //! `nack`, `in_progress` and `terminate` only act on the row if it still
@@ -55,6 +57,23 @@ impl SqlJobQueue {
         .map_err(backend)?;
         Ok(done.rows_affected() > 0)
     }
+
+    /// Dead-letters the jobs whose last delivery ran out of ack wait
+    /// unsettled ([`DELIVERIES_SPENT`]), as dead since their lease ended.
+    /// Run first by `next` (so none is delivered past its budget),
+    /// `dead_jobs` and `retry_dead`; `depth` counts them as dead already.
+    async fn bury_spent(&self, now: i64) -> Result<(), BackendError> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'dead', run_at = locked_until, locked_until = NULL, last_error = ? \
+             WHERE state = 'running' AND locked_until <= ? AND attempts - attempt_base >= max_attempts",
+        )
+        .bind(DELIVERIES_SPENT)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
 }
 
 /// Milliseconds as the INTEGER the time columns hold, saturating rather
@@ -83,13 +102,16 @@ impl JobQueue for SqlJobQueue {
 
     async fn next(&self) -> Result<Option<Delivery>, BackendError> {
         let now = now_millis();
+        self.bury_spent(now).await?;
         // One statement: SQLite runs it under the write lock, so two
-        // consumers can never claim the same row.
+        // consumers can never claim the same row (nor one that
+        // `bury_spent` would bury: its attempts are checked again).
         let row: Option<(i64, String, Vec<u8>, i64, i64, i64)> = sqlx::query_as(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_until = ?1 \
              WHERE id = (SELECT id FROM jobs \
                          WHERE (state = 'queued' AND run_at <= ?2) \
-                            OR (state = 'running' AND locked_until <= ?2) \
+                            OR (state = 'running' AND locked_until <= ?2 \
+                                AND attempts - attempt_base < max_attempts) \
                          ORDER BY run_at, id LIMIT 1) \
              RETURNING id, kind, payload, attempts, attempts - attempt_base, max_attempts",
         )
@@ -117,10 +139,14 @@ impl JobQueue for SqlJobQueue {
     async fn depth(&self) -> Result<QueueDepth, BackendError> {
         let now = now_millis();
         let (ready, in_flight, dead): (i64, i64, i64) = sqlx::query_as(
+            // A job whose last delivery ran out unsettled is dead already
+            // (the next `next` buries it).
             "SELECT \
-               coalesce(sum(state = 'queued' OR (state = 'running' AND locked_until <= ?1)), 0), \
+               coalesce(sum(state = 'queued' OR (state = 'running' AND locked_until <= ?1 \
+                                                 AND attempts - attempt_base < max_attempts)), 0), \
                coalesce(sum(state = 'running' AND locked_until > ?1), 0), \
-               coalesce(sum(state = 'dead'), 0) \
+               coalesce(sum(state = 'dead' OR (state = 'running' AND locked_until <= ?1 \
+                                               AND attempts - attempt_base >= max_attempts)), 0) \
              FROM jobs",
         )
         .bind(now)
@@ -146,6 +172,7 @@ impl JobQueue for SqlJobQueue {
     }
 
     async fn dead_jobs(&self, limit: usize) -> Result<Vec<DeadJob>, BackendError> {
+        self.bury_spent(now_millis()).await?;
         // A dead row's run_at is when it died (settle's delay is 0).
         let rows: Vec<(i64, String, Vec<u8>, i64, String, i64)> = sqlx::query_as(
             "SELECT id, kind, payload, attempts - attempt_base, coalesce(last_error, ''), run_at \
@@ -169,6 +196,7 @@ impl JobQueue for SqlJobQueue {
     }
 
     async fn retry_dead(&self, id: i64) -> Result<bool, BackendError> {
+        self.bury_spent(now_millis()).await?;
         // attempts keeps growing (the fencing token); the next delivery's
         // attempt number starts again from 1 above the base.
         let done = sqlx::query(

@@ -112,11 +112,11 @@ impl WorkerConfig {
 /// A failure that retrying cannot mend: the delivery is terminated (the job
 /// dead-lettered now) instead of nacked.
 #[derive(Debug)]
-struct Permanent(&'static str);
+struct Permanent(String);
 
 impl std::fmt::Display for Permanent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
+        f.write_str(&self.0)
     }
 }
 
@@ -268,8 +268,11 @@ impl Worker {
     }
 
     async fn handle(&self, job: &Job) -> anyhow::Result<Outcome> {
-        anyhow::ensure!(job.kind == PROCESS_PHOTO, "unknown job kind {:?}", job.kind);
-        let p = ProcessPhoto::from_payload(&job.payload).context("malformed payload")?;
+        if job.kind != PROCESS_PHOTO {
+            return Err(Permanent(format!("unknown job kind {:?}", job.kind)).into());
+        }
+        let p = ProcessPhoto::from_payload(&job.payload)
+            .map_err(|e| Permanent(format!("malformed payload: {e}")))?;
         let id = PhotoId(p.photo_id);
         let b = &self.backends;
         let Some(photo) = b.store.photo(id).await? else {
@@ -280,15 +283,10 @@ impl Worker {
             self.remove_variants(id).await?;
             return Ok(Outcome::Skipped);
         };
-        // Checked before the attempt budget: a slow last delivery may have
-        // finished after its visibility timeout handed the job out again.
+        // A slow earlier delivery may have finished after its ack wait
+        // handed the job out again.
         if photo.status == PhotoStatus::Ready {
             return Ok(Outcome::Done);
-        }
-        if job.attempt > job.max_attempts {
-            // The previous delivery never came back (the worker died in
-            // it, e.g. on a poison image): stop here.
-            return Err(Permanent("attempts exhausted by deliveries that never finished").into());
         }
         let Some(original) = b.blobs.get(&photo.original_key()).await? else {
             // The web tier deletes the row first, then the blobs: a missing
