@@ -21,8 +21,9 @@
 //!
 //! Both modes use the same stream (work-queue retention, file storage,
 //! `replicas` copies, a 2 minute dedup window, subjects `<name>.job.*`) and
-//! the same durable consumer (explicit acks, a 2 minute ack wait, unlimited
-//! deliveries), the settings `NatsJobQueue` creates. Each mode shares one
+//! the same durable consumer (`store_nats::workers_config`: explicit acks,
+//! the default queue policy's ack wait, max deliveries and back-off), the
+//! settings `NatsJobQueue` creates. Each mode shares one
 //! client connection between its producers and consumers, as a process of
 //! the application does. The queue's streams are deleted at the end.
 
@@ -302,14 +303,7 @@ async fn connect(args: &QueueArgs, name: &str) -> anyhow::Result<(Client, jetstr
                 .await
                 .context("creating the stream")?;
             let consumer = work
-                .create_consumer(consumer::pull::Config {
-                    durable_name: Some(format!("{name}_workers")),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: QueueConfig::default().ack_wait(),
-                    max_deliver: -1,
-                    filter_subject: format!("{name}.job.*"),
-                    ..Default::default()
-                })
+                .create_consumer(store_nats::workers_config(name, &QueueConfig::default()))
                 .await
                 .context("creating the consumer")?;
             let raw = Raw {
@@ -435,7 +429,7 @@ async fn measure(args: &QueueArgs) -> anyhow::Result<QueueReport> {
     let (client, admin) = connect(args, &name).await?;
     let result = phases(&client, args).await;
     // Best effort: a failed run still tries to leave the server clean.
-    for stream in [name.clone(), format!("{name}_DEAD")] {
+    for stream in [name.clone(), format!("{name}_DEAD"), format!("{name}_SPENT")] {
         let _ = admin.delete_stream(&stream).await;
     }
     result

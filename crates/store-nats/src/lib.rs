@@ -47,17 +47,17 @@
 //! died is fenced off because its message is gone.
 //!
 //! Deliberate choices, and what JetStream cannot tell:
-//! - `next` takes a message of the handle's pull in progress, or sends one
-//!   (see `Pull`): for as many messages as the handle's callers of `next`
+//! - `next` takes a message of the handle's pulls in progress, or sends one
+//!   (see `pull`): for as many messages as the handle's callers of `next`
 //!   were seen waiting at once (1 to 64), expired by the server after
-//!   50 ms; once half of a pull is taken the next is sent (`Pulls`), so a
-//!   handle holds at most twice its callers' concurrency in messages not
-//!   yet handed out (a worker stopped meanwhile leaves those to be
-//!   delivered again after their ack wait). When no
-//!   job is ready it answers `None` after those 50 ms, not
-//!   at once (a `no_wait` fetch answers at once but, under concurrent
-//!   consumers, nats-server 2.9 could deliver a message to a fetch already
-//!   answered "no messages", and the job then waited a whole ack wait).
+//!   50 ms; once half of a pull is taken the next is sent, so a handle
+//!   holds at most twice its callers' concurrency in messages not yet
+//!   handed out (a worker stopped meanwhile leaves those to be delivered
+//!   again after their ack wait). When no job is ready it answers `None`
+//!   after those 50 ms, not at once (a `no_wait` fetch answers at once
+//!   but, under concurrent consumers, nats-server 2.9 could deliver a
+//!   message to a fetch already answered "no messages", and the job then
+//!   waited a whole ack wait).
 //! - The attempt number is JetStream's delivery count, bounded by the
 //!   consumer's `max_deliver`: a job is never delivered past its budget.
 //!   A failed last attempt is dead-lettered by its consumer (copied, then
@@ -96,6 +96,7 @@
 //! them.
 
 mod dead;
+mod pull;
 
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::HeaderMap;
@@ -103,7 +104,6 @@ use async_trait::async_trait;
 use domain::ports::{Delivery, DeliveryHandle, JobQueue};
 pub use domain::DeadJob;
 use domain::{BackendError, Job, NackOutcome, QueueConfig, QueueDepth};
-use futures_util::StreamExt;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -117,14 +117,6 @@ const ATTEMPTS_HEADER: &str = "Scalestack-Attempts";
 /// Longest nak delay sent (JetStream's delays are nanoseconds in an i64):
 /// 100 years, "not before the end of time" for a job queue.
 const MAX_NAK_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-/// How long the server keeps a pull request of `next` waiting for a job.
-/// A pull that the server expires itself (it answers 408, and never
-/// delivers after that) cannot lose a message; one the client gives up on
-/// (a `no_wait` fetch answered "no messages" while a message raced to it)
-/// can: that job would wait out a whole ack wait, as an extra attempt.
-const PULL_EXPIRES: Duration = Duration::from_millis(50);
-/// Most messages one pull asks for (see [`Pull`]).
-const MAX_PULL_BATCH: usize = 64;
 /// Publish attempts of one enqueue (same message id) on transport errors.
 const PUBLISH_ATTEMPTS: u32 = 3;
 
@@ -137,6 +129,7 @@ pub struct NatsJobQueue {
 
 struct Inner {
     name: String,
+    client: async_nats::Client,
     context: jetstream::Context,
     work: stream::Stream,
     dead: stream::Stream,
@@ -148,8 +141,10 @@ struct Inner {
     /// The most callers of `next` seen waiting at once since the last pull
     /// was sent: the size of the next one.
     peak: AtomicUsize,
-    /// The pulls in progress, shared by the handle's callers of `next`.
-    pull: tokio::sync::Mutex<Pulls>,
+    /// The handle's pulls (see `pull`), shared by its callers of `next`.
+    pulls: tokio::sync::Mutex<pull::Pulls>,
+    /// Its deliveries in hand, which size the pulls.
+    hand: pull::Hand,
     /// The handle's burier (see `dead`), stopped with the handle.
     burier: OnceLock<tokio::task::AbortHandle>,
 }
@@ -159,6 +154,21 @@ impl Drop for Inner {
         if let Some(burier) = self.burier.get() {
             burier.abort();
         }
+    }
+}
+
+/// The durable consumer `<name>_workers` that every handle of the queue
+/// `name` shares, holding `config`'s retry policy (see the module's
+/// documentation); public so that a benchmark's raw client uses exactly it.
+pub fn workers_config(name: &str, config: &QueueConfig) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(format!("{name}_workers")),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: config.ack_wait(),
+        max_deliver: i64::from(config.max_attempts),
+        backoff: redelivery_schedule(config),
+        filter_subject: format!("{name}.job.*"),
+        ..Default::default()
     }
 }
 
@@ -180,34 +190,6 @@ fn redelivery_schedule(config: &QueueConfig) -> Vec<Duration> {
         schedule.push(wait);
     }
     schedule
-}
-
-/// One pull request of the handle's consumer, for as many messages as
-/// callers of `next` were seen waiting at once since the previous pull was
-/// sent (at most 64): concurrent
-/// callers (a worker's tasks, a benchmark's consumers) share one round trip
-/// instead of one each, and an idle process asks for no more than it has
-/// callers for, so it hoards no job another process could run. The server
-/// expires it after 50 ms; callers take its messages in turn, and one that
-/// finds it ended sends the next.
-struct Pull {
-    /// Just before the request was sent: the start of its messages' ack
-    /// wait on our clock, never later than the server's.
-    asked: Instant,
-    batch: consumer::pull::Batch,
-    /// Messages asked for, and taken by callers so far.
-    want: usize,
-    taken: usize,
-}
-
-/// The pull callers take from, and the next one, sent once half of the
-/// current one is taken (so callers coming back from their acks find
-/// messages on their way instead of waiting for a round trip). Both are
-/// sized by callers that were waiting: no more is asked than callers took.
-#[derive(Default)]
-struct Pulls {
-    current: Option<Pull>,
-    ahead: Option<Pull>,
 }
 
 fn backend(what: &str, e: impl std::fmt::Display) -> BackendError {
@@ -255,7 +237,7 @@ impl NatsJobQueue {
         let client = async_nats::connect(servers)
             .await
             .map_err(|e| backend(&format!("connecting to {url}"), e))?;
-        let context = jetstream::new(client);
+        let context = jetstream::new(client.clone());
         let work = context
             .get_or_create_stream(stream::Config {
                 name: name.to_owned(),
@@ -279,17 +261,8 @@ impl NatsJobQueue {
             })
             .await
             .map_err(|e| backend("creating the dead-letter stream", e))?;
-        let durable = format!("{name}_workers");
         let consumer = work
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(durable),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: config.ack_wait(),
-                max_deliver: i64::from(config.max_attempts),
-                backoff: redelivery_schedule(&config),
-                filter_subject: format!("{name}.job.*"),
-                ..Default::default()
-            })
+            .create_consumer(workers_config(name, &config))
             .await
             .map_err(|e| backend("creating the consumer", e))?;
         let advisories = dead::spent_advisories(&context, name, &format!("{name}_workers"), replicas).await?;
@@ -317,8 +290,10 @@ impl NatsJobQueue {
                 );
             }
         }
+        let pulls = pull::Pulls::open(&client, name, &format!("{name}_workers")).await?;
         let inner = Arc::new(Inner {
             name: name.to_owned(),
+            client,
             context,
             work,
             dead,
@@ -327,7 +302,8 @@ impl NatsJobQueue {
             last_id: AtomicI64::new(0),
             waiting: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
-            pull: tokio::sync::Mutex::new(Pulls::default()),
+            pulls: tokio::sync::Mutex::new(pulls),
+            hand: pull::Hand::new(),
             burier: OnceLock::new(),
         });
         let burier = tokio::spawn(dead::burier(Arc::downgrade(&inner), advisories));
@@ -452,31 +428,6 @@ impl NatsJobQueue {
         Err(backend("publishing a job", last_error.unwrap_or_default()))
     }
 
-    /// Sends a pull request for as many messages as callers of `next` were
-    /// seen waiting at once since the previous one (the callers'
-    /// concurrency: while each acks its job, fewer wait), 1 to 64.
-    async fn send_pull(&self) -> Result<Pull, BackendError> {
-        let waiting = self.inner.waiting.load(Ordering::Relaxed);
-        let want = self.inner.peak.swap(waiting, Ordering::Relaxed).max(waiting);
-        let want = want.clamp(1, MAX_PULL_BATCH);
-        let asked = Instant::now();
-        let batch = self
-            .inner
-            .consumer
-            .batch()
-            .max_messages(want)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await
-            .map_err(|e| backend("fetching a job", e))?;
-        Ok(Pull {
-            asked,
-            batch,
-            want,
-            taken: 0,
-        })
-    }
-
     /// Publishes a job whose id was made elsewhere (a transactional
     /// outbox's row): a publish of the same id inside the dedup window (2
     /// minutes), by anyone, is stored once, so a relay that publishes again
@@ -518,45 +469,10 @@ impl JobQueue for NatsJobQueue {
         let now = self.inner.waiting.fetch_add(1, Ordering::Relaxed) + 1;
         self.inner.peak.fetch_max(now, Ordering::Relaxed);
         let _waiting = Waiting(&self.inner.waiting);
-        let ack_wait = self.inner.config.ack_wait();
-        let mut pulls = self.inner.pull.lock().await;
-        let mut fresh = false;
-        let (asked, message) = loop {
-            if pulls.current.is_none() {
-                pulls.current = match pulls.ahead.take() {
-                    Some(ahead) => Some(ahead),
-                    None => Some(self.send_pull().await?),
-                };
-                fresh = true;
-            }
-            // Half of this pull taken by callers: ask for the next now, so
-            // its messages are on their way when the callers come back.
-            let half_taken = pulls.current.as_ref().is_some_and(|c| c.taken * 2 >= c.want);
-            if half_taken && pulls.ahead.is_none() {
-                pulls.ahead = Some(self.send_pull().await?);
-            }
-            let current = pulls.current.as_mut().expect("a pull in progress");
-            match current.batch.next().await {
-                Some(Ok(m)) if current.asked + ack_wait > Instant::now() => {
-                    current.taken += 1;
-                    break (current.asked, m);
-                }
-                // Delivered to a caller that gave up, and its ack wait ran
-                // out meanwhile: the server delivers it again.
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    pulls.current = None;
-                    return Err(backend("fetching a job", e));
-                }
-                None => {
-                    pulls.current = None;
-                    if fresh && pulls.ahead.is_none() {
-                        return Ok(None); // our own pull found nothing
-                    }
-                }
-            }
+        let Some((asked, message)) = self.take().await? else {
+            return Ok(None);
         };
-        drop(pulls);
+        let ack_wait = self.inner.config.ack_wait();
         let (attempt, sequence) = {
             let info = message.info().map_err(|e| backend("reading a delivery", e))?;
             (
@@ -581,6 +497,7 @@ impl JobQueue for NatsJobQueue {
         };
         let handle = NatsDelivery {
             queue: self.clone(),
+            _in_hand: pull::InHand::new(&self.inner),
             message,
             sequence,
             state: Mutex::new(State {
@@ -738,6 +655,7 @@ struct NatsDelivery {
     message: jetstream::Message,
     sequence: u64,
     state: Mutex<State>,
+    _in_hand: pull::InHand,
 }
 
 impl NatsDelivery {
@@ -863,6 +781,40 @@ impl DeliveryHandle for NatsDelivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_consumer_backs_off_past_the_ack_wait() {
+        let secs = |v: Vec<Duration>| v.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>();
+        // The default policy: 5 deliveries, 1 s doubling, a 2 minute ack wait.
+        let default = QueueConfig::default();
+        assert_eq!(
+            secs(redelivery_schedule(&default)),
+            [121_000, 122_000, 124_000, 128_000]
+        );
+        // JetStream wants fewer entries than deliveries; one delivery has none.
+        let once = QueueConfig {
+            max_attempts: 1,
+            ..default
+        };
+        assert!(redelivery_schedule(&once).is_empty());
+        // The list stops at the ceiling: JetStream repeats its last entry.
+        let capped = QueueConfig {
+            max_attempts: 1000,
+            backoff_ms: 100,
+            max_backoff_ms: 300,
+            ack_wait_ms: 1000,
+        };
+        assert_eq!(secs(redelivery_schedule(&capped)), [1100, 1200, 1300]);
+        let config = workers_config("jobs", &default);
+        assert_eq!(
+            (
+                config.durable_name.as_deref(),
+                config.max_deliver,
+                config.backoff.len()
+            ),
+            (Some("jobs_workers"), 5, 4)
+        );
+    }
 
     #[test]
     fn job_ids_end_subjects() {
