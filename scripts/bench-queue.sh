@@ -17,13 +17,15 @@
 #
 #   scripts/bench-queue.sh
 #   JOBS=5000 REPS=1 CONFIGS="1:default" scripts/bench-queue.sh
+#   JOB=photo JOBS=200 scripts/bench-queue.sh     # the photo job's work per job
 #
 # Environment (defaults): BIN (target/release/scalestack), NATS_SERVER (the
 # newest /usr/local/lib/scalestack/nats-server-*/nats-server that
 # scripts/setup.sh installs, else nats-server on PATH; 2.10 or later for
 # sync always), JOBS (20000), PAYLOAD (64 bytes), PRODUCERS (8), CONSUMERS
 # (8), BATCH (200: raw consumers' messages per pull request, async-nats's
-# default), REPS (3), CONFIGS ("1:default 1:always 3:default 3:always":
+# default), JOB (noop, or photo: each consumer renders a 1600x1200 JPEG's
+# variants per job, in both modes), REPS (3), CONFIGS ("1:default 1:always 3:default 3:always":
 # nodes:sync), PORT (14322: client ports PORT..PORT+2), CLUSTER_PORT
 # (16322: route ports CLUSTER_PORT..+2), KEEP (unset: set to keep the
 # working directory with configs, logs and raw JSON).
@@ -40,6 +42,7 @@ PAYLOAD=${PAYLOAD:-64}
 PRODUCERS=${PRODUCERS:-8}
 CONSUMERS=${CONSUMERS:-8}
 BATCH=${BATCH:-200}
+JOB=${JOB:-noop}
 REPS=${REPS:-3}
 CONFIGS=${CONFIGS:-"1:default 1:always 3:default 3:always"}
 PORT=${PORT:-14322}
@@ -66,6 +69,7 @@ if [[ -z ${NATS_SERVER:-} ]]; then
     [[ -n $NATS_SERVER ]] || NATS_SERVER=$(command -v nats-server || true)
 fi
 [[ -n $NATS_SERVER && -x $NATS_SERVER ]] || die "nats-server not found: run 'scripts/setup.sh' (or set NATS_SERVER)"
+[[ $JOB == noop || $JOB == photo ]] || die "JOB must be noop or photo, not '$JOB'"
 for config in $CONFIGS; do
     [[ $config =~ ^(1|3):(default|always)$ ]] || die "CONFIGS entries are nodes:sync with nodes 1 or 3 and sync default or always, not '$config'"
 done
@@ -159,7 +163,7 @@ start_nodes() {
 bench() {
     local out
     out=$(RUST_LOG=warn "$BIN" bench queue --url "$URLS" --mode "$1" --replicas "$2" --jobs "${3:-$JOBS}" \
-        --payload "$PAYLOAD" --producers "$PRODUCERS" --consumers "$CONSUMERS" --batch "$BATCH" --json \
+        --payload "$PAYLOAD" --producers "$PRODUCERS" --consumers "$CONSUMERS" --batch "$BATCH" --job "$JOB" --json \
         2>>"$WORK/bench.log") || { echo "$out" >>"$WORK/bench.log"; return 1; }
     grep -v '^{' <<<"$out" >>"$WORK/bench.log" || true
     grep '^{' <<<"$out" | tail -n 1
@@ -169,7 +173,7 @@ bench() {
 warm_up() {
     local i
     for ((i = 0; i < 30; i++)); do
-        bench raw "$1" 200 >/dev/null && return 0
+        bench raw "$1" 20 >/dev/null && return 0
         sleep 1
     done
     die "JetStream did not take a stream within 30 s (see $WORK/bench.log; KEEP=1 keeps it)"
@@ -188,8 +192,8 @@ echo
 echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "- machine: $(nproc) CPUs, ${cpu:-unknown CPU}, kernel $(uname -r), load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- server: $("$NATS_SERVER" --version 2>&1 | head -n 1), file storage under ${TMPDIR:-/tmp} ($(df -T "$WORK" | awk 'NR == 2 {print $2}'))"
-echo "- each run: $JOBS jobs of $PAYLOAD B per phase, $PRODUCERS producers, $CONSUMERS consumers, one connection;" \
-    "raw consumers pull $BATCH messages per request, the port's next pulls one; median of $REPS runs per mode, alternating order"
+echo "- each run: $JOBS $JOB jobs of $PAYLOAD B per phase, $PRODUCERS producers, $CONSUMERS consumers, one connection;" \
+    "raw consumers pull $BATCH messages per request, the port's pulls are sized by its callers; median of $REPS runs per mode, alternating order"
 echo
 
 : >"$WORK/results.tsv"

@@ -60,6 +60,19 @@ pub enum QueueMode {
     Raw,
 }
 
+/// What each job costs its consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueJob {
+    /// Nothing: the queue's own cost.
+    Noop,
+    /// The photo job's work: decode a JPEG of `--photo-width` x
+    /// `--photo-height` and render every variant (`imaging::render_all`,
+    /// what the worker runs between reading the original and storing the
+    /// variants), on the blocking pool.
+    Photo,
+}
+
 /// Options of `bench queue`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct QueueArgs {
@@ -89,6 +102,15 @@ pub struct QueueArgs {
     /// `next` pulls one.
     #[arg(long, default_value_t = 200, value_parser = crate::parse_at_least_one)]
     pub batch: usize,
+    /// The work each job costs its consumer, the same in both modes.
+    #[arg(long, value_enum, default_value_t = QueueJob::Noop)]
+    pub job: QueueJob,
+    /// Width of the photo job's JPEG.
+    #[arg(long, default_value_t = 1600, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub photo_width: u32,
+    /// Height of the photo job's JPEG.
+    #[arg(long, default_value_t = 1200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub photo_height: u32,
     /// Print one JSON object instead of the human-readable report.
     #[arg(long)]
     pub json: bool,
@@ -99,6 +121,8 @@ pub struct QueueArgs {
 pub struct QueueReport {
     /// The client measured.
     pub mode: QueueMode,
+    /// The work of each job.
+    pub job: QueueJob,
     /// Jobs per phase.
     pub jobs: u64,
     /// Payload bytes per job.
@@ -127,8 +151,8 @@ impl std::fmt::Display for QueueReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "mode {:?}: {} jobs of {} B, {} producers, {} consumers, {} replica(s)",
-            self.mode, self.jobs, self.payload, self.producers, self.consumers, self.replicas
+            "mode {:?}, job {:?}: {} jobs of {} B, {} producers, {} consumers, {} replica(s)",
+            self.mode, self.job, self.jobs, self.payload, self.producers, self.consumers, self.replicas
         )?;
         writeln!(f, "  enqueue     {:>10.0} jobs/s", self.enqueue_jobs_per_s)?;
         writeln!(f, "  drain       {:>10.0} jobs/s", self.drain_jobs_per_s)?;
@@ -341,12 +365,14 @@ impl Client {
         Ok(())
     }
 
-    /// Takes and acks jobs forever (the phase aborts it when done).
-    async fn consume(self, current: Current) -> anyhow::Result<()> {
+    /// Takes jobs, does their `work` and acks them, forever (the phase
+    /// aborts it when done).
+    async fn consume(self, current: Current, work: Work) -> anyhow::Result<()> {
         let progress = || current.lock().map(|p| p.clone()).ok();
         match self {
             Client::Port(queue) => loop {
                 if let Some(delivery) = queue.next().await.context("next")? {
+                    work.run().await?;
                     delivery.ack().await.context("ack")?;
                     if let Some(p) = progress() {
                         p.acked(&delivery.job().payload);
@@ -363,6 +389,7 @@ impl Client {
                     .context("pulling")?;
                 while let Some(message) = messages.next().await {
                     let message = message.map_err(|e| anyhow::anyhow!("pulling: {e}"))?;
+                    work.run().await?;
                     message
                         .double_ack()
                         .await
@@ -374,6 +401,27 @@ impl Client {
                 anyhow::bail!("the pull stream ended")
             }
         }
+    }
+}
+
+/// The work of one job (see [`QueueJob`]).
+#[derive(Clone)]
+enum Work {
+    Noop,
+    /// The JPEG to render.
+    Photo(Arc<Vec<u8>>),
+}
+
+impl Work {
+    async fn run(&self) -> anyhow::Result<()> {
+        if let Work::Photo(original) = self {
+            let original = original.clone();
+            tokio::task::spawn_blocking(move || imaging::render_all(&original, u64::MAX))
+                .await
+                .context("render task")?
+                .context("rendering the photo")?;
+        }
+        Ok(())
     }
 }
 
@@ -436,6 +484,13 @@ async fn measure(args: &QueueArgs) -> anyhow::Result<QueueReport> {
 }
 
 async fn phases(client: &Client, args: &QueueArgs) -> anyhow::Result<QueueReport> {
+    let work = match args.job {
+        QueueJob::Noop => Work::Noop,
+        QueueJob::Photo => Work::Photo(Arc::new(imaging::samples::jpeg(
+            args.photo_width,
+            args.photo_height,
+        ))),
+    };
     let epoch = Instant::now();
 
     let start = Instant::now();
@@ -450,7 +505,7 @@ async fn phases(client: &Client, args: &QueueArgs) -> anyhow::Result<QueueReport
     let mut consumers = tokio::task::JoinSet::new();
     let start = Instant::now();
     for _ in 0..args.consumers {
-        consumers.spawn(client.clone().consume(current.clone()));
+        consumers.spawn(client.clone().consume(current.clone(), work.clone()));
     }
     let drained = wait_done(&drain_progress, &mut consumers).await;
     let drain = start.elapsed();
@@ -481,6 +536,7 @@ async fn phases(client: &Client, args: &QueueArgs) -> anyhow::Result<QueueReport
         .clone();
     Ok(QueueReport {
         mode: args.mode,
+        job: args.job,
         jobs: args.jobs,
         payload: args.payload,
         producers: args.producers,
@@ -536,6 +592,9 @@ mod tests {
             consumers: 1,
             replicas: 3,
             batch: 1,
+            job: QueueJob::Noop,
+            photo_width: 16,
+            photo_height: 16,
             json: false,
         };
         assert!(args.validate().is_ok());

@@ -112,6 +112,16 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ImagingErro
     Ok(img)
 }
 
+/// The photo job's work: decodes `original` (at most `max_pixels`) and
+/// renders every variant.
+pub fn render_all(original: &[u8], max_pixels: u64) -> Result<Vec<(Variant, Vec<u8>)>, ImagingError> {
+    let img = decode(original, max_pixels)?;
+    Variant::ALL
+        .into_iter()
+        .map(|v| Ok((v, render(&img, v)?)))
+        .collect()
+}
+
 /// Renders one variant of a decoded image as JPEG bytes.
 pub fn render(img: &DynamicImage, variant: Variant) -> Result<Vec<u8>, ImagingError> {
     let out = match variant {

@@ -298,15 +298,9 @@ impl Worker {
         };
         let max_pixels = self.settings.max_pixels;
         // Decoding and filtering are CPU-bound: keep them off the reactor.
-        let rendered = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(Variant, Vec<u8>)>> {
-            let img = imaging::decode(&original, max_pixels)?;
-            Variant::ALL
-                .into_iter()
-                .map(|v| Ok((v, imaging::render(&img, v)?)))
-                .collect()
-        })
-        .await
-        .context("render task panicked")??;
+        let rendered = tokio::task::spawn_blocking(move || imaging::render_all(&original, max_pixels))
+            .await
+            .context("render task panicked")??;
         for (variant, bytes) in rendered {
             b.blobs.put(&variant.blob_key(id), Bytes::from(bytes)).await?;
         }
