@@ -387,9 +387,11 @@ pub async fn terminate_dead_letters_at_once(adapter: &dyn QueueAdapter) {
 
 /// A delivery whose consumer dies (never settles it) counts as an attempt:
 /// a poison job that kills every consumer still reaches its last attempt,
-/// whose nack dead-letters it. And when the last delivery dies too, the
-/// queue dead-letters the job itself ([`DELIVERIES_SPENT`]): it is never
-/// delivered past its budget.
+/// whose nack dead-letters it. When the last delivery dies too, the job is
+/// delivered once more with an attempt past `max_attempts`, so that a
+/// consumer can see the budget spent and dead-letter it. And when even that
+/// one dies, the queue dead-letters the job itself ([`DELIVERIES_SPENT`])
+/// and never delivers it again.
 pub async fn a_dead_worker_counts_as_an_attempt(adapter: &dyn QueueAdapter) {
     let s = adapter.fresh(expiring(200)).await;
     let q = &*s.queue;
@@ -409,27 +411,43 @@ pub async fn a_dead_worker_counts_as_an_attempt(adapter: &dyn QueueAdapter) {
         let d = next_eventually(q, "the delivery after a dead one").await;
         assert_eq!((d.job().id, d.job().attempt), (killer, attempt));
     }
-    // The last delivery dies too. Consumers keep asking (a broker may
-    // notice the spent budget only then), and get nothing.
+    let past = next_eventually(q, "the delivery past the budget").await;
+    assert_eq!(
+        (past.job().id, past.job().attempt, past.job().max_attempts),
+        (killer, 4, 3)
+    );
+    assert_eq!(
+        past.terminate("attempts exhausted").await.unwrap(),
+        NackOutcome::DeadLettered
+    );
+    check_depth(adapter, q, depth(0, 0, 2), "").await;
+
+    let undying = q.enqueue("photo", b"kills even the last consumer").await.unwrap();
+    for attempt in 1..=4 {
+        let d = next_eventually(q, "the delivery after a dead one").await;
+        assert_eq!((d.job().id, d.job().attempt), (undying, attempt));
+    }
+    // The delivery past the budget dies too. Consumers keep asking (a
+    // broker may notice the spent budget only then), and get nothing.
     let deadline = Instant::now() + PATIENCE;
-    while !dead_ids(q, 10).await.contains(&killer) {
+    while !dead_ids(q, 10).await.contains(&undying) {
         if let Some(d) = q.next().await.unwrap() {
-            panic!("delivered past its budget: {:?}", d.job());
+            panic!("delivered twice past its budget: {:?}", d.job());
         }
         assert!(Instant::now() < deadline, "the spent job was never dead-lettered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let dead = q.dead_jobs(10).await.unwrap();
-    let spent = dead.iter().find(|j| j.id == killer).unwrap();
+    let spent = dead.iter().find(|j| j.id == undying).unwrap();
     assert_eq!(
         (
             spent.attempts,
             spent.last_error.as_str(),
             spent.payload.as_slice()
         ),
-        (3, DELIVERIES_SPENT, &b"kills every consumer"[..])
+        (4, DELIVERIES_SPENT, &b"kills even the last consumer"[..])
     );
-    check_depth(adapter, q, depth(0, 0, 2), "").await;
+    check_depth(adapter, q, depth(0, 0, 3), "").await;
     assert!(q.next().await.unwrap().is_none());
 }
 

@@ -49,6 +49,8 @@ pub async fn run_all(store: &dyn Store) {
     lists_hold_only_their_owners_photos(store).await;
     announce("store", "a_deleted_photo_is_gone_with_what_it_recorded");
     a_deleted_photo_is_gone_with_what_it_recorded(store).await;
+    announce("store", "stalled_uploads_are_processing_photos_without_a_job");
+    stalled_uploads_are_processing_photos_without_a_job(store).await;
 }
 
 /// A taken username is a conflict; users are found by name and by id with
@@ -286,4 +288,45 @@ pub async fn a_deleted_photo_is_gone_with_what_it_recorded(store: &dyn Store) {
     let prof = store.profile(a).await.unwrap().unwrap();
     assert_eq!((prof.followers, prof.following), (1, 0));
     assert_eq!(store.delete_photo(PhotoId(NO_SUCH_ID)).await.unwrap(), None);
+}
+
+/// `stalled_uploads` lists the photos still `processing` with no recorded
+/// job created before the cutoff, oldest first: not one with a job, nor a
+/// `ready` or `failed` one, nor one created at or after the cutoff.
+pub async fn stalled_uploads_are_processing_photos_without_a_job(store: &dyn Store) {
+    let (a, _) = user(store, "uploader").await;
+    let stalled = store.create_photo(&new_photo(a)).await.unwrap();
+    let later = store.create_photo(&new_photo(a)).await.unwrap();
+    let with_job = store.create_photo(&new_photo(a)).await.unwrap().id;
+    store.record_photo_job(with_job, 5).await.unwrap();
+    let ready = store.create_photo(&new_photo(a)).await.unwrap().id;
+    store.set_photo_status(ready, PhotoStatus::Ready).await.unwrap();
+    let failed = store.create_photo(&new_photo(a)).await.unwrap().id;
+    store.set_photo_status(failed, PhotoStatus::Failed).await.unwrap();
+    let ours = |photos: Vec<Photo>| -> Vec<PhotoId> {
+        photos
+            .into_iter()
+            .filter(|p| p.owner_id == a)
+            .map(|p| p.id)
+            .collect()
+    };
+    let cutoff = later.created_at_ms + 1;
+    assert_eq!(
+        ours(store.stalled_uploads(cutoff, 100_000).await.unwrap()),
+        vec![stalled.id, later.id]
+    );
+    // Strictly before the cutoff.
+    assert_eq!(
+        ours(
+            store
+                .stalled_uploads(stalled.created_at_ms, 100_000)
+                .await
+                .unwrap()
+        ),
+        Vec::<PhotoId>::new()
+    );
+    // The limit keeps the oldest.
+    let oldest = store.stalled_uploads(cutoff, 1).await.unwrap();
+    assert_eq!(oldest.len(), 1);
+    assert!(oldest[0].created_at_ms <= stalled.created_at_ms);
 }

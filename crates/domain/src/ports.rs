@@ -34,6 +34,11 @@ pub trait Store: Send + Sync + 'static {
     /// ([`DeletedPhoto::jobs`]). [`StoreError::NotFound`] if the photo is
     /// gone (deleted meanwhile).
     async fn record_photo_job(&self, id: PhotoId, job: i64) -> Result<(), StoreError>;
+    /// Photos still `processing` without a recorded job, created before
+    /// `before_ms`, oldest first, at most `limit`: uploads whose process
+    /// died between the photo's row and its job (no 202 was sent), or whose
+    /// job id could not be recorded. The worker's reconciler finishes them.
+    async fn stalled_uploads(&self, before_ms: i64, limit: usize) -> Result<Vec<Photo>, StoreError>;
     /// Looks a photo up.
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError>;
     /// Moves a photo to a new status. A `ready` photo never becomes
@@ -102,10 +107,13 @@ pub trait SessionStore: Send + Sync + 'static {
 /// ([`QueueConfig`](crate::QueueConfig); JetStream's consumer holds it as
 /// its ack wait, max deliveries and back-off). A delivery whose consumer
 /// dies (never settles) counts as an attempt: once its ack wait runs out,
-/// the job is delivered again with the next attempt number, and when that
-/// was its last attempt the queue dead-letters it itself, with the error
-/// [`DELIVERIES_SPENT`](crate::DELIVERIES_SPENT): no job is ever delivered
-/// past its budget.
+/// the job is delivered again with the next attempt number. When its last
+/// attempt dies too, the job is delivered once more with an attempt past
+/// `max_attempts`, so that a consumer sees the budget spent and
+/// dead-letters it with its own handling (`terminate`, without running
+/// it); and if that delivery dies as well, the queue dead-letters the job
+/// itself with the error [`DELIVERIES_SPENT`](crate::DELIVERIES_SPENT) and
+/// never delivers it again.
 ///
 /// A delivery owns its job until it is settled or the job is delivered
 /// again; after that its settlements change nothing (a late `ack` is

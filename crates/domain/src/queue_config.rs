@@ -6,9 +6,10 @@ use crate::Job;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// The last error of a job its queue dead-lettered itself: its last
-/// delivery ran out of ack wait unsettled (every consumer of it died or
-/// hung), so no consumer ever saw the budget spent.
+/// The last error of a job its queue dead-lettered itself: even its
+/// delivery past the budget (the one that lets a consumer dead-letter it
+/// with its own handling) ran out of ack wait unsettled, every consumer of
+/// it having died or hung.
 pub const DELIVERIES_SPENT: &str =
     "deliveries spent: the last one was never settled (its consumer died or hung)";
 

@@ -2,8 +2,9 @@
 //! - a delivery's consumer gives up on it (a `nack` of its last attempt, a
 //!   `terminate`): [`NatsJobQueue::bury`], then the delivery is `+TERM`ed;
 //! - its deliveries run out without a settlement (every consumer of it died
-//!   or hung): JetStream stops delivering it once the consumer's
-//!   `max_deliver` is spent and publishes a max-deliveries advisory, which
+//!   or hung, the one past the budget too): JetStream stops delivering it
+//!   once the consumer's `max_deliver` is spent and publishes a
+//!   max-deliveries advisory, which
 //!   the stream `<name>_SPENT` keeps (so none is lost while no process
 //!   listens); every handle's burier takes them from the durable consumer
 //!   `<name>_buriers` and buries each job with [`DELIVERIES_SPENT`].

@@ -14,8 +14,8 @@
 //!   retried job that dies again is not taken for a duplicate);
 //! - the durable pull consumer `<name>_workers` on the work stream, shared
 //!   by every handle (every process), which owns the [`QueueConfig`]'s
-//!   retry policy: explicit acks, `max_deliver` = its attempts, and a
-//!   `backoff` list (see `redelivery_schedule`) that JetStream applies to
+//!   retry policy: explicit acks, `max_deliver` = its attempts + 1 (see
+//!   below), and a `backoff` list (see `redelivery_schedule`) that JetStream applies to
 //!   every delivery left unsettled, each entry the ack wait plus the
 //!   back-off of that attempt;
 //! - the stream `<name>_SPENT` (work-queue retention) keeping JetStream's
@@ -58,14 +58,17 @@
 //!   but, under concurrent consumers, nats-server 2.9 could deliver a
 //!   message to a fetch already answered "no messages", and the job then
 //!   waited a whole ack wait).
-//! - The attempt number is JetStream's delivery count, bounded by the
-//!   consumer's `max_deliver`: a job is never delivered past its budget.
-//!   A failed last attempt is dead-lettered by its consumer (copied, then
-//!   `+TERM`ed); a last delivery that nobody settles is dead-lettered by a
-//!   burier once JetStream gives up on it. JetStream notices that (and
-//!   publishes the advisory) when it next looks for a message to deliver,
-//!   so until some consumer pulls, the spent job still counts in the work
-//!   stream (as waiting).
+//! - The attempt number is JetStream's delivery count. A failed last
+//!   attempt is dead-lettered by its consumer (copied, then `+TERM`ed).
+//!   When the last attempt's consumer dies instead, the consumer's
+//!   `max_deliver` allows one delivery more, with an attempt past
+//!   `max_attempts`: its consumer sees the budget spent and terminates it
+//!   with its own handling (the worker marks the photo failed without
+//!   rendering it). If that one dies as well, JetStream gives up and a
+//!   burier dead-letters the job. JetStream notices that (and publishes the
+//!   advisory) when it next looks for a message to deliver, so until some
+//!   consumer pulls, the spent job still counts in the work stream (as
+//!   waiting).
 //! - Fencing: JetStream accepts a settlement from any delivery of a
 //!   message, even one overtaken by a redelivery. So a delivery fences
 //!   itself: it counts as stale once settled, once its message is gone
@@ -165,7 +168,9 @@ pub fn workers_config(name: &str, config: &QueueConfig) -> consumer::pull::Confi
         durable_name: Some(format!("{name}_workers")),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: config.ack_wait(),
-        max_deliver: i64::from(config.max_attempts),
+        // One delivery past the budget: its consumer sees the attempts spent
+        // and dead-letters the job with its own handling.
+        max_deliver: i64::from(config.max_attempts) + 1,
         backoff: redelivery_schedule(config),
         filter_subject: format!("{name}.job.*"),
         ..Default::default()
@@ -812,7 +817,7 @@ mod tests {
                 config.max_deliver,
                 config.backoff.len()
             ),
-            (Some("jobs_workers"), 5, 4)
+            (Some("jobs_workers"), 6, 4)
         );
     }
 

@@ -9,9 +9,11 @@
 //! round trip instead of one each, a short job waits in the handle at most
 //! about one short job's time, and a process running long jobs (a photo
 //! takes seconds) asks only for callers that wait: it hoards no job another
-//! process could start. Once half of a pull is taken, the next is sent on
-//! the other slot, so callers coming back from their acks find messages on
-//! their way instead of waiting for a round trip. The server expires each
+//! process could start. While jobs are short, once half of a pull is taken
+//! the next is sent on the other slot, so callers coming back from their
+//! acks find messages on their way instead of waiting for a round trip
+//! (for long jobs the round trip is nothing, and a message pulled ahead
+//! would wait in a worker that may be stopping). The server expires each
 //! pull after 50 ms.
 //!
 //! Each slot holds at most one pull at a time, so every message and status
@@ -64,10 +66,15 @@ impl Hand {
         }
     }
 
+    /// Whether jobs are short: held under [`SHORT_JOB`] on average.
+    fn short_jobs(&self) -> bool {
+        self.mean_us.load(Ordering::Relaxed) < SHORT_JOB.as_micros() as u64
+    }
+
     /// Deliveries in hand whose callers will soon ask again: all of them
     /// while jobs are short, none otherwise.
     fn soon_back(&self) -> usize {
-        if self.mean_us.load(Ordering::Relaxed) < SHORT_JOB.as_micros() as u64 {
+        if self.short_jobs() {
             self.count.load(Ordering::Relaxed)
         } else {
             0
@@ -216,7 +223,7 @@ impl NatsJobQueue {
                     } else {
                         (1, 0)
                     };
-                    if pulls.slots[busy].half_taken() {
+                    if pulls.slots[busy].half_taken() && self.inner.hand.short_jobs() {
                         self.send_pull(&mut pulls, free).await?;
                     }
                 }

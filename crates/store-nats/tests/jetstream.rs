@@ -267,10 +267,11 @@ async fn a_retry_that_crashed_midway_leaves_the_job_in_both_streams() {
 }
 
 /// The consumer holds the queue's retry policy (a user sees it in `nats
-/// consumer info`): max deliveries = attempts, and a back-off of ack wait
-/// plus back-off per attempt. A job whose last delivery dies while no
-/// handle runs is still dead-lettered: JetStream's max-deliveries advisory
-/// waits in `<name>_SPENT` until a handle's burier takes it.
+/// consumer info`): max deliveries = attempts + the one past the budget,
+/// and a back-off of ack wait plus back-off per attempt. A job whose every
+/// delivery dies, the last while no handle runs, is still dead-lettered:
+/// JetStream's max-deliveries advisory waits in `<name>_SPENT` until a
+/// handle's burier takes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_spent_while_no_handle_listened_is_buried_by_the_next() {
     let nats = TestNats::start().await;
@@ -291,12 +292,12 @@ async fn a_job_spent_while_no_handle_listened_is_buried_by_the_next() {
         .await
         .unwrap();
     let policy = &workers.info().await.unwrap().config;
-    assert_eq!(policy.max_deliver, 2);
+    assert_eq!(policy.max_deliver, 3);
     assert_eq!(policy.backoff, vec![Duration::from_millis(350)]);
 
     let id = q.enqueue("photo", b"kills every worker").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    for attempt in 1..=2 {
+    for attempt in 1..=3 {
         let d = loop {
             if let Some(d) = q.next().await.unwrap() {
                 break d;
@@ -335,7 +336,7 @@ async fn a_job_spent_while_no_handle_listened_is_buried_by_the_next() {
     };
     assert_eq!(
         (dead.attempts, dead.last_error.as_str(), dead.payload.as_slice()),
-        (2, domain::DELIVERIES_SPENT, &b"kills every worker"[..])
+        (3, domain::DELIVERIES_SPENT, &b"kills every worker"[..])
     );
     let d = q.depth().await.unwrap();
     assert_eq!((d.ready + d.in_flight, d.dead), (0, 1));

@@ -93,10 +93,10 @@ impl PgJobQueue {
     }
 }
 
-/// The statement that dead-letters the jobs whose last delivery ran out of
-/// ack wait unsettled, as dead since their lease ended; `$1` is
-/// [`DELIVERIES_SPENT`]. Run first by `next` (so none is delivered past its
-/// budget), `dead_jobs` and `retry_dead`; `depth` counts them as dead
+/// The statement that dead-letters the jobs whose delivery past the budget
+/// ran out of ack wait unsettled, as dead since their lease ended; `$1` is
+/// [`DELIVERIES_SPENT`]. Run first by `next` (so none is delivered twice
+/// past its budget), `dead_jobs` and `retry_dead`; `depth` counts them as dead
 /// already.
 macro_rules! bury_spent {
     () => {
@@ -104,7 +104,7 @@ macro_rules! bury_spent {
             "UPDATE jobs SET state = 'dead', run_at = locked_until, locked_until = NULL, last_error = $1 \
              WHERE state = 'running' AND locked_until <= ",
             now_ms!(),
-            " AND attempts - attempt_base >= max_attempts"
+            " AND attempts - attempt_base > max_attempts"
         )
     };
 }
@@ -157,9 +157,9 @@ impl JobQueue for PgJobQueue {
         // someone else since this statement's snapshot is re-checked
         // against the WHERE clause and passed over. So two consumers never
         // get one job, and neither waits for the other.
-        // The first statement of the WITH buries the jobs whose last
-        // delivery ran out of ack wait unsettled ([`DELIVERIES_SPENT`]):
-        // the claim passes them over, so none is delivered past its budget.
+        // The first statement of the WITH buries the jobs whose delivery
+        // past the budget ran out of ack wait unsettled
+        // ([`DELIVERIES_SPENT`]): the claim passes them over.
         let row: Option<(i64, String, Vec<u8>, i32, i32, i32)> = sqlx::query_as(concat!(
             "WITH buried AS (",
             bury_spent!(),
@@ -171,7 +171,7 @@ impl JobQueue for PgJobQueue {
             now_ms!(),
             ") OR (state = 'running' AND locked_until <= ",
             now_ms!(),
-            " AND attempts - attempt_base < max_attempts) \
+            " AND attempts - attempt_base <= max_attempts) \
              ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, kind, payload, attempts, attempts - attempt_base, max_attempts"
         ))
@@ -198,17 +198,17 @@ impl JobQueue for PgJobQueue {
 
     async fn depth(&self) -> Result<QueueDepth, BackendError> {
         let (ready, in_flight, dead): (i64, i64, i64) = sqlx::query_as(concat!(
-            // A job whose last delivery ran out unsettled is dead already
+            // A job whose delivery past the budget ran out unsettled is dead already
             // (the next `next` buries it).
             "SELECT \
                count(*) FILTER (WHERE state = 'queued' OR (state = 'running' AND locked_until <= ",
             now_ms!(),
-            " AND attempts - attempt_base < max_attempts)), \
+            " AND attempts - attempt_base <= max_attempts)), \
                count(*) FILTER (WHERE state = 'running' AND locked_until > ",
             now_ms!(),
             "), count(*) FILTER (WHERE state = 'dead' OR (state = 'running' AND locked_until <= ",
             now_ms!(),
-            " AND attempts - attempt_base >= max_attempts)) \
+            " AND attempts - attempt_base > max_attempts)) \
              FROM jobs"
         ))
         .fetch_one(&self.pool()?)

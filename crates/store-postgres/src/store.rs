@@ -184,6 +184,22 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn stalled_uploads(&self, before_ms: i64, limit: usize) -> Result<Vec<Photo>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            photo_columns!(),
+            " FROM photos p JOIN users u ON u.id = p.owner_id \
+             WHERE p.status = 'processing' AND p.job_id IS NULL AND p.created_at < $1 \
+             ORDER BY p.created_at, p.id LIMIT $2"
+        ))
+        .bind(before_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(photo_from_row).collect()
+    }
+
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",

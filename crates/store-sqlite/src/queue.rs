@@ -1,8 +1,9 @@
 //! The job queue port on the SQL database: at-least-once delivery with an
 //! ack wait (a delivery's lease on its row), exponential back-off between
 //! attempts and a dead-letter state once the attempts are spent (by a
-//! failed last attempt, or by a last delivery that ran out of ack wait
-//! unsettled: the queue buries that one itself).
+//! failed last attempt, by a consumer given the delivery past the budget,
+//! or, when that one too runs out of ack wait unsettled, by the queue
+//! itself).
 //!
 //! The attempt counter doubles as a fencing token: a delivery's `ack`,
 //! `nack`, `in_progress` and `terminate` only act on the row if it still
@@ -58,14 +59,15 @@ impl SqlJobQueue {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Dead-letters the jobs whose last delivery ran out of ack wait
-    /// unsettled ([`DELIVERIES_SPENT`]), as dead since their lease ended.
-    /// Run first by `next` (so none is delivered past its budget),
+    /// Dead-letters the jobs whose delivery past the budget ran out of ack
+    /// wait unsettled ([`DELIVERIES_SPENT`]), as dead since their lease
+    /// ended.
+    /// Run first by `next` (so none is delivered twice past its budget),
     /// `dead_jobs` and `retry_dead`; `depth` counts them as dead already.
     async fn bury_spent(&self, now: i64) -> Result<(), BackendError> {
         sqlx::query(
             "UPDATE jobs SET state = 'dead', run_at = locked_until, locked_until = NULL, last_error = ? \
-             WHERE state = 'running' AND locked_until <= ? AND attempts - attempt_base >= max_attempts",
+             WHERE state = 'running' AND locked_until <= ? AND attempts - attempt_base > max_attempts",
         )
         .bind(DELIVERIES_SPENT)
         .bind(now)
@@ -111,7 +113,7 @@ impl JobQueue for SqlJobQueue {
              WHERE id = (SELECT id FROM jobs \
                          WHERE (state = 'queued' AND run_at <= ?2) \
                             OR (state = 'running' AND locked_until <= ?2 \
-                                AND attempts - attempt_base < max_attempts) \
+                                AND attempts - attempt_base <= max_attempts) \
                          ORDER BY run_at, id LIMIT 1) \
              RETURNING id, kind, payload, attempts, attempts - attempt_base, max_attempts",
         )
@@ -139,14 +141,14 @@ impl JobQueue for SqlJobQueue {
     async fn depth(&self) -> Result<QueueDepth, BackendError> {
         let now = now_millis();
         let (ready, in_flight, dead): (i64, i64, i64) = sqlx::query_as(
-            // A job whose last delivery ran out unsettled is dead already
+            // A job whose delivery past the budget ran out unsettled is dead already
             // (the next `next` buries it).
             "SELECT \
                coalesce(sum(state = 'queued' OR (state = 'running' AND locked_until <= ?1 \
-                                                 AND attempts - attempt_base < max_attempts)), 0), \
+                                                 AND attempts - attempt_base <= max_attempts)), 0), \
                coalesce(sum(state = 'running' AND locked_until > ?1), 0), \
                coalesce(sum(state = 'dead' OR (state = 'running' AND locked_until <= ?1 \
-                                               AND attempts - attempt_base >= max_attempts)), 0) \
+                                               AND attempts - attempt_base > max_attempts)), 0) \
              FROM jobs",
         )
         .bind(now)

@@ -64,6 +64,12 @@ pub struct WorkerSettings {
     /// Largest image in pixels (the decoder's limit). Default 40 megapixels.
     #[serde(default = "default_max_pixels")]
     pub max_pixels: u64,
+    /// Age after which a photo still `processing` without a recorded job is
+    /// a stalled upload (its web server died between the row and the job),
+    /// which the reconciler finishes. Longer than any upload takes. Default
+    /// 600 s.
+    #[serde(default = "default_stalled_upload_secs")]
+    pub stalled_upload_secs: u64,
 }
 
 fn default_concurrency() -> usize {
@@ -74,6 +80,23 @@ fn default_poll_ms() -> u64 {
 }
 fn default_max_pixels() -> u64 {
     40_000_000
+}
+fn default_stalled_upload_secs() -> u64 {
+    600
+}
+
+/// How often each worker process looks for stalled uploads.
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+/// Most stalled uploads one round finishes.
+const RECONCILE_BATCH: usize = 100;
+
+/// What one round of the reconciler did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Photos whose original was stored: given their job.
+    pub requeued: usize,
+    /// Photos without an original: removed (their upload never completed).
+    pub removed: usize,
 }
 
 impl Default for WorkerConfig {
@@ -93,6 +116,7 @@ impl Default for WorkerSettings {
             visibility_secs: None,
             poll_ms: default_poll_ms(),
             max_pixels: default_max_pixels(),
+            stalled_upload_secs: default_stalled_upload_secs(),
         }
     }
 }
@@ -283,10 +307,16 @@ impl Worker {
             self.remove_variants(id).await?;
             return Ok(Outcome::Skipped);
         };
-        // A slow earlier delivery may have finished after its ack wait
-        // handed the job out again.
+        // Checked before the attempt budget: a slow earlier delivery may
+        // have finished after its ack wait handed the job out again.
         if photo.status == PhotoStatus::Ready {
             return Ok(Outcome::Done);
+        }
+        if job.attempt > job.max_attempts {
+            // The queue's delivery past the budget: the last one never came
+            // back (the worker died in it, e.g. on a poison image). Do not
+            // run it again: fail the photo and dead-letter the job.
+            return Err(Permanent("attempts exhausted by deliveries that never finished".into()).into());
         }
         let Some(original) = b.blobs.get(&photo.original_key()).await? else {
             // The web tier deletes the row first, then the blobs: a missing
@@ -330,14 +360,75 @@ impl Worker {
         Ok(())
     }
 
+    /// Finishes the uploads that stalled before `before_ms`: photos still
+    /// `processing` without a recorded job, whose web server died between
+    /// the photo's row and its job (it never answered 202), or could not
+    /// record the job's id. One whose original is stored gets a job (a
+    /// second one, if its first exists unrecorded, is harmless: the worker
+    /// is idempotent); one without an original never finished uploading and
+    /// is removed.
+    pub async fn reconcile_stalled_uploads(&self, before_ms: i64) -> anyhow::Result<Reconciled> {
+        let b = &self.backends;
+        let mut done = Reconciled::default();
+        for photo in b.store.stalled_uploads(before_ms, RECONCILE_BATCH).await? {
+            let id = photo.id;
+            if b.blobs.get(&photo.original_key()).await?.is_some() {
+                let payload = ProcessPhoto { photo_id: id.0 }.to_payload();
+                let job = b.queue.enqueue(PROCESS_PHOTO, &payload).await?;
+                match b.store.record_photo_job(id, job).await {
+                    Ok(()) => done.requeued += 1,
+                    // Deleted meanwhile by its owner.
+                    Err(domain::StoreError::NotFound) => {
+                        b.queue.cancel(job).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                tracing::warn!(
+                    photo_id = id.0,
+                    job_id = job,
+                    "stalled upload: its job was missing, enqueued now"
+                );
+            } else {
+                b.store.delete_photo(id).await?;
+                done.removed += 1;
+                tracing::warn!(photo_id = id.0, "stalled upload without its original: removed");
+            }
+        }
+        self.metrics.reconciled(done);
+        Ok(done)
+    }
+
+    /// Runs [`Worker::reconcile_stalled_uploads`] every minute (the first
+    /// round after a random part of it, so workers started together spread
+    /// out), for uploads older than `stalled_upload_secs`.
+    async fn reconcile_forever(self) {
+        let spread = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| f64::from(d.subsec_nanos()) / 1e9)
+            .unwrap_or(0.5);
+        let mut pause = RECONCILE_EVERY.mul_f64(spread);
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = RECONCILE_EVERY;
+            let grace =
+                i64::try_from(self.settings.stalled_upload_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let before = domain::now_millis().saturating_sub(grace);
+            if let Err(e) = self.reconcile_stalled_uploads(before).await {
+                tracing::warn!(error = %format!("{e:#}"), "reconciling stalled uploads");
+            }
+        }
+    }
+
     /// Consumes jobs with `concurrency` loops until `shutdown` fires. A job
-    /// in hand when it fires is finished before this returns.
+    /// in hand when it fires is finished before this returns. Meanwhile the
+    /// reconciler finishes stalled uploads.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
             let _ = tx.send(true);
         });
+        let reconciler = tokio::spawn(self.clone().reconcile_forever());
         let mut loops = Vec::new();
         for n in 0..self.settings.concurrency.max(1) {
             let worker = self.clone();
@@ -366,6 +457,7 @@ impl Worker {
         for l in loops {
             let _ = l.await;
         }
+        reconciler.abort();
     }
 
     /// Serves `/metrics`, `/healthz` and `/readyz` on `listen`.

@@ -16,6 +16,7 @@ pub struct WorkerMetrics {
     registry: telemetry::Registry,
     jobs: IntCounterVec,
     queue_depth: IntGaugeVec,
+    stalled: IntCounterVec,
 }
 
 impl WorkerMetrics {
@@ -44,12 +45,22 @@ impl WorkerMetrics {
             &["state"],
         )
         .expect("valid metric");
+        let stalled = IntCounterVec::new(
+            Opts::new(
+                "stalled_uploads_total",
+                "Stalled uploads (processing, no job) the reconciler finished, by action (requeued, removed)",
+            ),
+            &["action"],
+        )
+        .expect("valid metric");
         registry.register(Box::new(jobs.clone())).expect("unique");
         registry.register(Box::new(queue_depth.clone())).expect("unique");
+        registry.register(Box::new(stalled.clone())).expect("unique");
         WorkerMetrics {
             registry: process.clone(),
             jobs,
             queue_depth,
+            stalled,
         }
     }
 
@@ -63,6 +74,16 @@ impl WorkerMetrics {
             Outcome::Stale => "stale",
         };
         self.jobs.with_label_values(&[label]).inc();
+    }
+
+    /// Counts what a round of the reconciler did.
+    pub fn reconciled(&self, done: crate::Reconciled) {
+        self.stalled
+            .with_label_values(&["requeued"])
+            .inc_by(done.requeued as u64);
+        self.stalled
+            .with_label_values(&["removed"])
+            .inc_by(done.removed as u64);
     }
 
     /// Jobs counted under `outcome` so far.

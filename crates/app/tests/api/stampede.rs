@@ -41,6 +41,9 @@ impl Store for CountingStore {
     async fn record_photo_job(&self, id: PhotoId, job: i64) -> Result<(), StoreError> {
         self.inner.record_photo_job(id, job).await
     }
+    async fn stalled_uploads(&self, before_ms: i64, limit: usize) -> Result<Vec<Photo>, StoreError> {
+        self.inner.stalled_uploads(before_ms, limit).await
+    }
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
         self.photo_reads.fetch_add(1, SeqCst);
         drop(self.gate.acquire().await);

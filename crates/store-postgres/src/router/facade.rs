@@ -117,6 +117,12 @@ impl Store for PgRouter {
             .await
     }
 
+    async fn stalled_uploads(&self, before_ms: i64, limit: usize) -> Result<Vec<Photo>, StoreError> {
+        // The primary: the rows are recent, and the worker acts on them.
+        self.write(|s| async move { s.stalled_uploads(before_ms, limit).await })
+            .await
+    }
+
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
         self.read(|s| async move { s.photo(id).await }).await
     }

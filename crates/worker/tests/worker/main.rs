@@ -6,7 +6,7 @@ use domain::jobs::{ProcessPhoto, PROCESS_PHOTO};
 use domain::ports::Delivery;
 use domain::{NewPhoto, PhotoId, PhotoStatus, UserId, Username, Variant};
 use std::time::Duration;
-use worker::{Outcome, Worker, WorkerSettings};
+use worker::{Outcome, Reconciled, Worker, WorkerSettings};
 
 async fn backends(dir: &tempfile::TempDir) -> Backends {
     backends_with_ack_wait(dir, QueueConfig::default().ack_wait_ms).await
@@ -52,8 +52,9 @@ async fn until_ready_again(b: &Backends) {
     panic!("the job never became ready again");
 }
 
-/// Stores a photo the way the web tier does and enqueues its job.
-async fn stored_photo(b: &Backends, bytes: Vec<u8>) -> PhotoId {
+/// A photo's row for `bytes` (`processing`, no job), as the web tier's
+/// first step writes it.
+async fn photo_row(b: &Backends, bytes: &[u8]) -> domain::Photo {
     let owner = match b
         .store
         .user_by_name(&Username::parse("owner").unwrap())
@@ -67,9 +68,8 @@ async fn stored_photo(b: &Backends, bytes: Vec<u8>) -> PhotoId {
             .await
             .unwrap(),
     };
-    let info = imaging::inspect(&bytes, u64::MAX).unwrap();
-    let photo = b
-        .store
+    let info = imaging::inspect(bytes, u64::MAX).unwrap();
+    b.store
         .create_photo(&NewPhoto {
             owner_id: UserId(owner.0),
             caption: None,
@@ -78,7 +78,12 @@ async fn stored_photo(b: &Backends, bytes: Vec<u8>) -> PhotoId {
             height: info.height,
         })
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Stores a photo the way the web tier does and enqueues its job.
+async fn stored_photo(b: &Backends, bytes: Vec<u8>) -> PhotoId {
+    let photo = photo_row(b, &bytes).await;
     b.blobs
         .put(&photo.original_key(), Bytes::from(bytes))
         .await
@@ -241,4 +246,57 @@ async fn a_render_longer_than_the_ack_wait_is_not_delivered_twice() {
     );
     assert_eq!(status(&b, id).await, PhotoStatus::Ready);
     assert_eq!(b.queue.depth().await.unwrap(), Default::default());
+}
+
+/// An upload whose web server died between the photo's row and its job
+/// (the row `processing` with no job) is finished by the reconciler once it
+/// is old enough: with its original stored it gets its job and ends
+/// `ready`; without one (the upload never completed, nobody got a 202) it
+/// is removed. An upload with its job recorded is left alone.
+#[tokio::test]
+async fn the_reconciler_finishes_uploads_that_stalled_between_row_and_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backends(&dir).await;
+    let bytes = imaging::samples::png(20, 10);
+    // Died after storing the original, before the job.
+    let orphan = photo_row(&b, &bytes).await;
+    b.blobs
+        .put(&orphan.original_key(), Bytes::from(bytes.clone()))
+        .await
+        .unwrap();
+    // Died before storing the original.
+    let unfinished = photo_row(&b, &bytes).await.id;
+    // A complete upload: row, original, job, the job recorded.
+    let healthy = stored_photo(&b, bytes.clone()).await;
+    b.store.record_photo_job(healthy, 1).await.unwrap();
+
+    let w = Worker::new(b.clone(), WorkerSettings::default());
+    // Younger than the cutoff: not stalled yet.
+    assert_eq!(
+        w.reconcile_stalled_uploads(orphan.created_at_ms).await.unwrap(),
+        Reconciled::default()
+    );
+    let cutoff = domain::now_millis() + 1;
+    assert_eq!(
+        w.reconcile_stalled_uploads(cutoff).await.unwrap(),
+        Reconciled {
+            requeued: 1,
+            removed: 1
+        }
+    );
+    assert!(b.store.photo(unfinished).await.unwrap().is_none());
+    while w.run_once().await.unwrap().is_some() {}
+    assert_eq!(status(&b, orphan.id).await, PhotoStatus::Ready);
+    assert_eq!(status(&b, healthy).await, PhotoStatus::Ready);
+    for v in Variant::ALL {
+        assert!(
+            b.blobs.get(&v.blob_key(orphan.id)).await.unwrap().is_some(),
+            "{v:?}"
+        );
+    }
+    // Nothing is left to finish.
+    assert_eq!(
+        w.reconcile_stalled_uploads(cutoff).await.unwrap(),
+        Reconciled::default()
+    );
 }
