@@ -8,6 +8,7 @@ pub mod error;
 pub mod jobs;
 pub mod ports;
 mod queue_config;
+pub mod shard;
 pub mod types;
 
 pub use error::{BackendError, StoreError};
