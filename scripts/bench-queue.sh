@@ -232,6 +232,7 @@ awk -F'\t' '
         return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
     }
     function ratio(a, b) { return (b > 0) ? sprintf("%.2f", a / b) : "-" }
+    function rate(x) { return (x < 100) ? sprintf("%.1f", x) : sprintf("%.0f", x) }
     {
         c = $1 "\t" $2
         if (!(c in seen)) { seen[c] = 1; order[++configs] = c }
@@ -242,8 +243,9 @@ awk -F'\t' '
             c = order[k]
             split(c, cf, "\t")
             for (f = 4; f <= 8; f++) { p[f] = median(c SUBSEP "port" SUBSEP f); r[f] = median(c SUBSEP "raw" SUBSEP f) }
-            printf "| %s | %s | %.0f | %.0f | **%s** | %.0f | %.0f | **%s** | %.0f | %.0f | **%s** | %.1f / %.1f | %.1f / %.1f |\n",
-                cf[1], cf[2], p[4], r[4], ratio(p[4], r[4]), p[5], r[5], ratio(p[5], r[5]), p[6], r[6], ratio(p[6], r[6]),
+            printf "| %s | %s | %s | %s | **%s** | %s | %s | **%s** | %s | %s | **%s** | %.1f / %.1f | %.1f / %.1f |\n",
+                cf[1], cf[2], rate(p[4]), rate(r[4]), ratio(p[4], r[4]), rate(p[5]), rate(r[5]), ratio(p[5], r[5]),
+                rate(p[6]), rate(r[6]), ratio(p[6], r[6]),
                 p[7] / 1000, p[8] / 1000, r[7] / 1000, r[8] / 1000
         }
     }' "$WORK/results.tsv"

@@ -99,7 +99,7 @@ pub struct QueueArgs {
     pub replicas: usize,
     /// Raw mode: messages per pull request of each consumer's `messages()`
     /// stream (async-nats's default is 200). Ignored by the port, whose
-    /// `next` pulls one.
+    /// pulls are sized by its callers.
     #[arg(long, default_value_t = 200, value_parser = crate::parse_at_least_one)]
     pub batch: usize,
     /// The work each job costs its consumer, the same in both modes.

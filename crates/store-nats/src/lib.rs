@@ -48,16 +48,14 @@
 //!
 //! Deliberate choices, and what JetStream cannot tell:
 //! - `next` takes a message of the handle's pulls in progress, or sends one
-//!   (see `pull`): for as many messages as the handle's callers of `next`
-//!   were seen waiting at once (1 to 64), expired by the server after
-//!   50 ms; once half of a pull is taken the next is sent, so a handle
-//!   holds at most twice its callers' concurrency in messages not yet
-//!   handed out (a worker stopped meanwhile leaves those to be delivered
-//!   again after their ack wait). When no job is ready it answers `None`
-//!   after those 50 ms, not at once (a `no_wait` fetch answers at once
-//!   but, under concurrent consumers, nats-server 2.9 could deliver a
-//!   message to a fetch already answered "no messages", and the job then
-//!   waited a whole ack wait).
+//!   (see `pull`): sized by the handle's callers, 1 to 64 messages, more
+//!   (and one pull ahead) only while jobs are short, expired by the server
+//!   after 50 ms. Messages pulled but not yet handed out when a process
+//!   stops wait out their ack wait before another process gets them. When
+//!   no job is ready `next` answers `None` after those 50 ms, not at once (a
+//!   `no_wait` fetch answers at once but, under concurrent consumers,
+//!   nats-server 2.9 could deliver a message to a fetch already answered
+//!   "no messages", and the job then waited a whole ack wait).
 //! - The attempt number is JetStream's delivery count. A failed last
 //!   attempt is dead-lettered by its consumer (copied, then `+TERM`ed).
 //!   When the last attempt's consumer dies instead, the consumer's

@@ -2,19 +2,20 @@
 //! two long-lived inbox subscriptions (slots) of its own.
 //!
 //! A pull asks for as many messages as the handle's callers of `next` were
-//! seen waiting at once since the previous pull, plus, while jobs are short
-//! (their deliveries are settled within [`SHORT_JOB`] on average), one for
-//! each delivery in hand (its caller is back soon); 1 to 64 in all. So
-//! concurrent callers (a worker's tasks, a benchmark's consumers) share one
-//! round trip instead of one each, a short job waits in the handle at most
-//! about one short job's time, and a process running long jobs (a photo
-//! takes seconds) asks only for callers that wait: it hoards no job another
-//! process could start. While jobs are short, once half of a pull is taken
-//! the next is sent on the other slot, so callers coming back from their
-//! acks find messages on their way instead of waiting for a round trip
-//! (for long jobs the round trip is nothing, and a message pulled ahead
-//! would wait in a worker that may be stopping). The server expires each
-//! pull after 50 ms.
+//! seen waiting at once since the previous pull, 1 to 64. While jobs are
+//! short (their deliveries are settled within [`SHORT_JOB`] on average) it
+//! also counts the callers with a delivery in hand (they are back soon) and
+//! asks for [`SHORT_JOBS_PER_CALLER`] messages per caller, and once half of
+//! a pull is taken the next is sent on the other slot, so callers coming
+//! back from their acks find messages on their way instead of waiting for
+//! a round trip; a short job waits in the handle at most a few short jobs'
+//! time. While jobs are long (a photo takes seconds) a pull asks only for
+//! the callers that wait, and none is sent ahead: the round trip is nothing
+//! next to the job, and a process hoards no job another process could
+//! start (a message pulled ahead would also wait in a worker that may be
+//! stopping). So concurrent callers (a worker's tasks, a benchmark's
+//! consumers) share one round trip instead of one each. The server expires
+//! each pull after 50 ms.
 //!
 //! Each slot holds at most one pull at a time, so every message and status
 //! a slot's subscription receives belongs to that slot's pull: a pull ends
@@ -42,9 +43,14 @@ use std::time::{Duration, Instant};
 const PULL_EXPIRES: Duration = Duration::from_millis(50);
 /// Most messages one pull asks for.
 const MAX_PULL_BATCH: usize = 64;
-/// Jobs settled within this on average are short: pulls then ask for one
-/// message more per delivery in hand.
+/// Jobs settled within this on average are short: pulls then count the
+/// callers with a delivery in hand too, and ask for
+/// [`SHORT_JOBS_PER_CALLER`] messages each.
 const SHORT_JOB: Duration = Duration::from_millis(20);
+/// Messages a pull asks for per caller while jobs are short: fewer, larger
+/// pulls cost the server less per job, and a job waits in the handle at
+/// most about this many short jobs' time.
+const SHORT_JOBS_PER_CALLER: usize = 4;
 /// How long past its expiry a pull may stay silent before it counts as
 /// lost (sent while the connection was down): its slot then subscribes
 /// anew, so a late answer to it cannot be taken for the next pull's.
@@ -186,7 +192,12 @@ impl NatsJobQueue {
     async fn send_pull(&self, pulls: &mut Pulls, slot: usize) -> Result<(), BackendError> {
         let inner = &self.inner;
         let waiting = inner.waiting.load(Ordering::Relaxed);
-        let want = inner.peak.swap(waiting, Ordering::Relaxed).max(waiting) + inner.hand.soon_back();
+        let callers = inner.peak.swap(waiting, Ordering::Relaxed).max(waiting) + inner.hand.soon_back();
+        let want = if inner.hand.short_jobs() {
+            callers * SHORT_JOBS_PER_CALLER
+        } else {
+            callers
+        };
         let want = want.clamp(1, MAX_PULL_BATCH);
         let body = format!(r#"{{"batch":{want},"expires":{}}}"#, PULL_EXPIRES.as_nanos());
         let asked = Instant::now();
