@@ -8,7 +8,10 @@
 //! correctly across shards, and any id names its shard without a lookup.
 //! A user's logical shard is chosen at sign-up; the user's photos and the
 //! feed entries written for the user carry the same one, so everything a
-//! user owns lives together.
+//! user owns lives together. They exceed 2^53 within weeks of the epoch:
+//! JavaScript's numbers cannot hold them, so when the store adopts them the
+//! API must carry ids as strings (as Twitter's `id_str` does) and the page
+//! must never parse them as numbers.
 //!
 //! **Logical shards**: [`LOGICAL_SHARDS`] = 8192, the 13 bits. Many small
 //! logical shards on few physical replica sets (Notion's 480 on 32

@@ -11,6 +11,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "photo_job", include_str!("../migrations/0002_photo_job.sql")),
     (3, "job_retry", include_str!("../migrations/0003_job_retry.sql")),
+    (
+        4,
+        "stalled_uploads",
+        include_str!("../migrations/0004_stalled_uploads.sql"),
+    ),
+    (5, "shard_maps", include_str!("../migrations/0005_shard_maps.sql")),
 ];
 
 /// Key of the transaction-scoped advisory lock every migrating process takes
@@ -86,6 +92,24 @@ mod tests {
     fn migrate_is_send(pool: sqlx::PgPool) {
         fn send<T: Send>(_: T) {}
         send(async move { super::migrate(&pool).await });
+    }
+
+    /// Every file of `migrations/` is in the list, under its own number and
+    /// name (a file added but not listed would never be applied).
+    #[test]
+    fn every_migration_file_is_listed() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = super::MIGRATIONS
+            .iter()
+            .map(|&(version, name, _)| format!("{version:04}_{name}.sql"))
+            .collect();
+        assert_eq!(files, listed);
     }
 
     #[test]

@@ -8,4 +8,5 @@ mod queue;
 mod replication;
 mod router;
 mod sessions;
+mod shard_map;
 mod store;

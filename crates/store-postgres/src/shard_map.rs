@@ -1,0 +1,175 @@
+//! The shard map ([`ShardMap`]) kept durably in PostgreSQL: one row per
+//! epoch in `shard_maps` (migration 0005) on the catalog replica set (its
+//! primary, so it fails over with the set and is no single point of
+//! failure), and followed by every router: `LISTEN` for the notification
+//! each publish sends in its transaction, and a poll behind it for the
+//! notifications a reconnecting listener missed.
+//!
+//! Publishing is compare-and-set on the epoch: a map is accepted only as
+//! the next epoch after the current one, so two resharding runs racing to
+//! change the map cannot both win, and no router ever goes back an epoch.
+
+use crate::{now_ms, unavailable};
+use domain::shard::{ShardMap, ShardMapError};
+use domain::StoreError;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The channel a publish notifies, with the new epoch as its payload.
+const CHANNEL: &str = "scalestack_shard_map";
+/// Key of the transaction-scoped advisory lock publishers take (ASCII
+/// "sclshmap"), so that their check of the current epoch and their insert
+/// are one step.
+const LOCK_KEY: i64 = 0x7363_6c73_686d_6170;
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// The map breaks an invariant.
+    #[error("invalid shard map: {0}")]
+    Invalid(#[from] ShardMapError),
+    /// Its epoch is not the next one: another change was published first.
+    #[error("epoch {offered} is not the next after {current}: the map changed meanwhile")]
+    Stale { offered: u64, current: u64 },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The shard maps in one database (the catalog set's primary).
+#[derive(Clone)]
+pub struct ShardMaps {
+    pool: PgPool,
+}
+
+impl ShardMaps {
+    /// The maps in the migrated database behind `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        ShardMaps { pool }
+    }
+
+    /// The newest map, if any was published. A stored map that fails to
+    /// parse or to validate is an error, never a map to route by.
+    pub async fn current(&self) -> Result<Option<ShardMap>, StoreError> {
+        let json: Option<String> =
+            sqlx::query_scalar("SELECT map FROM shard_maps ORDER BY epoch DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        json.map(|j| parse(&j)).transpose()
+    }
+
+    /// Publishes `map` as the next epoch (1 when there is none yet) and
+    /// notifies the routers, in one transaction.
+    pub async fn publish(&self, map: &ShardMap) -> Result<(), PublishError> {
+        map.validate()?;
+        let json = serde_json::to_string(map).map_err(unavailable)?;
+        let epoch = i64::try_from(map.epoch).map_err(|_| PublishError::Stale {
+            offered: map.epoch,
+            current: 0,
+        })?;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LOCK_KEY)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let current: i64 = sqlx::query_scalar("SELECT coalesce(max(epoch), 0) FROM shard_maps")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        if epoch != current + 1 {
+            return Err(PublishError::Stale {
+                offered: map.epoch,
+                current: current as u64,
+            });
+        }
+        sqlx::query(concat!(
+            "INSERT INTO shard_maps (epoch, map, created_at) VALUES ($1, $2, ",
+            now_ms!(),
+            ")"
+        ))
+        .bind(epoch)
+        .bind(&json)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(epoch.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        tracing::info!(epoch, sets = map.sets.len(), "shard map published");
+        Ok(())
+    }
+
+    /// Follows the map: the receiver holds the newest map (`None` until one
+    /// is published) and changes when a newer epoch appears, never to an
+    /// older one; a notification brings it at once, a poll every `poll` at
+    /// the latest. The task ends when every receiver is dropped.
+    pub async fn follow(&self, poll: Duration) -> Result<watch::Receiver<Option<Arc<ShardMap>>>, StoreError> {
+        let first = self.current().await?.map(Arc::new);
+        let (tx, rx) = watch::channel(first);
+        let maps = self.clone();
+        tokio::spawn(async move {
+            let mut listener: Option<PgListener> = None;
+            loop {
+                if listener.is_none() {
+                    listener = match PgListener::connect_with(&maps.pool).await {
+                        Ok(mut l) => match l.listen(CHANNEL).await {
+                            Ok(()) => Some(l),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "listening for shard map changes");
+                                None
+                            }
+                        },
+                        Err(e) => {
+                            tracing::debug!(error = %e, "connecting the shard map listener");
+                            None
+                        }
+                    };
+                }
+                // Woken by a notification or by the poll, whichever is first;
+                // either way the map is read again.
+                let notified = async {
+                    match listener.as_mut() {
+                        Some(l) => l.recv().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    ok = notified => if !ok { listener = None },
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = tx.closed() => return,
+                }
+                match maps.current().await {
+                    Ok(Some(map)) => {
+                        tx.send_if_modified(|held| {
+                            let newer = held.as_ref().is_none_or(|h| h.epoch < map.epoch);
+                            if newer {
+                                *held = Some(Arc::new(map));
+                            }
+                            newer
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "reading the shard map"),
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+fn parse(json: &str) -> Result<ShardMap, StoreError> {
+    let map: ShardMap =
+        serde_json::from_str(json).map_err(|e| unavailable(format!("stored shard map: {e}")))?;
+    map.validate()
+        .map_err(|e| unavailable(format!("stored shard map: {e}")))?;
+    Ok(map)
+}
