@@ -30,7 +30,7 @@ pub use queue::PgJobQueue;
 pub use replication::{current_wal_lsn, format_lsn, is_in_recovery, parse_lsn, replay_lag_ms, replay_lsn};
 pub use router::{NodeRole, NodeStatus, PgRouter, RouterConfig, RouterStats};
 pub use sessions::PgSessionStore;
-pub use shard_map::{PublishError, ShardMaps};
+pub use shard_map::{next_id, PublishError, ShardMaps};
 pub use store::PgStore;
 
 /// Re-exported so callers can name the pool without depending on sqlx.

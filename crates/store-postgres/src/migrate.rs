@@ -17,6 +17,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0004_stalled_uploads.sql"),
     ),
     (5, "shard_maps", include_str!("../migrations/0005_shard_maps.sql")),
+    (
+        6,
+        "sharded_ids",
+        include_str!("../migrations/0006_sharded_ids.sql"),
+    ),
 ];
 
 /// Key of the transaction-scoped advisory lock every migrating process takes

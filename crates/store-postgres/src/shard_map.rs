@@ -5,12 +5,14 @@
 //! each publish sends in its transaction, and a poll behind it for the
 //! notifications a reconnecting listener missed.
 //!
+//! Ids that carry their shard are made by the database too ([`next_id`]).
+//!
 //! Publishing is compare-and-set on the epoch: a map is accepted only as
 //! the next epoch after the current one, so two resharding runs racing to
 //! change the map cannot both win, and no router ever goes back an epoch.
 
 use crate::{now_ms, unavailable};
-use domain::shard::{ShardMap, ShardMapError};
+use domain::shard::{LogicalShard, ShardMap, ShardMapError, ShardedId};
 use domain::StoreError;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -111,34 +113,23 @@ impl ShardMaps {
     /// Follows the map: the receiver holds the newest map (`None` until one
     /// is published) and changes when a newer epoch appears, never to an
     /// older one; a notification brings it at once, a poll every `poll` at
-    /// the latest. The task ends when every receiver is dropped.
+    /// the latest. The listener is in place before the first read, and the
+    /// map is read again whenever it reconnects, so no change falls between
+    /// a read and a notification. The task ends when every receiver is
+    /// dropped.
     pub async fn follow(&self, poll: Duration) -> Result<watch::Receiver<Option<Arc<ShardMap>>>, StoreError> {
+        let mut listener = listen(&self.pool).await;
         let first = self.current().await?.map(Arc::new);
         let (tx, rx) = watch::channel(first);
         let maps = self.clone();
         tokio::spawn(async move {
-            let mut listener: Option<PgListener> = None;
             loop {
-                if listener.is_none() {
-                    listener = match PgListener::connect_with(&maps.pool).await {
-                        Ok(mut l) => match l.listen(CHANNEL).await {
-                            Ok(()) => Some(l),
-                            Err(e) => {
-                                tracing::debug!(error = %e, "listening for shard map changes");
-                                None
-                            }
-                        },
-                        Err(e) => {
-                            tracing::debug!(error = %e, "connecting the shard map listener");
-                            None
-                        }
-                    };
-                }
-                // Woken by a notification or by the poll, whichever is first;
-                // either way the map is read again.
+                // Woken by a notification, a lost connection (sqlx
+                // reconnects it; what was sent meanwhile is lost) or the
+                // poll, whichever is first; each time the map is read again.
                 let notified = async {
                     match listener.as_mut() {
-                        Some(l) => l.recv().await.is_ok(),
+                        Some(l) => l.try_recv().await.is_ok(),
                         None => std::future::pending().await,
                     }
                 };
@@ -146,6 +137,9 @@ impl ShardMaps {
                     ok = notified => if !ok { listener = None },
                     _ = tokio::time::sleep(poll) => {}
                     _ = tx.closed() => return,
+                }
+                if listener.is_none() {
+                    listener = listen(&maps.pool).await;
                 }
                 match maps.current().await {
                     Ok(Some(map)) => {
@@ -164,6 +158,37 @@ impl ShardMaps {
         });
         Ok(rx)
     }
+}
+
+/// A connection listening for shard map changes, if one can be made now
+/// (else the poll alone follows the map until the next try).
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let mut listener = match PgListener::connect_with(pool).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(error = %e, "connecting the shard map listener");
+            return None;
+        }
+    };
+    match listener.listen(CHANNEL).await {
+        Ok(()) => Some(listener),
+        Err(e) => {
+            tracing::debug!(error = %e, "listening for shard map changes");
+            None
+        }
+    }
+}
+
+/// A new id in logical shard `shard`, made by the database behind `pool`
+/// (`scalestack_next_id`, migration 0006): its clock and its sequence,
+/// shared by every logical shard that database holds.
+pub async fn next_id(pool: &PgPool, shard: LogicalShard) -> Result<ShardedId, StoreError> {
+    let raw: i64 = sqlx::query_scalar("SELECT scalestack_next_id($1)")
+        .bind(i32::from(shard.get()))
+        .fetch_one(pool)
+        .await
+        .map_err(unavailable)?;
+    ShardedId::from_raw(raw).ok_or_else(|| unavailable(format!("scalestack_next_id gave {raw}")))
 }
 
 fn parse(json: &str) -> Result<ShardMap, StoreError> {

@@ -91,3 +91,51 @@ async fn a_follower_that_missed_a_notification_catches_up_by_polling() {
         .unwrap();
     assert_eq!(*until_epoch(&mut follower, 2).await, m2);
 }
+
+/// The database makes ids in the sharded layout: each names the logical
+/// shard asked for and the database's time, they grow with time, and
+/// concurrent callers never get the same one; a shard out of range is
+/// refused.
+#[tokio::test]
+async fn the_database_makes_ids_that_name_their_shard() {
+    let db = spawn_db().await;
+    let before = domain::now_millis();
+    let id = store_postgres::next_id(&db.pool, shard(8191)).await.unwrap();
+    assert_eq!(id.shard(), shard(8191));
+    assert!(
+        (before - 1000..=domain::now_millis() + 1000).contains(&id.unix_ms()),
+        "{}",
+        id.unix_ms()
+    );
+    let later = store_postgres::next_id(&db.pool, shard(0)).await.unwrap();
+    assert!(later.unix_ms() >= id.unix_ms());
+
+    // 4 pools (4 processes) x 250 ids at once, over three shards.
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..4u16 {
+        let pool = db.second_pool().await;
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..250u16 {
+                let s = shard((p * 250 + i) % 3);
+                let id = store_postgres::next_id(&pool, s).await.unwrap();
+                assert_eq!(id.shard(), s);
+                ids.push(id);
+            }
+            ids
+        });
+    }
+    let mut all = std::collections::HashSet::new();
+    while let Some(ids) = tasks.join_next().await {
+        for id in ids.unwrap() {
+            assert!(all.insert(id), "{id:?} twice");
+        }
+    }
+    assert_eq!(all.len(), 1000);
+
+    let err = sqlx::query_scalar::<_, i64>("SELECT scalestack_next_id(8192)")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not in 0..8191"), "{err}");
+}
