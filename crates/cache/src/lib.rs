@@ -10,10 +10,12 @@
 //! Expired entries are dropped when touched and before any live entry is
 //! evicted, so a TTL never costs a live entry its place.
 
+mod hot_keys;
 mod near;
 mod policy;
 mod single_flight;
 
+pub use hot_keys::{HotKey, HotKeys};
 pub use near::NearCache;
 pub use policy::EvictionPolicy;
 pub use single_flight::SingleFlight;
