@@ -23,6 +23,7 @@ pub mod router;
 mod sessions;
 mod shard_map;
 mod store;
+mod usernames;
 
 pub use domain::QueueConfig;
 pub use migrate::migrate;
@@ -32,6 +33,7 @@ pub use router::{NodeRole, NodeStatus, PgRouter, RouterConfig, RouterStats};
 pub use sessions::PgSessionStore;
 pub use shard_map::{next_id, PublishError, ShardMaps};
 pub use store::PgStore;
+pub use usernames::Usernames;
 
 /// Re-exported so callers can name the pool without depending on sqlx.
 pub use sqlx::PgPool;

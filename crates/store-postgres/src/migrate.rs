@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sharded_ids",
         include_str!("../migrations/0006_sharded_ids.sql"),
     ),
+    (7, "usernames", include_str!("../migrations/0007_usernames.sql")),
 ];
 
 /// Key of the transaction-scoped advisory lock every migrating process takes

@@ -10,3 +10,4 @@ mod router;
 mod sessions;
 mod shard_map;
 mod store;
+mod usernames;
