@@ -93,30 +93,23 @@ impl PgJobQueue {
     }
 }
 
-/// The statement that dead-letters the jobs whose delivery past the budget
-/// ran out of ack wait unsettled, as dead since their lease ended; `$1` is
-/// [`DELIVERIES_SPENT`]. Run first by `next` (so none is delivered twice
-/// past its budget), `dead_jobs` and `retry_dead`; `depth` counts them as dead
-/// already.
-macro_rules! bury_spent {
-    () => {
-        concat!(
+impl PgJobQueue {
+    /// Dead-letters the jobs whose delivery past the budget ran out of ack
+    /// wait unsettled ([`DELIVERIES_SPENT`]), as dead since their lease
+    /// ended. Run first by `dead_jobs` and `retry_dead`, the readers of the
+    /// `dead` state; `next` passes such rows over and `depth` counts them
+    /// as dead already, so the hot path never pays for it.
+    async fn bury_spent(&self) -> Result<(), BackendError> {
+        sqlx::query(concat!(
             "UPDATE jobs SET state = 'dead', run_at = locked_until, locked_until = NULL, last_error = $1 \
              WHERE state = 'running' AND locked_until <= ",
             now_ms!(),
             " AND attempts - attempt_base > max_attempts"
-        )
-    };
-}
-
-impl PgJobQueue {
-    /// Runs [`bury_spent!`] alone.
-    async fn bury_spent(&self) -> Result<(), BackendError> {
-        sqlx::query(bury_spent!())
-            .bind(DELIVERIES_SPENT)
-            .execute(&self.pool()?)
-            .await
-            .map_err(backend)?;
+        ))
+        .bind(DELIVERIES_SPENT)
+        .execute(&self.pool()?)
+        .await
+        .map_err(backend)?;
         Ok(())
     }
 }
@@ -157,15 +150,12 @@ impl JobQueue for PgJobQueue {
         // someone else since this statement's snapshot is re-checked
         // against the WHERE clause and passed over. So two consumers never
         // get one job, and neither waits for the other.
-        // The first statement of the WITH buries the jobs whose delivery
-        // past the budget ran out of ack wait unsettled
-        // ([`DELIVERIES_SPENT`]): the claim passes them over.
+        // A job whose delivery past the budget ran out unsettled is passed
+        // over (`bury_spent` files it as dead when the dead are read).
         let row: Option<(i64, String, Vec<u8>, i32, i32, i32)> = sqlx::query_as(concat!(
-            "WITH buried AS (",
-            bury_spent!(),
-            ") UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_until = ",
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_until = ",
             now_ms!(),
-            " + $2 \
+            " + $1 \
              WHERE id = (SELECT id FROM jobs \
                          WHERE (state = 'queued' AND run_at <= ",
             now_ms!(),
@@ -175,7 +165,6 @@ impl JobQueue for PgJobQueue {
              ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, kind, payload, attempts, attempts - attempt_base, max_attempts"
         ))
-        .bind(DELIVERIES_SPENT)
         .bind(millis(self.config.ack_wait_ms))
         .fetch_optional(&self.pool()?)
         .await
@@ -198,8 +187,8 @@ impl JobQueue for PgJobQueue {
 
     async fn depth(&self) -> Result<QueueDepth, BackendError> {
         let (ready, in_flight, dead): (i64, i64, i64) = sqlx::query_as(concat!(
-            // A job whose delivery past the budget ran out unsettled is dead already
-            // (the next `next` buries it).
+            // A job whose delivery past the budget ran out unsettled is dead
+            // already (`bury_spent` files it when the dead are read).
             "SELECT \
                count(*) FILTER (WHERE state = 'queued' OR (state = 'running' AND locked_until <= ",
             now_ms!(),

@@ -61,9 +61,9 @@ impl SqlJobQueue {
 
     /// Dead-letters the jobs whose delivery past the budget ran out of ack
     /// wait unsettled ([`DELIVERIES_SPENT`]), as dead since their lease
-    /// ended.
-    /// Run first by `next` (so none is delivered twice past its budget),
-    /// `dead_jobs` and `retry_dead`; `depth` counts them as dead already.
+    /// ended. Run first by `dead_jobs` and `retry_dead`, the readers of the
+    /// `dead` state; `next` passes such rows over and `depth` counts them
+    /// as dead already, so the hot path never pays for it.
     async fn bury_spent(&self, now: i64) -> Result<(), BackendError> {
         sqlx::query(
             "UPDATE jobs SET state = 'dead', run_at = locked_until, locked_until = NULL, last_error = ? \
@@ -104,10 +104,10 @@ impl JobQueue for SqlJobQueue {
 
     async fn next(&self) -> Result<Option<Delivery>, BackendError> {
         let now = now_millis();
-        self.bury_spent(now).await?;
         // One statement: SQLite runs it under the write lock, so two
-        // consumers can never claim the same row (nor one that
-        // `bury_spent` would bury: its attempts are checked again).
+        // consumers can never claim the same row. A job whose delivery past
+        // the budget ran out unsettled is passed over (`bury_spent` files
+        // it as dead when the dead are read).
         let row: Option<(i64, String, Vec<u8>, i64, i64, i64)> = sqlx::query_as(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_until = ?1 \
              WHERE id = (SELECT id FROM jobs \
@@ -141,8 +141,8 @@ impl JobQueue for SqlJobQueue {
     async fn depth(&self) -> Result<QueueDepth, BackendError> {
         let now = now_millis();
         let (ready, in_flight, dead): (i64, i64, i64) = sqlx::query_as(
-            // A job whose delivery past the budget ran out unsettled is dead already
-            // (the next `next` buries it).
+            // A job whose delivery past the budget ran out unsettled is dead
+            // already (`bury_spent` files it when the dead are read).
             "SELECT \
                coalesce(sum(state = 'queued' OR (state = 'running' AND locked_until <= ?1 \
                                                  AND attempts - attempt_base <= max_attempts)), 0), \
