@@ -158,12 +158,17 @@ impl Drop for Inner {
     }
 }
 
+/// The name of the queue `name`'s durable consumer.
+fn workers_name(name: &str) -> String {
+    format!("{name}_workers")
+}
+
 /// The durable consumer `<name>_workers` that every handle of the queue
 /// `name` shares, holding `config`'s retry policy (see the module's
 /// documentation); public so that a benchmark's raw client uses exactly it.
 pub fn workers_config(name: &str, config: &QueueConfig) -> consumer::pull::Config {
     consumer::pull::Config {
-        durable_name: Some(format!("{name}_workers")),
+        durable_name: Some(workers_name(name)),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: config.ack_wait(),
         // One delivery past the budget: its consumer sees the attempts spent
@@ -268,7 +273,7 @@ impl NatsJobQueue {
             .create_consumer(workers_config(name, &config))
             .await
             .map_err(|e| backend("creating the consumer", e))?;
-        let advisories = dead::spent_advisories(&context, name, &format!("{name}_workers"), replicas).await?;
+        let advisories = dead::spent_advisories(&context, name, &workers_name(name), replicas).await?;
         // Every message up to the consumer's ack floor was acked. After a
         // crash (kill -9) of nats-server 2.9 the work stream can hold such
         // messages again while the consumer remembers them acked and never
@@ -293,7 +298,7 @@ impl NatsJobQueue {
                 );
             }
         }
-        let pulls = pull::Pulls::open(&client, name, &format!("{name}_workers")).await?;
+        let pulls = pull::Pulls::open(&client, name, &workers_name(name)).await?;
         let inner = Arc::new(Inner {
             name: name.to_owned(),
             client,
