@@ -133,12 +133,7 @@ async fn photos_and_page_assets_come_from_the_edge_and_a_delete_purges_them() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let metrics = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics_text(admin).await;
     assert_eq!(
         sample(
             &metrics,

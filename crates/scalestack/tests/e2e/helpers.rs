@@ -11,17 +11,22 @@ pub async fn get_json(c: &reqwest::Client, url: &str) -> serde_json::Value {
     c.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// The Prometheus text page at `{base}/metrics`.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Sum over the web servers of the samples of `metric` whose labels
 /// contain every one of `labels` (e.g. `result="hit"`).
 pub async fn web_metric(up: &Up, metric: &str, labels: &[&str]) -> f64 {
     let mut total = 0.0;
     for web in &up.webs {
-        let text = reqwest::get(format!("{web}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(web).await;
         total += text
             .lines()
             .filter(|l| l.split(['{', ' ']).next() == Some(metric))

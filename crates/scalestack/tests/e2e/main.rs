@@ -78,12 +78,7 @@ async fn up_serves_the_app_until_stopped() {
         assert_eq!(r.headers()["content-type"], "image/jpeg");
         assert!(!r.bytes().await.unwrap().is_empty());
     }
-    let m = reqwest::get(format!("{}/metrics", up.worker_metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = helpers::metrics_text(&up.worker_metrics).await;
     assert!(m.contains("scalestack_jobs_total{outcome=\"done\"} 1"), "{m}");
     assert!(up.data().join("scalestack.db").exists(), "state under ./data");
 

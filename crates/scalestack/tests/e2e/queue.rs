@@ -114,12 +114,7 @@ async fn a_worker_killed_mid_job_has_its_job_redelivered_and_the_photo_ends_read
     let photo = wait_processed(&up.web, &c, id).await;
     assert_eq!(photo["status"], "ready", "{photo}");
     // Rendered once, by the worker up started in its place.
-    let m = reqwest::get(format!("{}/metrics", up.worker_metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = helpers::metrics_text(&up.worker_metrics).await;
     let done = helpers::sample(&m, "scalestack_jobs_total", &["outcome=\"done\""]).unwrap_or(0.0);
     assert_eq!(done, 1.0, "{m}");
     // Every variant whole: an image that decodes to its last pixel.
@@ -245,12 +240,7 @@ async fn workers_and_web_servers_scale_with_the_load_and_back() {
     }
     let web_peak = wait_autoscale(&up, "web", |t| t["last"]["current"] == 2).await;
 
-    let metrics = reqwest::get(format!("{}/metrics", up.control))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = helpers::metrics_text(&up.control).await;
     let events = |role: &str, dir: &str| {
         helpers::sample(
             &metrics,

@@ -256,12 +256,7 @@ async fn killing_a_web_server_under_load_loses_no_get_and_no_session() {
     // connect is retried elsewhere and fails nothing). Each user has at most
     // one request in flight, so that is at most 24.
     let admin = up.lb_admin.as_ref().unwrap();
-    let metrics = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics_text(admin).await;
     let broken_on_victim: u64 = metrics
         .lines()
         .filter(|l| {
