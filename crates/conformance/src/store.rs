@@ -27,6 +27,13 @@ fn page(before: Option<PhotoId>, limit: u32) -> Page {
 }
 
 /// A user with a fresh name (`tag` and a suffix), password hash `"h"`.
+/// A photo of `owner`, processed: what feeds show.
+async fn ready_photo(store: &dyn Store, photo: &NewPhoto) -> PhotoId {
+    let id = store.create_photo(photo).await.unwrap().id;
+    store.set_photo_status(id, PhotoStatus::Ready).await.unwrap();
+    id
+}
+
 async fn user(store: &dyn Store, tag: &str) -> (UserId, Username) {
     let name = unique_name(tag);
     let id = store.create_user(&name, "h").await.expect("create_user");
@@ -166,15 +173,17 @@ pub async fn a_ready_photo_never_becomes_failed(store: &dyn Store) {
 }
 
 /// Follows are idempotent both ways and one-directional; the feed holds
-/// the followees' photos, newest first, keyset-paged; profiles count
-/// followers and followings.
+/// the followees' ready photos (those made before the follow too), newest
+/// first, keyset-paged, a photo entering it when it is processed; profiles
+/// count followers and followings.
 pub async fn follows_and_feed(store: &dyn Store) {
     let (a, _) = user(store, "alice").await;
     let (b, b_name) = user(store, "bob").await;
     let (c, _) = user(store, "carol").await;
-    let pb = store.create_photo(&new_photo(b)).await.unwrap().id;
-    let _pc = store.create_photo(&new_photo(c)).await.unwrap().id;
-    let pb2 = store.create_photo(&new_photo(b)).await.unwrap().id;
+    let pb = ready_photo(store, &new_photo(b)).await;
+    let _pc = ready_photo(store, &new_photo(c)).await;
+    let pb2 = ready_photo(store, &new_photo(b)).await;
+    let _unprocessed = store.create_photo(&new_photo(b)).await.unwrap().id;
     assert!(store.feed_ids(a, page(None, 10)).await.unwrap().is_empty());
     assert!(!store.is_following(a, b).await.unwrap());
     store.follow(a, b).await.unwrap();
@@ -184,6 +193,11 @@ pub async fn follows_and_feed(store: &dyn Store) {
     assert_eq!(store.feed_ids(a, page(None, 10)).await.unwrap(), vec![pb2, pb]);
     assert_eq!(store.feed_ids(a, page(Some(pb2), 10)).await.unwrap(), vec![pb]);
     assert_eq!(store.feed_ids(a, page(None, 1)).await.unwrap(), vec![pb2]);
+    let pb3 = store.create_photo(&new_photo(b)).await.unwrap().id;
+    assert_eq!(store.feed_ids(a, page(None, 10)).await.unwrap(), vec![pb2, pb], "not yet processed");
+    store.set_photo_status(pb3, PhotoStatus::Ready).await.unwrap();
+    store.set_photo_status(pb3, PhotoStatus::Ready).await.unwrap(); // a retried job
+    assert_eq!(store.feed_ids(a, page(None, 10)).await.unwrap(), vec![pb3, pb2, pb]);
     let prof = store.profile(b).await.unwrap().unwrap();
     assert_eq!((prof.followers, prof.following), (1, 0));
     assert_eq!((prof.id, &prof.username), (b, &b_name));
@@ -194,6 +208,8 @@ pub async fn follows_and_feed(store: &dyn Store) {
     assert!(!store.is_following(a, b).await.unwrap());
     assert!(store.feed_ids(a, page(None, 10)).await.unwrap().is_empty());
     let prof = store.profile(b).await.unwrap().unwrap();
+    assert_eq!((prof.followers, prof.following), (0, 0));
+    let prof = store.profile(a).await.unwrap().unwrap();
     assert_eq!((prof.followers, prof.following), (0, 0));
 }
 
@@ -206,8 +222,8 @@ pub async fn lists_hold_only_their_owners_photos(store: &dyn Store) {
     let mut mine = vec![];
     let mut theirs = vec![];
     for _ in 0..3 {
-        mine.push(store.create_photo(&new_photo(a)).await.unwrap().id);
-        theirs.push(store.create_photo(&new_photo(b)).await.unwrap().id);
+        mine.push(ready_photo(store, &new_photo(a)).await);
+        theirs.push(ready_photo(store, &new_photo(b)).await);
     }
     store.create_photo(&new_photo(reader)).await.unwrap();
     mine.reverse();
@@ -231,16 +247,16 @@ pub async fn a_deleted_photo_is_gone_with_what_it_recorded(store: &dyn Store) {
     let (a, _) = user(store, "owner").await;
     let (reader, _) = user(store, "reader").await;
     store.follow(reader, a).await.unwrap();
-    let kept = store.create_photo(&new_photo(a)).await.unwrap().id;
-    let doomed = store
-        .create_photo(&NewPhoto {
+    let kept = ready_photo(store, &new_photo(a)).await;
+    let doomed = ready_photo(
+        store,
+        &NewPhoto {
             format: ImageFormat::Webp,
             ..new_photo(a)
-        })
-        .await
-        .unwrap()
-        .id;
-    let unrecorded = store.create_photo(&new_photo(a)).await.unwrap().id;
+        },
+    )
+    .await;
+    let unrecorded = ready_photo(store, &new_photo(a)).await;
     store.record_photo_job(doomed, 77).await.unwrap();
     store.record_photo_job(doomed, 78).await.unwrap(); // the latest counts
     assert!(matches!(

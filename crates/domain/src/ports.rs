@@ -54,7 +54,8 @@ pub trait Store: Send + Sync + 'static {
     async fn unfollow(&self, follower: UserId, followee: UserId) -> Result<(), StoreError>;
     /// Whether `follower` follows `followee`.
     async fn is_following(&self, follower: UserId, followee: UserId) -> Result<bool, StoreError>;
-    /// Ids of photos by users that `user` follows, newest first.
+    /// Ids of the ready photos of users that `user` follows, newest first
+    /// (a photo enters its owner's followers' feeds once processed).
     async fn feed_ids(&self, user: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError>;
 
     /// Cheap round trip proving the store can serve.

@@ -22,6 +22,7 @@ mod replication;
 pub mod router;
 mod sessions;
 mod shard_map;
+mod sharded;
 mod store;
 mod usernames;
 
@@ -32,6 +33,7 @@ pub use replication::{current_wal_lsn, format_lsn, is_in_recovery, parse_lsn, re
 pub use router::{NodeRole, NodeStatus, PgRouter, RouterConfig, RouterStats};
 pub use sessions::PgSessionStore;
 pub use shard_map::{next_id, PublishError, ShardMaps};
+pub use sharded::{ShardedConfig, ShardedStore};
 pub use store::PgStore;
 pub use usernames::Usernames;
 
@@ -95,6 +97,24 @@ pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError>
         options = options.application_name(APPLICATION_NAME);
     }
     Ok(options)
+}
+
+/// Where each statement runs: one pool, or whichever pool a closure names
+/// at that moment (the primary of a replica set, which a failover moves).
+#[derive(Clone)]
+pub(crate) enum Pools {
+    Fixed(PgPool),
+    Current(std::sync::Arc<dyn Fn() -> Result<PgPool, domain::BackendError> + Send + Sync>),
+}
+
+impl Pools {
+    /// The pool to run the next statement on.
+    pub(crate) fn get(&self) -> Result<PgPool, domain::BackendError> {
+        match self {
+            Pools::Fixed(pool) => Ok(pool.clone()),
+            Pools::Current(current) => current(),
+        }
+    }
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {

@@ -23,6 +23,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0006_sharded_ids.sql"),
     ),
     (7, "usernames", include_str!("../migrations/0007_usernames.sql")),
+    (
+        8,
+        "sharded_social",
+        include_str!("../migrations/0008_sharded_social.sql"),
+    ),
 ];
 
 /// Key of the transaction-scoped advisory lock every migrating process takes

@@ -11,21 +11,13 @@
 //! `attempt_base` and deliveries number their attempts from there, so a
 //! delivery from before the job died never matches a later one.
 
-use crate::{backend, now_ms};
+use crate::{backend, now_ms, Pools};
 use async_trait::async_trait;
 use domain::ports::{Delivery, DeliveryHandle, JobQueue};
 use domain::*;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Where each statement runs: one pool, or whichever pool a closure names
-/// at that moment (the primary of a replica set, which a failover moves).
-#[derive(Clone)]
-enum Pools {
-    Fixed(PgPool),
-    Current(Arc<dyn Fn() -> Result<PgPool, BackendError> + Send + Sync>),
-}
 
 /// Jobs in the `jobs` table.
 #[derive(Clone)]
@@ -58,10 +50,7 @@ impl PgJobQueue {
     }
 
     fn pool(&self) -> Result<PgPool, BackendError> {
-        match &self.pools {
-            Pools::Fixed(pool) => Ok(pool.clone()),
-            Pools::Current(current) => current(),
-        }
+        self.pools.get()
     }
 
     /// Moves the row of the delivery with fencing token `token` from

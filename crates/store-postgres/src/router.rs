@@ -241,6 +241,22 @@ impl PgRouter {
         ))
     }
 
+    /// The current primary's pool: fails at once without a primary.
+    pub fn primary_pool(&self) -> Result<sqlx::PgPool, StoreError> {
+        Ok(self.inner.primary()?.store.pool().clone())
+    }
+
+    /// The shard maps on this set's current primary (the catalog set's).
+    pub fn shard_maps(&self) -> crate::ShardMaps {
+        let inner = Arc::clone(&self.inner);
+        crate::ShardMaps::on_current(move || Ok(inner.primary()?.store.pool().clone()))
+    }
+
+    /// The replica set this router serves.
+    pub fn replica_set(&self) -> &ReplicaSetId {
+        &self.inner.set
+    }
+
     /// Every node (in the configuration's order) as of its last probe, with
     /// its read and write counts.
     pub fn status(&self) -> Vec<NodeStatus> {

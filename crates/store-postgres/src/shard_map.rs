@@ -11,9 +11,9 @@
 //! the next epoch after the current one, so two resharding runs racing to
 //! change the map cannot both win, and no router ever goes back an epoch.
 
-use crate::{now_ms, unavailable};
+use crate::{now_ms, unavailable, Pools};
 use domain::shard::{LogicalShard, ShardMap, ShardMapError, ShardedId};
-use domain::StoreError;
+use domain::{BackendError, StoreError};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -44,13 +44,27 @@ pub enum PublishError {
 /// The shard maps in one database (the catalog set's primary).
 #[derive(Clone)]
 pub struct ShardMaps {
-    pool: PgPool,
+    pools: Pools,
 }
 
 impl ShardMaps {
     /// The maps in the migrated database behind `pool`.
     pub fn new(pool: PgPool) -> Self {
-        ShardMaps { pool }
+        ShardMaps {
+            pools: Pools::Fixed(pool),
+        }
+    }
+
+    /// The maps on whichever pool `current` names at each statement (the
+    /// catalog set's primary, which a failover moves).
+    pub fn on_current(current: impl Fn() -> Result<PgPool, BackendError> + Send + Sync + 'static) -> Self {
+        ShardMaps {
+            pools: Pools::Current(Arc::new(current)),
+        }
+    }
+
+    fn pool(&self) -> Result<PgPool, StoreError> {
+        self.pools.get().map_err(unavailable)
     }
 
     /// The newest map, if any was published. A stored map that fails to
@@ -58,7 +72,7 @@ impl ShardMaps {
     pub async fn current(&self) -> Result<Option<ShardMap>, StoreError> {
         let json: Option<String> =
             sqlx::query_scalar("SELECT map FROM shard_maps ORDER BY epoch DESC LIMIT 1")
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.pool()?)
                 .await
                 .map_err(unavailable)?;
         json.map(|j| parse(&j)).transpose()
@@ -73,7 +87,7 @@ impl ShardMaps {
             offered: map.epoch,
             current: 0,
         })?;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.pool()?.begin().await.map_err(unavailable)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(LOCK_KEY)
             .execute(&mut *tx)
@@ -118,7 +132,7 @@ impl ShardMaps {
     /// a read and a notification. The task ends when every receiver is
     /// dropped.
     pub async fn follow(&self, poll: Duration) -> Result<watch::Receiver<Option<Arc<ShardMap>>>, StoreError> {
-        let mut listener = listen(&self.pool).await;
+        let mut listener = listen(&self.pool()?).await;
         let first = self.current().await?.map(Arc::new);
         let (tx, rx) = watch::channel(first);
         let maps = self.clone();
@@ -139,7 +153,9 @@ impl ShardMaps {
                     _ = tx.closed() => return,
                 }
                 if listener.is_none() {
-                    listener = listen(&maps.pool).await;
+                    if let Ok(pool) = maps.pool() {
+                        listener = listen(&pool).await;
+                    }
                 }
                 match maps.current().await {
                     Ok(Some(map)) => {

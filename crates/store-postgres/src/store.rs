@@ -32,8 +32,9 @@ macro_rules! photo_columns {
         "p.id, p.owner_id, u.username, p.caption, p.status, p.format, p.width, p.height, p.created_at"
     };
 }
+pub(crate) use photo_columns;
 
-fn photo_from_row(row: &PgRow) -> Result<Photo, StoreError> {
+pub(crate) fn photo_from_row(row: &PgRow) -> Result<Photo, StoreError> {
     let caption: Option<String> = row.get(3);
     Ok(Photo {
         id: PhotoId(row.get(0)),
@@ -48,7 +49,7 @@ fn photo_from_row(row: &PgRow) -> Result<Photo, StoreError> {
     })
 }
 
-fn user_from_row(row: &PgRow) -> Result<User, StoreError> {
+pub(crate) fn user_from_row(row: &PgRow) -> Result<User, StoreError> {
     Ok(User {
         id: UserId(row.get(0)),
         username: Username::parse(row.get(1)).map_err(corrupt)?,
@@ -57,13 +58,13 @@ fn user_from_row(row: &PgRow) -> Result<User, StoreError> {
 }
 
 /// The keyset bound of a page: ids strictly below it.
-fn upper_bound(page: Page) -> i64 {
+pub(crate) fn upper_bound(page: Page) -> i64 {
     page.before.map_or(i64::MAX, |p| p.0)
 }
 
 /// A dimension as the INTEGER column stores it. The pixel limit keeps real
 /// images far below `i32::MAX`; anything above is refused, not wrapped.
-fn dimension(px: u32) -> Result<i32, StoreError> {
+pub(crate) fn dimension(px: u32) -> Result<i32, StoreError> {
     i32::try_from(px).map_err(|_| unavailable(format!("dimension {px} out of range")))
 }
 
@@ -275,7 +276,7 @@ impl Store for PgStore {
     async fn feed_ids(&self, user: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError> {
         sqlx::query_scalar(
             "SELECT p.id FROM photos p JOIN follows f ON f.followee_id = p.owner_id \
-             WHERE f.follower_id = $1 AND p.id < $2 ORDER BY p.id DESC LIMIT $3",
+             WHERE f.follower_id = $1 AND p.status = 'ready' AND p.id < $2 ORDER BY p.id DESC LIMIT $3",
         )
         .bind(user.0)
         .bind(upper_bound(page))

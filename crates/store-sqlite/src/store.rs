@@ -257,7 +257,7 @@ impl Store for SqliteStore {
     async fn feed_ids(&self, user: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError> {
         sqlx::query_scalar(
             "SELECT p.id FROM photos p JOIN follows f ON f.followee_id = p.owner_id \
-             WHERE f.follower_id = ? AND p.id < ? ORDER BY p.id DESC LIMIT ?",
+             WHERE f.follower_id = ? AND p.status = 'ready' AND p.id < ? ORDER BY p.id DESC LIMIT ?",
         )
         .bind(user.0)
         .bind(upper_bound(page))

@@ -17,7 +17,7 @@ impl PgRouter {
     /// floor, else on the primary. A replica that fails the read is marked
     /// down and the read is retried once on the primary (reads are safe to
     /// repeat).
-    async fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: Fn(PgStore) -> Fut + Send + Sync,
         Fut: Future<Output = Result<T, StoreError>> + Send,
@@ -51,7 +51,7 @@ impl PgRouter {
 
     /// Runs a write on the primary, then, inside a consistency scope, notes
     /// its LSN as the scope's read floor. Refused at once without a primary.
-    async fn write<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn write<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(PgStore) -> Fut + Send,
         Fut: Future<Output = Result<T, StoreError>> + Send,

@@ -9,5 +9,6 @@ mod replication;
 mod router;
 mod sessions;
 mod shard_map;
+mod sharded;
 mod store;
 mod usernames;

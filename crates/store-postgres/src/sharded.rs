@@ -1,0 +1,687 @@
+//! The SQL store split over several replica sets by logical shard
+//! ([`ShardedStore`]): every call goes to the set the shard map names for
+//! the logical shard inside the id it is about, through that set's
+//! [`PgRouter`] (so each shard has its replicas, its failover and its
+//! read-your-writes floor of its own).
+//!
+//! - **Placement.** A user's logical shard is a hash of the name
+//!   ([`LogicalShard::for_username`]); the user's id, photos and feed
+//!   entries carry it ([`ShardedId`], made by the set's database), so
+//!   everything a user owns lives together and any id reaches its set
+//!   without a lookup. Names resolve to ids through [`Usernames`] on the
+//!   catalog set (which also holds the shard map, the sessions and the job
+//!   queue).
+//! - **No joins across sets** (migration 0008): a follow is two rows, one
+//!   on each side's shard (`following` on the follower's, `followers` on
+//!   the followee's), each written with its user's counter in one
+//!   statement. The feed is denormalised: when a photo becomes ready
+//!   ([`Store::set_photo_status`], the photo job's last step, retried with
+//!   the job) it is fanned out as `feed_entries` on every follower's shard,
+//!   one statement per set; a follow back-fills the followee's latest ready
+//!   photos ([`ShardedConfig::backfill`]); a feed read is then one query on
+//!   the reader's set.
+//! - **Celebrities.** A user with [`ShardedConfig::celebrity_followers`]
+//!   followers is no longer fanned out: their followers' `following` rows
+//!   are marked, and a feed read merges the marked followees' photos in,
+//!   one query per set that holds any (so a read touches at most every set
+//!   once, whatever the number of followers). Promotion is crash-safe in
+//!   three steps on the user's row (0 → 1: fan-out stops; every set's rows
+//!   marked; 1 → 2), and a follow that finds a celebrity marks its own row
+//!   and finishes a promotion left at 1. A celebrity stays one (no
+//!   demotion: hysteresis for free).
+//!
+//! Ordering arguments (why no photo falls between the fan-out and a
+//! follow): a follow writes the `followers` row, then back-fills from the
+//! photos; the fan-out marks the photo ready, then reads `followers`. Both
+//! pairs run on the followee's primary, so whichever reads second sees the
+//! other's write. Unfollow removes both rows and the entries; a fan-out
+//! racing it may still write an entry, which the feed read drops (it joins
+//! the entries with the reader's `following`).
+
+use crate::router::PgRouter;
+use crate::store::{dimension, photo_columns, photo_from_row, upper_bound, user_from_row};
+use crate::{corrupt, now_ms, unavailable, Usernames};
+use async_trait::async_trait;
+use domain::ports::Store;
+use domain::shard::{LogicalShard, ShardMap, ShardedId};
+use domain::*;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The policy of a sharded store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardedConfig {
+    /// Followers from which a user's photos are merged into feeds at read
+    /// time instead of fanned out: 10 000 (a fan-out then writes at most
+    /// that many entries, spread over the sets).
+    pub celebrity_followers: i64,
+    /// How many of a followee's latest ready photos a follow copies into
+    /// the follower's feed: 200. Older ones are not in the feed (pages of
+    /// the followee's own list still have them).
+    pub backfill: i64,
+    /// How long a sign-up's claim of a name holds before another sign-up
+    /// may take it over (the first died midway): 30 s.
+    pub claim_stale_after: Duration,
+}
+
+impl Default for ShardedConfig {
+    fn default() -> Self {
+        ShardedConfig {
+            celebrity_followers: 10_000,
+            backfill: 200,
+            claim_stale_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// [`Store`] over several replica sets (see the module documentation).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct ShardedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The set that holds the usernames, the shard map, the sessions and
+    /// the queue; also one of `sets`.
+    catalog: PgRouter,
+    sets: BTreeMap<String, PgRouter>,
+    map: watch::Receiver<Option<Arc<ShardMap>>>,
+    config: ShardedConfig,
+}
+
+/// How often a router rereads the shard map when no notification came.
+const MAP_POLL: Duration = Duration::from_secs(5);
+
+impl ShardedStore {
+    /// A store over `sets` (name → router; each migrated), `catalog` being
+    /// one of them. Publishes the even map over every set as epoch 1 if no
+    /// map exists yet (any number of processes may race to: one wins), then
+    /// follows the map.
+    pub async fn connect(
+        catalog: &str,
+        sets: BTreeMap<String, PgRouter>,
+        config: ShardedConfig,
+    ) -> Result<ShardedStore, StoreError> {
+        let catalog = sets
+            .get(catalog)
+            .cloned()
+            .ok_or_else(|| unavailable(format!("the catalog set {catalog:?} is not among the sets")))?;
+        let maps = catalog.shard_maps();
+        if maps.current().await?.is_none() {
+            let names: Vec<&str> = sets.keys().map(String::as_str).collect();
+            let map = ShardMap::even(&names).map_err(unavailable)?;
+            match maps.publish(&map).await {
+                Ok(()) | Err(crate::PublishError::Stale { .. }) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        let map = maps.follow(MAP_POLL).await?;
+        Ok(ShardedStore {
+            inner: Arc::new(Inner {
+                catalog,
+                sets,
+                map,
+                config,
+            }),
+        })
+    }
+
+    /// The map routed by now.
+    pub fn map(&self) -> Option<Arc<ShardMap>> {
+        self.inner.map.borrow().clone()
+    }
+
+    /// The routers, by set name.
+    pub fn sets(&self) -> &BTreeMap<String, PgRouter> {
+        &self.inner.sets
+    }
+
+    /// The catalog set's router.
+    pub fn catalog(&self) -> &PgRouter {
+        &self.inner.catalog
+    }
+
+    /// The router of the set that holds `shard` now.
+    fn set_for(&self, shard: LogicalShard) -> Result<&PgRouter, StoreError> {
+        let map = self
+            .inner
+            .map
+            .borrow()
+            .clone()
+            .ok_or_else(|| unavailable("no shard map is published"))?;
+        let name = map.set_of(shard);
+        self.inner
+            .sets
+            .get(name)
+            .ok_or_else(|| unavailable(format!("the shard map names the set {name:?}, which this process has no router for")))
+    }
+
+    /// The router of the set that holds the row with id `id`; `None` for an
+    /// id no row can have (negative).
+    fn set_of(&self, id: i64) -> Result<Option<&PgRouter>, StoreError> {
+        ShardedId::from_raw(id)
+            .map(|id| self.set_for(id.shard()))
+            .transpose()
+    }
+
+    /// Like [`ShardedStore::set_of`] for a row that must exist.
+    fn set_of_existing(&self, id: i64) -> Result<&PgRouter, StoreError> {
+        self.set_of(id)?.ok_or(StoreError::NotFound)
+    }
+
+    /// `ids` grouped by the set that holds them.
+    fn by_set(&self, ids: impl IntoIterator<Item = i64>) -> Result<BTreeMap<String, (PgRouter, Vec<i64>)>, StoreError> {
+        let mut groups: BTreeMap<String, (PgRouter, Vec<i64>)> = BTreeMap::new();
+        for id in ids {
+            let Some(router) = self.set_of(id)? else { continue };
+            groups
+                .entry(router.replica_set().to_string())
+                .or_insert_with(|| (router.clone(), Vec::new()))
+                .1
+                .push(id);
+        }
+        Ok(groups)
+    }
+
+    fn usernames(pool: &PgPool) -> Usernames {
+        Usernames::new(pool.clone())
+    }
+
+    /// Writes `photo`'s entry into the feed of each of its owner's
+    /// followers, unless the owner is a celebrity or the photo is not ready
+    /// (deleted meanwhile). Idempotent: a retried job writes nothing twice.
+    async fn fan_out(&self, photo: PhotoId) -> Result<(), StoreError> {
+        let set = self.set_of_existing(photo.0)?;
+        // On the primary: the followers must be those as of now (see the
+        // ordering argument in the module documentation).
+        let row: Option<(i64, i16, Vec<i64>)> = set
+            .write(|s| async move {
+                sqlx::query_as(
+                    "SELECT p.owner_id, u.celebrity, \
+                     coalesce((SELECT array_agg(follower_id) FROM followers WHERE followee_id = p.owner_id), '{}') \
+                     FROM photos p JOIN users u ON u.id = p.owner_id WHERE p.id = $1 AND p.status = 'ready'",
+                )
+                .bind(photo.0)
+                .fetch_optional(s.pool())
+                .await
+                .map_err(unavailable)
+            })
+            .await?;
+        let Some((owner, celebrity, followers)) = row else { return Ok(()) };
+        if celebrity != 0 {
+            return Ok(());
+        }
+        for (router, users) in self.by_set(followers)?.into_values() {
+            router
+                .write(|s| async move {
+                    sqlx::query(
+                        "INSERT INTO feed_entries (user_id, photo_id, author_id) \
+                         SELECT u, $2, $3 FROM unnest($1::bigint[]) AS u ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&users)
+                    .bind(photo.0)
+                    .bind(owner)
+                    .execute(s.pool())
+                    .await
+                    .map_err(unavailable)
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes `user` a celebrity, or finishes a promotion a crash left
+    /// half done: fan-out stops (state 1), every follower's row is marked
+    /// on every set, then state 2.
+    async fn promote(&self, user: UserId) -> Result<(), StoreError> {
+        let home = self.set_of_existing(user.0)?;
+        home.write(|s| async move {
+            exec(s.pool(), "UPDATE users SET celebrity = 1 WHERE id = $1 AND celebrity = 0", user.0).await
+        })
+        .await?;
+        for router in self.inner.sets.values() {
+            router
+                .write(|s| async move {
+                    exec(
+                        s.pool(),
+                        "UPDATE following SET celebrity = true WHERE followee_id = $1 AND NOT celebrity",
+                        user.0,
+                    )
+                    .await
+                })
+                .await?;
+        }
+        home.write(|s| async move { exec(s.pool(), "UPDATE users SET celebrity = 2 WHERE id = $1", user.0).await })
+            .await?;
+        tracing::info!(user = user.0, "promoted to celebrity: photos merged into feeds at read time");
+        Ok(())
+    }
+}
+
+/// Runs `sql` with `id` as its one parameter.
+async fn exec(pool: &PgPool, sql: &'static str, id: i64) -> Result<u64, StoreError> {
+    sqlx::query(sql)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|d| d.rows_affected())
+        .map_err(unavailable)
+}
+
+/// Sorts `ids` newest first, drops repeats and keeps `limit`.
+fn newest(mut ids: Vec<i64>, limit: u32) -> Vec<PhotoId> {
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids.dedup();
+    ids.truncate(limit as usize);
+    ids.into_iter().map(PhotoId).collect()
+}
+
+#[async_trait]
+impl Store for ShardedStore {
+    async fn create_user(&self, username: &Username, password_hash: &str) -> Result<UserId, StoreError> {
+        let shard = LogicalShard::for_username(username.as_str());
+        let set = self.set_for(shard)?;
+        let id = UserId(crate::next_id(&set.primary_pool()?, shard).await?.raw());
+        let name = username.as_str();
+        let stale = self.inner.config.claim_stale_after;
+        self.inner
+            .catalog
+            .write(|s| async move { Self::usernames(s.pool()).claim(name, id, stale).await })
+            .await?;
+        // The claim is ours, so a row of this name on the shard is an
+        // orphan of a sign-up that died before activating it (never
+        // resolvable, so it owns nothing): it is replaced.
+        let inserted = set
+            .write(|s| async move {
+                sqlx::query(concat!(
+                    "INSERT INTO users (id, username, password_hash, created_at) VALUES ($1, $2, $3, ",
+                    now_ms!(),
+                    ") ON CONFLICT (username) DO UPDATE SET id = EXCLUDED.id, \
+                     password_hash = EXCLUDED.password_hash, created_at = EXCLUDED.created_at"
+                ))
+                .bind(id.0)
+                .bind(name)
+                .bind(password_hash)
+                .execute(s.pool())
+                .await
+                .map_err(unavailable)
+            })
+            .await;
+        if let Err(e) = inserted {
+            let released = self
+                .inner
+                .catalog
+                .write(|s| async move { Self::usernames(s.pool()).release(name, id).await })
+                .await;
+            if let Err(r) = released {
+                tracing::warn!(error = %r, username = name, "releasing the claim of a failed sign-up (taken over once stale)");
+            }
+            return Err(e);
+        }
+        self.inner
+            .catalog
+            .write(|s| async move { Self::usernames(s.pool()).activate(name, id).await })
+            .await
+            // Our claim went stale and was taken over: the other sign-up has
+            // the name.
+            .map_err(|e| match e {
+                StoreError::NotFound => StoreError::Conflict,
+                e => e,
+            })?;
+        Ok(id)
+    }
+
+    async fn user_by_name(&self, username: &Username) -> Result<Option<User>, StoreError> {
+        let name = username.as_str();
+        let id = self
+            .inner
+            .catalog
+            .read(|s| async move { Self::usernames(s.pool()).resolve(name).await })
+            .await?;
+        match id {
+            Some(id) => self.user_by_id(id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let Some(set) = self.set_of(id.0)? else { return Ok(None) };
+        let row = set
+            .read(|s| async move {
+                sqlx::query("SELECT id, username, password_hash FROM users WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(s.pool())
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn profile(&self, id: UserId) -> Result<Option<Profile>, StoreError> {
+        let Some(set) = self.set_of(id.0)? else { return Ok(None) };
+        let row: Option<(i64, String, i64, i64)> = set
+            .read(|s| async move {
+                sqlx::query_as("SELECT id, username, followers_count, following_count FROM users WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(s.pool())
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+        row.map(|(id, name, followers, following)| {
+            Ok(Profile {
+                id: UserId(id),
+                username: Username::parse(&name).map_err(corrupt)?,
+                followers,
+                following,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_photo(&self, photo: &NewPhoto) -> Result<Photo, StoreError> {
+        let owner = ShardedId::from_raw(photo.owner_id.0).ok_or(StoreError::NotFound)?;
+        let set = self.set_for(owner.shard())?;
+        let (width, height) = (dimension(photo.width)?, dimension(photo.height)?);
+        let row = set
+            .write(|s| async move {
+                sqlx::query(concat!(
+                    "WITH p AS (INSERT INTO photos (id, owner_id, caption, status, format, width, height, created_at) \
+                     VALUES (scalestack_next_id($6), $1, $2, 'processing', $3, $4, $5, ",
+                    now_ms!(),
+                    ") RETURNING *) SELECT ",
+                    photo_columns!(),
+                    " FROM p JOIN users u ON u.id = p.owner_id"
+                ))
+                .bind(photo.owner_id.0)
+                .bind(photo.caption.as_ref().map(|c| c.as_str()))
+                .bind(photo.format.as_str())
+                .bind(width)
+                .bind(height)
+                .bind(i32::from(owner.shard().get()))
+                .fetch_one(s.pool())
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound,
+                    _ => unavailable(e),
+                })
+            })
+            .await?;
+        photo_from_row(&row)
+    }
+
+    async fn delete_photo(&self, id: PhotoId) -> Result<Option<DeletedPhoto>, StoreError> {
+        let Some(set) = self.set_of(id.0)? else { return Ok(None) };
+        let gone = set.write(|s| async move { s.delete_photo(id).await }).await?;
+        if gone.is_some() {
+            for router in self.inner.sets.values() {
+                router
+                    .write(|s| async move {
+                        exec(s.pool(), "DELETE FROM feed_entries WHERE photo_id = $1", id.0).await
+                    })
+                    .await?;
+            }
+        }
+        Ok(gone)
+    }
+
+    async fn record_photo_job(&self, id: PhotoId, job: i64) -> Result<(), StoreError> {
+        self.set_of_existing(id.0)?
+            .write(|s| async move { s.record_photo_job(id, job).await })
+            .await
+    }
+
+    async fn stalled_uploads(&self, before_ms: i64, limit: usize) -> Result<Vec<Photo>, StoreError> {
+        let mut all = Vec::new();
+        for router in self.inner.sets.values() {
+            all.extend(
+                router
+                    .write(|s| async move { s.stalled_uploads(before_ms, limit).await })
+                    .await?,
+            );
+        }
+        all.sort_by_key(|p| (p.created_at_ms, p.id));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
+        let Some(set) = self.set_of(id.0)? else { return Ok(None) };
+        set.read(|s| async move { s.photo(id).await }).await
+    }
+
+    async fn set_photo_status(&self, id: PhotoId, status: PhotoStatus) -> Result<(), StoreError> {
+        self.set_of_existing(id.0)?
+            .write(|s| async move { s.set_photo_status(id, status).await })
+            .await?;
+        if status == PhotoStatus::Ready {
+            self.fan_out(id).await?;
+        }
+        Ok(())
+    }
+
+    async fn user_photo_ids(&self, owner: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError> {
+        let Some(set) = self.set_of(owner.0)? else { return Ok(vec![]) };
+        set.read(|s| async move { s.user_photo_ids(owner, page).await })
+            .await
+    }
+
+    async fn follow(&self, follower: UserId, followee: UserId) -> Result<(), StoreError> {
+        let mine = self.set_of_existing(follower.0)?;
+        let theirs = self.set_of_existing(followee.0)?;
+        mine.write(|s| async move {
+            sqlx::query(concat!(
+                "WITH ins AS (INSERT INTO following (follower_id, followee_id, created_at) VALUES ($1, $2, ",
+                now_ms!(),
+                ") ON CONFLICT DO NOTHING RETURNING 1) \
+                 UPDATE users SET following_count = following_count + (SELECT count(*) FROM ins) WHERE id = $1"
+            ))
+            .bind(follower.0)
+            .bind(followee.0)
+            .execute(s.pool())
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound,
+                _ => unavailable(e),
+            })
+        })
+        .await?;
+        let counted: Option<(i64, i16)> = theirs
+            .write(|s| async move {
+                sqlx::query_as(concat!(
+                    "WITH ins AS (INSERT INTO followers (followee_id, follower_id, created_at) VALUES ($1, $2, ",
+                    now_ms!(),
+                    ") ON CONFLICT DO NOTHING RETURNING 1) \
+                     UPDATE users SET followers_count = followers_count + (SELECT count(*) FROM ins) \
+                     WHERE id = $1 RETURNING followers_count, celebrity"
+                ))
+                .bind(followee.0)
+                .bind(follower.0)
+                .fetch_optional(s.pool())
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound,
+                    _ => unavailable(e),
+                })
+            })
+            .await?;
+        let (followers, celebrity) = counted.ok_or(StoreError::NotFound)?;
+        if celebrity != 0 || followers >= self.inner.config.celebrity_followers {
+            mine.write(|s| async move {
+                sqlx::query("UPDATE following SET celebrity = true WHERE follower_id = $1 AND followee_id = $2")
+                    .bind(follower.0)
+                    .bind(followee.0)
+                    .execute(s.pool())
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+            if celebrity != 2 {
+                self.promote(followee).await?;
+            }
+            return Ok(());
+        }
+        // Back-fill, read on the followee's primary after its followers row
+        // (see the ordering argument).
+        let backfill = self.inner.config.backfill;
+        let recent: Vec<i64> = theirs
+            .write(|s| async move {
+                sqlx::query_scalar(
+                    "SELECT id FROM photos WHERE owner_id = $1 AND status = 'ready' ORDER BY id DESC LIMIT $2",
+                )
+                .bind(followee.0)
+                .bind(backfill)
+                .fetch_all(s.pool())
+                .await
+                .map_err(unavailable)
+            })
+            .await?;
+        if !recent.is_empty() {
+            mine.write(|s| async move {
+                sqlx::query(
+                    "INSERT INTO feed_entries (user_id, photo_id, author_id) \
+                     SELECT $1, p, $3 FROM unnest($2::bigint[]) AS p ON CONFLICT DO NOTHING",
+                )
+                .bind(follower.0)
+                .bind(&recent)
+                .bind(followee.0)
+                .execute(s.pool())
+                .await
+                .map_err(unavailable)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn unfollow(&self, follower: UserId, followee: UserId) -> Result<(), StoreError> {
+        let (Some(mine), Some(theirs)) = (self.set_of(follower.0)?, self.set_of(followee.0)?) else {
+            return Ok(());
+        };
+        theirs
+            .write(|s| async move {
+                sqlx::query(
+                    "WITH del AS (DELETE FROM followers WHERE followee_id = $1 AND follower_id = $2 RETURNING 1) \
+                     UPDATE users SET followers_count = followers_count - (SELECT count(*) FROM del) WHERE id = $1",
+                )
+                .bind(followee.0)
+                .bind(follower.0)
+                .execute(s.pool())
+                .await
+                .map_err(unavailable)
+            })
+            .await?;
+        mine.write(|s| async move {
+            sqlx::query(
+                "WITH del AS (DELETE FROM following WHERE follower_id = $1 AND followee_id = $2 RETURNING 1), \
+                 gone AS (DELETE FROM feed_entries WHERE user_id = $1 AND author_id = $2) \
+                 UPDATE users SET following_count = following_count - (SELECT count(*) FROM del) WHERE id = $1",
+            )
+            .bind(follower.0)
+            .bind(followee.0)
+            .execute(s.pool())
+            .await
+            .map_err(unavailable)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn is_following(&self, follower: UserId, followee: UserId) -> Result<bool, StoreError> {
+        let Some(mine) = self.set_of(follower.0)? else { return Ok(false) };
+        mine.read(|s| async move {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM following WHERE follower_id = $1 AND followee_id = $2)",
+            )
+            .bind(follower.0)
+            .bind(followee.0)
+            .fetch_one(s.pool())
+            .await
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn feed_ids(&self, user: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError> {
+        let Some(mine) = self.set_of(user.0)? else { return Ok(vec![]) };
+        let before = upper_bound(page);
+        let limit = i64::from(page.limit);
+        // The fanned-out entries of followees still followed (an entry a
+        // racing fan-out wrote after an unfollow is dropped here), and the
+        // celebrities followed, whose photos are merged in below.
+        let (mut ids, celebrities): (Vec<i64>, Vec<i64>) = mine
+            .read(|s| async move {
+                let ids = sqlx::query_scalar(
+                    "SELECT e.photo_id FROM feed_entries e JOIN following f \
+                     ON f.follower_id = e.user_id AND f.followee_id = e.author_id AND NOT f.celebrity \
+                     WHERE e.user_id = $1 AND e.photo_id < $2 ORDER BY e.photo_id DESC LIMIT $3",
+                )
+                .bind(user.0)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(s.pool())
+                .await
+                .map_err(unavailable)?;
+                let celebrities =
+                    sqlx::query_scalar("SELECT followee_id FROM following WHERE follower_id = $1 AND celebrity")
+                        .bind(user.0)
+                        .fetch_all(s.pool())
+                        .await
+                        .map_err(unavailable)?;
+                Ok((ids, celebrities))
+            })
+            .await?;
+        for (router, owners) in self.by_set(celebrities)?.into_values() {
+            let owners = &owners;
+            ids.extend(
+                router
+                    .read(|s| async move {
+                        sqlx::query_scalar::<_, i64>(
+                            "SELECT id FROM photos WHERE owner_id = ANY($1) AND status = 'ready' AND id < $2 \
+                             ORDER BY id DESC LIMIT $3",
+                        )
+                        .bind(owners)
+                        .bind(before)
+                        .bind(limit)
+                        .fetch_all(s.pool())
+                        .await
+                        .map_err(unavailable)
+                    })
+                    .await?,
+            );
+        }
+        Ok(newest(ids, page.limit))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        for router in self.inner.sets.values() {
+            router.ping().await?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ShardedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardedStore")
+            .field("sets", &self.inner.sets.keys().collect::<Vec<_>>())
+            .field("epoch", &self.map().map(|m| m.epoch))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_feeds_are_newest_first_without_repeats() {
+        let ids = newest(vec![3, 9, 5, 9, 1, 7], 4);
+        assert_eq!(ids, vec![PhotoId(9), PhotoId(7), PhotoId(5), PhotoId(3)]);
+    }
+}
