@@ -22,7 +22,8 @@ pub struct Credentials {
 /// A user as the API shows them.
 #[derive(Serialize)]
 pub struct UserView {
-    pub id: i64,
+    /// A string: ids are 64-bit, past what JavaScript numbers hold.
+    pub id: String,
     pub username: String,
 }
 
@@ -52,7 +53,7 @@ async fn start_session(
         status,
         [cookie],
         Json(UserView {
-            id: user.0,
+            id: user.0.to_string(),
             username: username.to_string(),
         }),
     )
@@ -127,7 +128,7 @@ pub async fn me(State(state): State<AppState>, user: CurrentUser) -> ApiResult<J
         .await?
         .ok_or(ApiError::Unauthorized("not logged in"))?;
     Ok(Json(UserView {
-        id: u.id.0,
+        id: u.id.0.to_string(),
         username: u.username.to_string(),
     }))
 }

@@ -23,7 +23,8 @@ use std::time::{Duration, UNIX_EPOCH};
 /// A photo as the API shows it.
 #[derive(Serialize)]
 pub struct PhotoView {
-    id: i64,
+    /// A string: ids are 64-bit, past what JavaScript numbers hold.
+    id: String,
     owner: String,
     caption: Option<String>,
     status: PhotoStatus,
@@ -46,7 +47,7 @@ impl PhotoView {
         }
         let created = UNIX_EPOCH + Duration::from_millis(p.created_at_ms.max(0) as u64);
         PhotoView {
-            id: p.id.0,
+            id: p.id.0.to_string(),
             owner: p.owner.to_string(),
             caption: p.caption.as_ref().map(|c| c.as_str().to_owned()),
             status: p.status,
@@ -191,7 +192,7 @@ pub async fn upload(
     );
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "id": photo.id.0, "status": photo.status })),
+        Json(serde_json::json!({ "id": photo.id.0.to_string(), "status": photo.status })),
     )
         .into_response())
 }

@@ -12,7 +12,8 @@ use serde::Serialize;
 /// A user's public profile and the caller's relation to them.
 #[derive(Serialize)]
 pub struct ProfileView {
-    id: i64,
+    /// A string: ids are 64-bit, past what JavaScript numbers hold.
+    id: String,
     username: String,
     followers: i64,
     following: i64,
@@ -36,7 +37,7 @@ pub async fn profile(
         None => false,
     };
     Ok(Json(ProfileView {
-        id: p.id.0,
+        id: p.id.0.to_string(),
         username: p.username.to_string(),
         followers: p.followers,
         following: p.following,

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn id_of(v: &Value) -> i64 {
-    v["id"].as_i64().unwrap_or_else(|| panic!("no id in {v}"))
+    v["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no id (a string of digits) in {v}"))
 }
 
 #[tokio::test]
@@ -61,7 +64,7 @@ async fn the_whole_flow() {
 
     let (s, page) = app.get_json(&alice, "/api/users/bob/photos").await;
     assert_eq!(s, 200);
-    assert_eq!(page["photos"][0]["id"], id);
+    assert_eq!(id_of(&page["photos"][0]), id);
     assert_eq!(page["next_cursor"], Value::Null);
 
     let (_, feed) = app.get_json(&alice, "/api/feed").await;
@@ -74,7 +77,7 @@ async fn the_whole_flow() {
         (Some(1), Some(true))
     );
     let (_, feed) = app.get_json(&alice, "/api/feed").await;
-    assert_eq!(feed["photos"][0]["id"], id);
+    assert_eq!(id_of(&feed["photos"][0]), id);
     assert_eq!(feed["photos"][0]["status"], "ready");
 
     let r = alice
@@ -352,7 +355,11 @@ async fn pagination_stays_correct_while_photos_arrive() {
     let newest = id_of(&again["photos"][0]);
     assert!(newest > ids[0]);
 
-    // The follower's feed pages the same way: all six, newest first.
+    // The follower's feed pages the same way: all six, newest first, once
+    // processed (a photo enters feeds when it is ready).
+    for id in std::iter::once(newest).chain(ids.iter().copied()) {
+        app.wait_processed(&h, id).await;
+    }
     let (_, f1) = app.get_json(&fan, "/api/feed?limit=4").await;
     let cursor = f1["next_cursor"].as_str().unwrap().to_owned();
     let (_, f2) = app

@@ -88,7 +88,9 @@ async fn ready_photo(app: &TestApp, name: &str) -> i64 {
     let c = app.user(name).await;
     let r = app.upload(&c, imaging::samples::png(64, 64), "p.png", None).await;
     let id = r.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_i64()
+        .as_str()
+        .unwrap()
+        .parse()
         .unwrap();
     assert_eq!(app.wait_processed(&c, id).await["status"], "ready");
     id

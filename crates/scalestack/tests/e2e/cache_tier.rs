@@ -35,7 +35,7 @@ async fn redis_can_die_under_load_without_a_failed_request_or_a_lost_session() {
     let c = signup(&up.web, "popular").await;
     let photo = upload_and_wait(&up.web, &c).await;
     assert_eq!(photo["status"], "ready");
-    let url = format!("{}/api/photos/{}", up.web, photo["id"]);
+    let url = format!("{}/api/photos/{}", up.web, photo["id"].as_str().unwrap());
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

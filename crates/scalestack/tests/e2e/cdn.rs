@@ -75,7 +75,7 @@ async fn photos_and_page_assets_come_from_the_edge_and_a_delete_purges_them() {
     let owner = signup(&up.web, "cdn_owner").await;
     let photo = upload_and_wait(&up.web, &owner).await;
     assert_eq!(photo["status"], "ready", "{photo}");
-    let id = photo["id"].as_i64().unwrap();
+    let id: i64 = photo["id"].as_str().unwrap().parse().unwrap();
 
     // The API points at the edge; each variant is a miss, then a hit.
     let variants = variant_urls(&photo);

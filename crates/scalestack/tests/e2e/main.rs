@@ -45,7 +45,11 @@ async fn upload(web: &str, c: &reqwest::Client, jpeg: Vec<u8>) -> i64 {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
+    r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .expect("ids are strings")
+        .parse()
+        .unwrap()
 }
 
 /// Polls a photo until it leaves `processing` (at most 60 s).
