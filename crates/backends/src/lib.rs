@@ -17,7 +17,7 @@ pub use self::blobs::BlobsTier;
 pub use self::cache::{CacheTier, RedisCacheTier};
 pub use self::queue::QueueTier;
 pub use self::sessions::{RedisSessionsTier, SessionsTier};
-pub use self::sql::{PostgresTier, SqlEngine, SqlTier};
+pub use self::sql::{PostgresTier, ReplicaSetNodes, SqlEngine, SqlTier};
 pub use ::cache::{CacheConfig, EvictionPolicy};
 pub use domain::QueueConfig;
 

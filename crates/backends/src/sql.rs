@@ -47,6 +47,30 @@ pub struct PostgresTier {
     /// How often the router probes every node. Default 200.
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
+    /// Several replica sets instead of `nodes`: the store is sharded over
+    /// them by logical shard (`store_postgres::ShardedStore`); the first
+    /// is the catalog (usernames, shard map, sessions, queue). Empty in a
+    /// topology: the sets `up` runs (`[postgres] sets = N`).
+    #[serde(default)]
+    pub sets: Vec<ReplicaSetNodes>,
+    /// With `sets`: followers from which a user's photos are merged into
+    /// feeds at read time instead of fanned out. Default 10 000.
+    #[serde(default = "default_celebrity_followers")]
+    pub celebrity_followers: i64,
+}
+
+/// One replica set of a sharded tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaSetNodes {
+    /// Its name (`[a-z0-9_-]`, as the shard map and the metrics name it).
+    pub name: String,
+    /// URL of every node, as [`PostgresTier::nodes`].
+    pub nodes: Vec<String>,
+}
+
+fn default_celebrity_followers() -> i64 {
+    store_postgres::ShardedConfig::default().celebrity_followers
 }
 
 fn default_pg_connections() -> u32 {
@@ -80,6 +104,9 @@ pub enum SqlEngine {
     Sqlite(store_sqlite::SqlitePool),
     /// The DB router over the PostgreSQL nodes.
     Postgres(store_postgres::router::PgRouter),
+    /// A router per replica set, the store sharded over them; sessions and
+    /// the queue on the catalog set.
+    Sharded(store_postgres::ShardedStore),
 }
 
 impl SqlEngine {
@@ -98,25 +125,37 @@ impl SqlEngine {
                     .with_context(|| format!("opening SQLite database {}", path.display()))?;
                 Ok(SqlEngine::Sqlite(pool))
             }
+            SqlTier::Postgres(tier) if !tier.sets.is_empty() => {
+                anyhow::ensure!(tier.nodes.is_empty(), "sql: give nodes or sets, not both");
+                let mut routers = std::collections::BTreeMap::new();
+                for set in &tier.sets {
+                    let id = domain::consistency::ReplicaSetId::parse(&set.name)
+                        .map_err(|e| anyhow::anyhow!("sql.sets: {:?}: {e}", set.name))?;
+                    let router = connect_router(tier, &set.nodes, id, registry)
+                        .await
+                        .with_context(|| format!("replica set {}", set.name))?;
+                    anyhow::ensure!(
+                        routers.insert(set.name.clone(), router).is_none(),
+                        "sql.sets: {:?} twice",
+                        set.name
+                    );
+                }
+                let config = store_postgres::ShardedConfig {
+                    celebrity_followers: tier.celebrity_followers,
+                    ..Default::default()
+                };
+                let store = store_postgres::ShardedStore::connect(&tier.sets[0].name, routers, config)
+                    .await
+                    .context("opening the sharded store")?;
+                Ok(SqlEngine::Sharded(store))
+            }
             SqlTier::Postgres(tier) => {
                 anyhow::ensure!(
                     !tier.nodes.is_empty(),
                     "sql.nodes is empty (up fills it in when it runs the PostgreSQL cluster)"
                 );
                 let router =
-                    store_postgres::router::PgRouter::connect(store_postgres::router::RouterConfig {
-                        nodes: tier.nodes.clone(),
-                        max_connections: tier.max_connections,
-                        max_lag_ms: tier.max_lag_ms,
-                        probe_interval_ms: tier.probe_interval_ms,
-                        replica_set: domain::consistency::ReplicaSetId::DEFAULT,
-                    })
-                    .await
-                    .context("connecting to PostgreSQL")?;
-                router.migrate().await.context("migrating PostgreSQL")?;
-                router
-                    .register_metrics(&registry.component("scalestack"))
-                    .context("registering the DB router's metrics")?;
+                    connect_router(tier, &tier.nodes, domain::consistency::ReplicaSetId::DEFAULT, registry).await?;
                 Ok(SqlEngine::Postgres(router))
             }
         }
@@ -127,6 +166,7 @@ impl SqlEngine {
         match self {
             SqlEngine::Sqlite(pool) => Arc::new(store_sqlite::SqliteStore::new(pool.clone())),
             SqlEngine::Postgres(router) => router.store(),
+            SqlEngine::Sharded(store) => Arc::new(store.clone()),
         }
     }
 
@@ -135,6 +175,7 @@ impl SqlEngine {
         match self {
             SqlEngine::Sqlite(pool) => Arc::new(store_sqlite::SqlSessionStore::new(pool.clone())),
             SqlEngine::Postgres(router) => router.sessions(),
+            SqlEngine::Sharded(store) => store.catalog().sessions(),
         }
     }
 
@@ -143,6 +184,30 @@ impl SqlEngine {
         match self {
             SqlEngine::Sqlite(pool) => Arc::new(store_sqlite::SqlJobQueue::new(pool.clone(), config)),
             SqlEngine::Postgres(router) => router.queue(config),
+            SqlEngine::Sharded(store) => store.catalog().queue(config),
         }
     }
+}
+
+/// A migrated DB router over `nodes`, its metrics in `registry`.
+async fn connect_router(
+    tier: &PostgresTier,
+    nodes: &[String],
+    replica_set: domain::consistency::ReplicaSetId,
+    registry: &telemetry::Registry,
+) -> anyhow::Result<store_postgres::router::PgRouter> {
+    let router = store_postgres::router::PgRouter::connect(store_postgres::router::RouterConfig {
+        nodes: nodes.to_vec(),
+        max_connections: tier.max_connections,
+        max_lag_ms: tier.max_lag_ms,
+        probe_interval_ms: tier.probe_interval_ms,
+        replica_set,
+    })
+    .await
+    .context("connecting to PostgreSQL")?;
+    router.migrate().await.context("migrating PostgreSQL")?;
+    router
+        .register_metrics(&registry.component("scalestack"))
+        .context("registering the DB router's metrics")?;
+    Ok(router)
 }

@@ -50,8 +50,8 @@ pub struct Orchestrator {
     scaling: tokio::sync::Mutex<()>,
     /// One writer of the target list at a time.
     targets_file: std::sync::Mutex<()>,
-    /// The PostgreSQL cluster, when `up` runs one.
-    cluster: std::sync::OnceLock<Arc<postgres::PgCluster>>,
+    /// The PostgreSQL clusters (one per replica set), when `up` runs them.
+    clusters: std::sync::OnceLock<Vec<Arc<postgres::PgCluster>>>,
     /// `up`'s own handle on the job queue (depth for the autoscaler, dead
     /// jobs for `ctl jobs`), once the engines run.
     queue: std::sync::OnceLock<Arc<dyn domain::ports::JobQueue>>,
@@ -94,7 +94,7 @@ impl Orchestrator {
                 .context("building the HTTP client")?,
             scaling: tokio::sync::Mutex::new(()),
             targets_file: std::sync::Mutex::new(()),
-            cluster: std::sync::OnceLock::new(),
+            clusters: std::sync::OnceLock::new(),
             queue: std::sync::OnceLock::new(),
             autoscale: autoscaler::AutoscaleState::default(),
         })
@@ -105,9 +105,10 @@ impl Orchestrator {
     /// `down`.
     pub fn ps(&self) -> Vec<ChildStatus> {
         let mut all = self.supervisor.ps();
-        if let Some(cluster) = self.cluster.get() {
+        if let Some(clusters) = self.clusters.get() {
             for c in all.iter_mut().filter(|c| c.role == Role::Postgres) {
-                c.state = match (c.pid, cluster.part(&c.name)) {
+                let part = clusters.iter().find_map(|cluster| cluster.part(&c.name));
+                c.state = match (c.pid, part) {
                     (Some(_), Some(part)) => part.into(),
                     _ => "down".into(),
                 };
@@ -489,27 +490,32 @@ pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output 
         .await
         .with_context(|| format!("cannot listen on {control_listen} (control API)"))?;
     let control = tokio::spawn(control::serve(control_listener, orchestrator.clone()));
-    let (controller_stop, controller_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut controller = None;
+    let (controller_stop, controller_stopped) = tokio::sync::watch::channel(());
+    let mut controllers = Vec::new();
     let o = &orchestrator;
     let started = async {
         // Engines first: the migrations need the database.
         if o.topology.needs_managed_postgres() {
             let t = &o.topology;
-            let cluster = postgres::PgCluster::start(
-                &t.postgres,
-                t.postgres.components(&t.site.name),
-                &data_dir,
-                supervisor.clone(),
-                o.metrics.failovers.clone(),
-            )
-            .await
-            .context("starting the PostgreSQL cluster")?;
-            let cluster = Arc::new(cluster);
-            let _ = o.cluster.set(cluster.clone());
-            controller = Some(tokio::spawn(cluster.control(async {
-                let _ = controller_stopped.await;
-            })));
+            let mut clusters = Vec::new();
+            for set in t.postgres.per_set() {
+                let cluster = postgres::PgCluster::start(
+                    &set,
+                    set.components(&t.site.name),
+                    &data_dir,
+                    supervisor.clone(),
+                    o.metrics.failovers.clone(),
+                )
+                .await
+                .with_context(|| format!("starting the PostgreSQL cluster {}", set.set_name().unwrap_or("")))?;
+                let cluster = Arc::new(cluster);
+                let mut stopped = controller_stopped.clone();
+                controllers.push(tokio::spawn(cluster.clone().control(async move {
+                    let _ = stopped.changed().await;
+                })));
+                clusters.push(cluster);
+            }
+            let _ = o.clusters.set(clusters);
         }
         o.start_all().await
     };
@@ -545,9 +551,9 @@ pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output 
     };
     println!("scalestack: stopping");
     control.abort();
-    // The controller first: nodes the supervisor stops are no failures.
+    // The controllers first: nodes the supervisor stops are no failures.
     let _ = controller_stop.send(());
-    if let Some(c) = controller {
+    for c in controllers {
         let _ = c.await;
     }
     orchestrator.supervisor.stop().await;

@@ -17,7 +17,7 @@ use crate::component::{self, Bind, Component, Readiness, RestartPolicy};
 use crate::role::{Role, MAX_COPIES};
 use app::{WebConfig, WebSettings};
 use backends::{
-    BackendsConfig, BlobsTier, CacheTier, PostgresTier, QueueConfig, QueueTier, RedisCacheTier,
+    BackendsConfig, BlobsTier, CacheTier, PostgresTier, ReplicaSetNodes, QueueConfig, QueueTier, RedisCacheTier,
     RedisSessionsTier, SessionsTier, SqlTier,
 };
 use cdn::config::{CdnConfig, CdnLimits, DiskSection, QuerySection};
@@ -134,8 +134,9 @@ impl From<SqlTier> for SqlSection {
         match t {
             SqlTier::Embedded { path } => SqlSection::Embedded { path },
             SqlTier::Postgres(mut router) => SqlSection::Postgres {
+                // External sets stay in `router`.
                 server: match std::mem::take(&mut router.nodes) {
-                    nodes if nodes.is_empty() => Server::Managed,
+                    nodes if nodes.is_empty() && router.sets.is_empty() => Server::Managed,
                     nodes => Server::External(nodes),
                 },
                 router,
@@ -691,6 +692,10 @@ impl Topology {
         );
         if self.needs_managed_postgres() {
             anyhow::ensure!(self.postgres.replicas <= 8, "postgres.replicas must be 0 to 8");
+            anyhow::ensure!(
+                (1..=8).contains(&self.postgres.sets),
+                "postgres.sets must be 1 to 8"
+            );
         }
         if let Some(lb) = &self.lb {
             anyhow::ensure!(
@@ -791,12 +796,27 @@ impl Topology {
         };
         let sql = match &self.sql {
             SqlSection::Embedded { path } => SqlTier::Embedded { path: path.clone() },
-            SqlSection::Postgres { server, router } => SqlTier::Postgres(PostgresTier {
-                nodes: match server {
-                    Server::Managed => self.postgres.urls(),
-                    Server::External(nodes) => nodes.clone(),
+            SqlSection::Postgres { server, router } => SqlTier::Postgres(match server {
+                Server::Managed if self.postgres.sets > 1 => PostgresTier {
+                    sets: self
+                        .postgres
+                        .per_set()
+                        .iter()
+                        .map(|set| ReplicaSetNodes {
+                            name: set.set_name().unwrap_or_default().to_owned(),
+                            nodes: set.urls(),
+                        })
+                        .collect(),
+                    ..router.clone()
                 },
-                ..router.clone()
+                Server::Managed => PostgresTier {
+                    nodes: self.postgres.urls(),
+                    ..router.clone()
+                },
+                Server::External(nodes) => PostgresTier {
+                    nodes: nodes.clone(),
+                    ..router.clone()
+                },
             }),
         };
         let cache = match &self.cache {
@@ -1168,6 +1188,42 @@ mod tests {
         assert_eq!(ports, ["6432/scalestack", "6433/scalestack", "6434/scalestack"]);
         assert!(matches!(b.cache, CacheTier::Redis(_)));
         assert!(matches!(b.sessions, backends::SessionsTier::Redis(_)));
+    }
+
+    #[test]
+    fn the_sharded_file_runs_two_replica_sets_under_up() {
+        let t = Topology::parse(include_str!("../../../topologies/sharded.toml")).unwrap();
+        assert!(t.needs_managed_postgres() && t.needs_managed_redis() && t.needs_managed_nats());
+        let names: Vec<String> = t
+            .components()
+            .into_iter()
+            .filter(|c| c.role == Role::Postgres)
+            .map(|c| format!("{}@{}", c.name, c.addr.unwrap().port()))
+            .collect();
+        assert_eq!(names, ["s1-pg1@6432", "s1-pg2@6433", "s2-pg1@6434", "s2-pg2@6435"]);
+        let b = t.resolve(Path::new("/d"));
+        let SqlTier::Postgres(pg) = b.sql else {
+            panic!("postgres")
+        };
+        assert!(pg.nodes.is_empty());
+        let sets: Vec<(&str, usize)> = pg.sets.iter().map(|s| (s.name.as_str(), s.nodes.len())).collect();
+        assert_eq!(sets, [("s1", 2), ("s2", 2)]);
+        assert!(pg.sets[1].nodes[0].contains(":6434/"));
+    }
+
+    #[test]
+    fn external_sets_stay_external() {
+        let t = Topology::parse(
+            "[sql]\nkind = \"postgres\"\nsets = [{ name = \"a\", nodes = [\"postgres://a:5432/app\"] }, \
+             { name = \"b\", nodes = [\"postgres://b:5432/app\"] }]",
+        )
+        .unwrap();
+        assert!(!t.needs_managed_postgres());
+        let SqlTier::Postgres(pg) = t.resolve(Path::new("/d")).sql else {
+            panic!("postgres")
+        };
+        assert_eq!(pg.sets.len(), 2);
+        assert!(Topology::parse("[sql]\nkind = \"postgres\"\n[postgres]\nsets = 9").is_err());
     }
 
     #[test]

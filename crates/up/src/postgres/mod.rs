@@ -58,6 +58,18 @@ pub struct ManagedPostgres {
     /// query within 2 s) before a replica is promoted. Default 3000.
     #[serde(default = "default_failover_after_ms")]
     pub failover_after_ms: u64,
+    /// Replica sets, each a primary with `replicas` replicas and a failover
+    /// of its own: more than 1 shards the SQL store over them (`s1`, `s2`,
+    /// ...; `s1` also holds the catalog). Default 1.
+    #[serde(default = "default_sets")]
+    pub sets: usize,
+    /// The set this is, when one of several (see [`ManagedPostgres::per_set`]).
+    #[serde(skip)]
+    set: Option<String>,
+}
+
+fn default_sets() -> usize {
+    1
 }
 
 fn default_port() -> u16 {
@@ -77,14 +89,48 @@ impl Default for ManagedPostgres {
             replicas: default_replicas(),
             synchronous: false,
             failover_after_ms: default_failover_after_ms(),
+            sets: default_sets(),
+            set: None,
         }
     }
 }
 
 impl ManagedPostgres {
-    /// Node names: `pg1` (the first primary), `pg2`, ...
+    /// Each replica set as a cluster of its own: this one when there is one
+    /// set; else `s1`, `s2`, ... on consecutive runs of ports, nodes named
+    /// `s1-pg1`, ..., data under `pg-s1`, ...
+    pub fn per_set(&self) -> Vec<ManagedPostgres> {
+        if self.sets <= 1 {
+            return vec![self.clone()];
+        }
+        (0..self.sets)
+            .map(|k| ManagedPostgres {
+                port: self.port + (k * (self.replicas + 1)) as u16,
+                sets: 1,
+                set: Some(format!("s{}", k + 1)),
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// The set's name, when this is one of several.
+    pub fn set_name(&self) -> Option<&str> {
+        self.set.as_deref()
+    }
+
+    /// Node names: `pg1` (the first primary), `pg2`, ... (`s2-pg1`, ... in
+    /// set `s2`).
     fn names(&self) -> Vec<String> {
-        (1..=self.replicas + 1).map(|i| format!("pg{i}")).collect()
+        let prefix = self.set.as_ref().map(|s| format!("{s}-")).unwrap_or_default();
+        (1..=self.replicas + 1).map(|i| format!("{prefix}pg{i}")).collect()
+    }
+
+    /// The cluster's directory under the data directory.
+    fn dir_name(&self) -> String {
+        match &self.set {
+            Some(set) => format!("pg-{set}"),
+            None => "pg".into(),
+        }
     }
 
     /// Every node's URL, in name order; which is primary the routers find out.
@@ -101,9 +147,9 @@ impl ManagedPostgres {
             .collect()
     }
 
-    /// Every node's address (for overlap checks).
+    /// Every node's address, of every set (for overlap checks).
     pub fn addrs(&self) -> Vec<std::net::SocketAddr> {
-        (0..=self.replicas)
+        (0..(self.replicas + 1) * self.sets.max(1))
             .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], self.port + i as u16)))
             .collect()
     }
@@ -112,6 +158,9 @@ impl ManagedPostgres {
     /// ready when it answers a query. The failover controller, not the
     /// supervisor alone, decides what happens when one dies.
     pub fn components(&self, site: &str) -> Vec<crate::component::Component> {
+        if self.sets > 1 {
+            return self.per_set().iter().flat_map(|s| s.components(site)).collect();
+        }
         use crate::component::{Bind, Component, Readiness, RestartPolicy};
         self.names()
             .into_iter()
@@ -193,7 +242,7 @@ impl PgCluster {
         supervisor: Arc<Supervisor>,
         failovers: prometheus::IntCounter,
     ) -> anyhow::Result<PgCluster> {
-        let dir = data_dir.join("pg");
+        let dir = data_dir.join(config.dir_name());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let names = config.names();
         let state = dir.join("primary");
