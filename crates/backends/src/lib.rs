@@ -90,6 +90,9 @@ pub struct Backends {
     /// The registry the adapters registered their metrics in; the process
     /// adds its own components and serves it on `/metrics`.
     pub metrics: telemetry::Registry,
+    /// The sharded SQL store's own handle (its map and report), when the
+    /// tier is sharded.
+    pub shards: Option<store_postgres::ShardedStore>,
 }
 
 impl Backends {
@@ -109,6 +112,10 @@ impl Backends {
             queue: self::queue::build(&config.queue, &sql, registry).await?,
             blobs: self::blobs::build(&config.blobs, &config.data_dir).await?,
             metrics: registry.clone(),
+            shards: match &sql {
+                SqlEngine::Sharded(store) => Some(store.clone()),
+                _ => None,
+            },
         })
     }
 }

@@ -154,8 +154,13 @@ impl SqlEngine {
                     !tier.nodes.is_empty(),
                     "sql.nodes is empty (up fills it in when it runs the PostgreSQL cluster)"
                 );
-                let router =
-                    connect_router(tier, &tier.nodes, domain::consistency::ReplicaSetId::DEFAULT, registry).await?;
+                let router = connect_router(
+                    tier,
+                    &tier.nodes,
+                    domain::consistency::ReplicaSetId::DEFAULT,
+                    registry,
+                )
+                .await?;
                 Ok(SqlEngine::Postgres(router))
             }
         }

@@ -194,10 +194,17 @@ pub async fn follows_and_feed(store: &dyn Store) {
     assert_eq!(store.feed_ids(a, page(Some(pb2), 10)).await.unwrap(), vec![pb]);
     assert_eq!(store.feed_ids(a, page(None, 1)).await.unwrap(), vec![pb2]);
     let pb3 = store.create_photo(&new_photo(b)).await.unwrap().id;
-    assert_eq!(store.feed_ids(a, page(None, 10)).await.unwrap(), vec![pb2, pb], "not yet processed");
+    assert_eq!(
+        store.feed_ids(a, page(None, 10)).await.unwrap(),
+        vec![pb2, pb],
+        "not yet processed"
+    );
     store.set_photo_status(pb3, PhotoStatus::Ready).await.unwrap();
     store.set_photo_status(pb3, PhotoStatus::Ready).await.unwrap(); // a retried job
-    assert_eq!(store.feed_ids(a, page(None, 10)).await.unwrap(), vec![pb3, pb2, pb]);
+    assert_eq!(
+        store.feed_ids(a, page(None, 10)).await.unwrap(),
+        vec![pb3, pb2, pb]
+    );
     let prof = store.profile(b).await.unwrap().unwrap();
     assert_eq!((prof.followers, prof.following), (1, 0));
     assert_eq!((prof.id, &prof.username), (b, &b_name));

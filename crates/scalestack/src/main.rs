@@ -132,6 +132,9 @@ enum CtlCommand {
     /// The autoscaled tiers: bounds, replicas running and desired, scale
     /// events and the reason of the latest decision.
     Autoscale,
+    /// The shard map (epoch, logical shard ranges per replica set) and each
+    /// set's rows, size and load, with its fullest logical shards.
+    Shards,
     /// Dead jobs: list them, or make one ready again.
     Jobs {
         #[command(subcommand)]
@@ -332,6 +335,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     up::ctl::CtlCommand::Scale { role, count }
                 }
                 CtlCommand::Autoscale => up::ctl::CtlCommand::Autoscale,
+                CtlCommand::Shards => up::ctl::CtlCommand::Shards,
                 CtlCommand::Jobs {
                     command: JobsCommand::Dead { limit },
                 } => up::ctl::CtlCommand::JobsDead { limit },

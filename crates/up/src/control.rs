@@ -41,6 +41,7 @@ pub(crate) async fn serve(listener: TcpListener, orchestrator: Arc<Orchestrator>
         .route("/api/scale", post(scale))
         .route("/api/autoscale", get(autoscale))
         .route("/api/jobs/dead", get(dead_jobs))
+        .route("/api/shards", get(shards))
         .route("/api/jobs/{id}/retry", post(retry_job))
         .route("/metrics", get(metrics))
         .route("/targets", get(targets))
@@ -154,6 +155,13 @@ async fn dead_jobs(State(o): State<AppState>, query: Result<Query<DeadQuery>, Qu
     };
     match queue.dead_jobs(limit).await {
         Ok(jobs) => Json(jobs).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn shards(State(o): State<AppState>) -> Response {
+    match o.shard_report().await {
+        Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

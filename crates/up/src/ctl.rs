@@ -14,6 +14,7 @@ pub enum CtlCommand {
     Autoscale,
     JobsDead { limit: usize },
     JobsRetry { id: i64 },
+    Shards,
 }
 
 /// Parses `ROLE=N` of `ctl scale`.
@@ -49,6 +50,7 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             .get(format!("{url}/api/jobs/dead"))
             .query(&[("limit", limit)]),
         CtlCommand::JobsRetry { id } => http.post(format!("{url}/api/jobs/{id}/retry")),
+        CtlCommand::Shards => http.get(format!("{url}/api/shards")),
     };
     let response = request
         .send()
@@ -88,6 +90,11 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             print!("{}", dead_table(&jobs));
         }
         CtlCommand::JobsRetry { id } => println!("job {id} is ready again"),
+        CtlCommand::Shards => {
+            let report: store_postgres::ShardReport =
+                serde_json::from_str(&text).context("unexpected answer")?;
+            print!("{}", shards_table(&report));
+        }
     }
     Ok(())
 }
@@ -119,6 +126,50 @@ pub fn autoscale_table(tiers: &serde_json::Value) -> String {
             t["scaled_down"],
             reason
         ));
+    }
+    out
+}
+
+/// `ctl shards`: the map's epoch, then one line per replica set: its
+/// logical shards, rows, size and load, and its fullest logical shards.
+pub fn shards_table(report: &store_postgres::ShardReport) -> String {
+    let total = |f: fn(&store_postgres::SetReport) -> i64| report.sets.iter().map(f).sum::<i64>().max(1);
+    let (users, photos, reads) = (total(|s| s.users), total(|s| s.photos), total(|s| s.rows_read));
+    let pct = |n: i64, of: i64| format!("{:.0}%", n as f64 * 100.0 / of as f64);
+    let mut out = format!(
+        "shard map epoch {}, {} replica sets\n",
+        report.epoch,
+        report.sets.len()
+    );
+    out += &format!(
+        "{:<8} {:<16} {:>7} {:>9} {:>5} {:>9} {:>5} {:>9} {:>9} {:>9} {:>12} {:>5}  fullest logical shards\n",
+        "SET", "LOGICAL", "SHARDS", "USERS", "", "PHOTOS", "", "FOLLOWS", "FEED", "MB", "ROWS READ", ""
+    );
+    for s in &report.sets {
+        let fullest: Vec<String> = s
+            .fullest
+            .iter()
+            .map(|(shard, n)| format!("{shard}:{n}"))
+            .collect();
+        out += &format!(
+            "{:<8} {:<16} {:>7} {:>9} {:>5} {:>9} {:>5} {:>9} {:>9} {:>9.1} {:>12} {:>5}  {}\n",
+            s.name,
+            s.ranges.join(","),
+            s.logical_shards,
+            s.users,
+            pct(s.users, users),
+            s.photos,
+            pct(s.photos, photos),
+            s.follows,
+            s.feed_entries,
+            s.bytes as f64 / 1e6,
+            s.rows_read,
+            pct(s.rows_read, reads),
+            match &s.error {
+                Some(e) => format!("error: {e}"),
+                None => fullest.join(" "),
+            }
+        );
     }
     out
 }
@@ -202,5 +253,40 @@ mod tests {
         assert_eq!(parse_signal("SIGTERM"), Some(Signal::SIGTERM));
         assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
         assert_eq!(parse_signal("HUP"), None);
+    }
+
+    #[test]
+    fn the_shards_table_shows_each_sets_share_and_its_errors() {
+        use store_postgres::{SetReport, ShardReport};
+        let set = |name: &str, users, error: Option<&str>| SetReport {
+            name: name.into(),
+            ranges: vec!["0-4095".into()],
+            logical_shards: 4096,
+            users,
+            photos: 10,
+            follows: 0,
+            feed_entries: 0,
+            bytes: 2_000_000,
+            commits: 5,
+            rows_read: 50,
+            fullest: vec![(7, 3)],
+            error: error.map(str::to_owned),
+        };
+        let report = ShardReport {
+            epoch: 3,
+            sets: vec![set("s1", 30, None), set("s2", 10, Some("connection refused"))],
+        };
+        let t = shards_table(&report);
+        assert!(t.starts_with("shard map epoch 3, 2 replica sets\n"), "{t}");
+        let s1 = t.lines().nth(2).unwrap();
+        assert!(
+            s1.starts_with("s1 ") && s1.contains(" 75% ") && s1.ends_with("7:3"),
+            "{t}"
+        );
+        let s2 = t.lines().nth(3).unwrap();
+        assert!(
+            s2.contains(" 25% ") && s2.ends_with("error: connection refused"),
+            "{t}"
+        );
     }
 }

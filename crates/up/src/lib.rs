@@ -55,6 +55,8 @@ pub struct Orchestrator {
     /// `up`'s own handle on the job queue (depth for the autoscaler, dead
     /// jobs for `ctl jobs`), once the engines run.
     queue: std::sync::OnceLock<Arc<dyn domain::ports::JobQueue>>,
+    /// `up`'s own handle on a sharded SQL store (`ctl shards`).
+    shards: std::sync::OnceLock<store_postgres::ShardedStore>,
     /// The autoscaled tiers' state.
     autoscale: autoscaler::AutoscaleState,
 }
@@ -96,6 +98,7 @@ impl Orchestrator {
             targets_file: std::sync::Mutex::new(()),
             clusters: std::sync::OnceLock::new(),
             queue: std::sync::OnceLock::new(),
+            shards: std::sync::OnceLock::new(),
             autoscale: autoscaler::AutoscaleState::default(),
         })
     }
@@ -150,6 +153,17 @@ impl Orchestrator {
         self.queue
             .get()
             .ok_or_else(|| domain::BackendError::Unavailable("the queue is not connected yet".into()))
+    }
+
+    /// The shard map and every set's rows and load (`ctl shards`).
+    pub async fn shard_report(&self) -> Result<store_postgres::ShardReport, domain::StoreError> {
+        self.shards
+            .get()
+            .ok_or_else(|| {
+                domain::StoreError::Unavailable("the SQL store is not sharded (or not connected yet)".into())
+            })?
+            .report()
+            .await
     }
 
     /// What waits in the queue and what runs.
@@ -408,6 +422,9 @@ impl Orchestrator {
             .await
             .context("preparing the backends")?;
         let _ = self.queue.set(b.queue);
+        if let Some(shards) = b.shards {
+            let _ = self.shards.set(shards);
+        }
         Ok(())
     }
 
@@ -507,7 +524,9 @@ pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output 
                     o.metrics.failovers.clone(),
                 )
                 .await
-                .with_context(|| format!("starting the PostgreSQL cluster {}", set.set_name().unwrap_or("")))?;
+                .with_context(|| {
+                    format!("starting the PostgreSQL cluster {}", set.set_name().unwrap_or(""))
+                })?;
                 let cluster = Arc::new(cluster);
                 let mut stopped = controller_stopped.clone();
                 controllers.push(tokio::spawn(cluster.clone().control(async move {

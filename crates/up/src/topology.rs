@@ -17,8 +17,8 @@ use crate::component::{self, Bind, Component, Readiness, RestartPolicy};
 use crate::role::{Role, MAX_COPIES};
 use app::{WebConfig, WebSettings};
 use backends::{
-    BackendsConfig, BlobsTier, CacheTier, PostgresTier, ReplicaSetNodes, QueueConfig, QueueTier, RedisCacheTier,
-    RedisSessionsTier, SessionsTier, SqlTier,
+    BackendsConfig, BlobsTier, CacheTier, PostgresTier, QueueConfig, QueueTier, RedisCacheTier,
+    RedisSessionsTier, ReplicaSetNodes, SessionsTier, SqlTier,
 };
 use cdn::config::{CdnConfig, CdnLimits, DiskSection, QuerySection};
 use lb::LbConfig;
@@ -1200,7 +1200,10 @@ mod tests {
             .filter(|c| c.role == Role::Postgres)
             .map(|c| format!("{}@{}", c.name, c.addr.unwrap().port()))
             .collect();
-        assert_eq!(names, ["s1-pg1@6432", "s1-pg2@6433", "s2-pg1@6434", "s2-pg2@6435"]);
+        assert_eq!(
+            names,
+            ["s1-pg1@6432", "s1-pg2@6433", "s2-pg1@6434", "s2-pg2@6435"]
+        );
         let b = t.resolve(Path::new("/d"));
         let SqlTier::Postgres(pg) = b.sql else {
             panic!("postgres")

@@ -160,7 +160,9 @@ impl TestApp {
             .await;
         assert_eq!(r.status(), 202);
         let body: Value = r.json().await.unwrap();
-        let photo = self.wait_processed(c, body["id"].as_str().unwrap().parse().unwrap()).await;
+        let photo = self
+            .wait_processed(c, body["id"].as_str().unwrap().parse().unwrap())
+            .await;
         assert_eq!(photo["status"], "ready", "{photo}");
         photo
     }

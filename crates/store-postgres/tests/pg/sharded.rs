@@ -94,7 +94,11 @@ async fn rows_spread_evenly_and_live_where_their_ids_say() {
                 .await
                 .unwrap();
             let pid = ShardedId::from_raw(photo.id.0).unwrap();
-            assert_eq!(pid.shard(), ShardedId::from_raw(id.0).unwrap().shard(), "a photo carries its owner's shard");
+            assert_eq!(
+                pid.shard(),
+                ShardedId::from_raw(id.0).unwrap().shard(),
+                "a photo carries its owner's shard"
+            );
         }
         *on.entry(set).or_default() += 1;
     }
@@ -102,10 +106,17 @@ async fn rows_spread_evenly_and_live_where_their_ids_say() {
         count(&t.s1, "SELECT count(*) FROM users").await,
         count(&t.s2, "SELECT count(*) FROM users").await,
     );
-    assert_eq!((n1 as usize, n2 as usize), (on["s1"], on["s2"]), "every user on the set its id names");
+    assert_eq!(
+        (n1 as usize, n2 as usize),
+        (on["s1"], on["s2"]),
+        "every user on the set its id names"
+    );
     println!("400 users: s1 {n1}, s2 {n2}");
     assert!((140..=260).contains(&n1), "an even spread, not {n1}/{n2}");
-    assert_eq!(count(&t.s1, "SELECT count(*) FROM photos").await + count(&t.s2, "SELECT count(*) FROM photos").await, 20);
+    assert_eq!(
+        count(&t.s1, "SELECT count(*) FROM photos").await + count(&t.s2, "SELECT count(*) FROM photos").await,
+        20
+    );
     assert_eq!(
         count(&t.s1, "SELECT count(*) FROM usernames WHERE state = 'active'").await,
         400,
@@ -159,20 +170,62 @@ async fn a_feed_mixes_normal_and_celebrity_followees() {
         expected.push(ready(if i % 2 == 0 { normal } else { star }).await);
     }
     expected.reverse();
-    let feed = s.feed_ids(reader, Page { before: None, limit: 50 }).await.unwrap();
+    let feed = s
+        .feed_ids(
+            reader,
+            Page {
+                before: None,
+                limit: 50,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(feed, expected, "complete and newest first");
-    let page1 = s.feed_ids(reader, Page { before: None, limit: 4 }).await.unwrap();
+    let page1 = s
+        .feed_ids(
+            reader,
+            Page {
+                before: None,
+                limit: 4,
+            },
+        )
+        .await
+        .unwrap();
     let page2 = s
-        .feed_ids(reader, Page { before: page1.last().copied(), limit: 4 })
+        .feed_ids(
+            reader,
+            Page {
+                before: page1.last().copied(),
+                limit: 4,
+            },
+        )
         .await
         .unwrap();
     assert_eq!([page1, page2].concat(), expected, "pages neither skip nor repeat");
-    let star_entries = both(&t, &format!("SELECT count(*) FROM feed_entries WHERE author_id = {}", star.0)).await;
-    let normal_entries = both(&t, &format!("SELECT count(*) FROM feed_entries WHERE author_id = {}", normal.0)).await;
+    let star_entries = both(
+        &t,
+        &format!("SELECT count(*) FROM feed_entries WHERE author_id = {}", star.0),
+    )
+    .await;
+    let normal_entries = both(
+        &t,
+        &format!("SELECT count(*) FROM feed_entries WHERE author_id = {}", normal.0),
+    )
+    .await;
     assert_eq!(normal_entries, 3, "a normal followee's photos are fanned out");
     // The star's first photo was back-filled before the promotion; none after.
-    assert!(star_entries <= 7, "a celebrity's photos are not fanned out ({star_entries} entries)");
-    let marked = both(&t, &format!("SELECT count(*) FROM following WHERE followee_id = {} AND celebrity", star.0)).await;
+    assert!(
+        star_entries <= 7,
+        "a celebrity's photos are not fanned out ({star_entries} entries)"
+    );
+    let marked = both(
+        &t,
+        &format!(
+            "SELECT count(*) FROM following WHERE followee_id = {} AND celebrity",
+            star.0
+        ),
+    )
+    .await;
     assert_eq!(marked, 7, "every follower's row marked, on both sets");
 }
 
@@ -229,7 +282,10 @@ async fn killing_one_sets_primary_leaves_the_other_untouched() {
     })
     .await;
     for id in &hit {
-        assert!(s.user_by_id(*id).await.unwrap().is_some(), "acknowledged sign-ups survive the failover");
+        assert!(
+            s.user_by_id(*id).await.unwrap().is_some(),
+            "acknowledged sign-ups survive the failover"
+        );
     }
     let _ = &t.s1;
 }

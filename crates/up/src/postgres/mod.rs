@@ -122,7 +122,9 @@ impl ManagedPostgres {
     /// set `s2`).
     fn names(&self) -> Vec<String> {
         let prefix = self.set.as_ref().map(|s| format!("{s}-")).unwrap_or_default();
-        (1..=self.replicas + 1).map(|i| format!("{prefix}pg{i}")).collect()
+        (1..=self.replicas + 1)
+            .map(|i| format!("{prefix}pg{i}"))
+            .collect()
     }
 
     /// The cluster's directory under the data directory.

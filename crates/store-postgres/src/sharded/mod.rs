@@ -38,6 +38,10 @@
 //! racing it may still write an entry, which the feed read drops (it joins
 //! the entries with the reader's `following`).
 
+mod report;
+
+pub use report::{SetReport, ShardReport};
+
 use crate::router::PgRouter;
 use crate::store::{dimension, photo_columns, photo_from_row, upper_bound, user_from_row};
 use crate::{corrupt, now_ms, unavailable, Usernames};
@@ -154,10 +158,11 @@ impl ShardedStore {
             .clone()
             .ok_or_else(|| unavailable("no shard map is published"))?;
         let name = map.set_of(shard);
-        self.inner
-            .sets
-            .get(name)
-            .ok_or_else(|| unavailable(format!("the shard map names the set {name:?}, which this process has no router for")))
+        self.inner.sets.get(name).ok_or_else(|| {
+            unavailable(format!(
+                "the shard map names the set {name:?}, which this process has no router for"
+            ))
+        })
     }
 
     /// The router of the set that holds the row with id `id`; `None` for an
@@ -174,7 +179,10 @@ impl ShardedStore {
     }
 
     /// `ids` grouped by the set that holds them.
-    fn by_set(&self, ids: impl IntoIterator<Item = i64>) -> Result<BTreeMap<String, (PgRouter, Vec<i64>)>, StoreError> {
+    fn by_set(
+        &self,
+        ids: impl IntoIterator<Item = i64>,
+    ) -> Result<BTreeMap<String, (PgRouter, Vec<i64>)>, StoreError> {
         let mut groups: BTreeMap<String, (PgRouter, Vec<i64>)> = BTreeMap::new();
         for id in ids {
             let Some(router) = self.set_of(id)? else { continue };
@@ -211,7 +219,9 @@ impl ShardedStore {
                 .map_err(unavailable)
             })
             .await?;
-        let Some((owner, celebrity, followers)) = row else { return Ok(()) };
+        let Some((owner, celebrity, followers)) = row else {
+            return Ok(());
+        };
         if celebrity != 0 {
             return Ok(());
         }
@@ -240,7 +250,12 @@ impl ShardedStore {
     async fn promote(&self, user: UserId) -> Result<(), StoreError> {
         let home = self.set_of_existing(user.0)?;
         home.write(|s| async move {
-            exec(s.pool(), "UPDATE users SET celebrity = 1 WHERE id = $1 AND celebrity = 0", user.0).await
+            exec(
+                s.pool(),
+                "UPDATE users SET celebrity = 1 WHERE id = $1 AND celebrity = 0",
+                user.0,
+            )
+            .await
         })
         .await?;
         for router in self.inner.sets.values() {
@@ -255,9 +270,14 @@ impl ShardedStore {
                 })
                 .await?;
         }
-        home.write(|s| async move { exec(s.pool(), "UPDATE users SET celebrity = 2 WHERE id = $1", user.0).await })
-            .await?;
-        tracing::info!(user = user.0, "promoted to celebrity: photos merged into feeds at read time");
+        home.write(|s| async move {
+            exec(s.pool(), "UPDATE users SET celebrity = 2 WHERE id = $1", user.0).await
+        })
+        .await?;
+        tracing::info!(
+            user = user.0,
+            "promoted to celebrity: photos merged into feeds at read time"
+        );
         Ok(())
     }
 }
@@ -349,7 +369,9 @@ impl Store for ShardedStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        let Some(set) = self.set_of(id.0)? else { return Ok(None) };
+        let Some(set) = self.set_of(id.0)? else {
+            return Ok(None);
+        };
         let row = set
             .read(|s| async move {
                 sqlx::query("SELECT id, username, password_hash FROM users WHERE id = $1")
@@ -363,14 +385,18 @@ impl Store for ShardedStore {
     }
 
     async fn profile(&self, id: UserId) -> Result<Option<Profile>, StoreError> {
-        let Some(set) = self.set_of(id.0)? else { return Ok(None) };
+        let Some(set) = self.set_of(id.0)? else {
+            return Ok(None);
+        };
         let row: Option<(i64, String, i64, i64)> = set
             .read(|s| async move {
-                sqlx::query_as("SELECT id, username, followers_count, following_count FROM users WHERE id = $1")
-                    .bind(id.0)
-                    .fetch_optional(s.pool())
-                    .await
-                    .map_err(unavailable)
+                sqlx::query_as(
+                    "SELECT id, username, followers_count, following_count FROM users WHERE id = $1",
+                )
+                .bind(id.0)
+                .fetch_optional(s.pool())
+                .await
+                .map_err(unavailable)
             })
             .await?;
         row.map(|(id, name, followers, following)| {
@@ -416,7 +442,9 @@ impl Store for ShardedStore {
     }
 
     async fn delete_photo(&self, id: PhotoId) -> Result<Option<DeletedPhoto>, StoreError> {
-        let Some(set) = self.set_of(id.0)? else { return Ok(None) };
+        let Some(set) = self.set_of(id.0)? else {
+            return Ok(None);
+        };
         let gone = set.write(|s| async move { s.delete_photo(id).await }).await?;
         if gone.is_some() {
             for router in self.inner.sets.values() {
@@ -451,7 +479,9 @@ impl Store for ShardedStore {
     }
 
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
-        let Some(set) = self.set_of(id.0)? else { return Ok(None) };
+        let Some(set) = self.set_of(id.0)? else {
+            return Ok(None);
+        };
         set.read(|s| async move { s.photo(id).await }).await
     }
 
@@ -466,7 +496,9 @@ impl Store for ShardedStore {
     }
 
     async fn user_photo_ids(&self, owner: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError> {
-        let Some(set) = self.set_of(owner.0)? else { return Ok(vec![]) };
+        let Some(set) = self.set_of(owner.0)? else {
+            return Ok(vec![]);
+        };
         set.read(|s| async move { s.user_photo_ids(owner, page).await })
             .await
     }
@@ -513,12 +545,14 @@ impl Store for ShardedStore {
         let (followers, celebrity) = counted.ok_or(StoreError::NotFound)?;
         if celebrity != 0 || followers >= self.inner.config.celebrity_followers {
             mine.write(|s| async move {
-                sqlx::query("UPDATE following SET celebrity = true WHERE follower_id = $1 AND followee_id = $2")
-                    .bind(follower.0)
-                    .bind(followee.0)
-                    .execute(s.pool())
-                    .await
-                    .map_err(unavailable)
+                sqlx::query(
+                    "UPDATE following SET celebrity = true WHERE follower_id = $1 AND followee_id = $2",
+                )
+                .bind(follower.0)
+                .bind(followee.0)
+                .execute(s.pool())
+                .await
+                .map_err(unavailable)
             })
             .await?;
             if celebrity != 2 {
@@ -593,7 +627,9 @@ impl Store for ShardedStore {
     }
 
     async fn is_following(&self, follower: UserId, followee: UserId) -> Result<bool, StoreError> {
-        let Some(mine) = self.set_of(follower.0)? else { return Ok(false) };
+        let Some(mine) = self.set_of(follower.0)? else {
+            return Ok(false);
+        };
         mine.read(|s| async move {
             sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM following WHERE follower_id = $1 AND followee_id = $2)",
@@ -608,7 +644,9 @@ impl Store for ShardedStore {
     }
 
     async fn feed_ids(&self, user: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError> {
-        let Some(mine) = self.set_of(user.0)? else { return Ok(vec![]) };
+        let Some(mine) = self.set_of(user.0)? else {
+            return Ok(vec![]);
+        };
         let before = upper_bound(page);
         let limit = i64::from(page.limit);
         // The fanned-out entries of followees still followed (an entry a
@@ -627,12 +665,13 @@ impl Store for ShardedStore {
                 .fetch_all(s.pool())
                 .await
                 .map_err(unavailable)?;
-                let celebrities =
-                    sqlx::query_scalar("SELECT followee_id FROM following WHERE follower_id = $1 AND celebrity")
-                        .bind(user.0)
-                        .fetch_all(s.pool())
-                        .await
-                        .map_err(unavailable)?;
+                let celebrities = sqlx::query_scalar(
+                    "SELECT followee_id FROM following WHERE follower_id = $1 AND celebrity",
+                )
+                .bind(user.0)
+                .fetch_all(s.pool())
+                .await
+                .map_err(unavailable)?;
                 Ok((ids, celebrities))
             })
             .await?;
