@@ -144,9 +144,34 @@ impl SqlEngine {
                     celebrity_followers: tier.celebrity_followers,
                     ..Default::default()
                 };
-                let store = store_postgres::ShardedStore::connect(&tier.sets[0].name, routers, config)
-                    .await
-                    .context("opening the sharded store")?;
+                let connector: store_postgres::Connector = {
+                    let (tier, registry) = (tier.clone(), registry.clone());
+                    std::sync::Arc::new(move |name: String, nodes: Vec<String>| {
+                        let (tier, registry) = (tier.clone(), registry.clone());
+                        Box::pin(async move {
+                            let id = domain::consistency::ReplicaSetId::parse(&name)
+                                .map_err(|e| domain::StoreError::Unavailable(format!("set {name:?}: {e}")))?;
+                            connect_router(&tier, &nodes, id, &registry)
+                                .await
+                                .map_err(|e| domain::StoreError::Unavailable(format!("set {name:?}: {e:#}")))
+                        })
+                    })
+                };
+                let store = store_postgres::ShardedStore::connect(
+                    &tier.sets[0].name,
+                    routers,
+                    config,
+                    Some(connector),
+                )
+                .await
+                .context("opening the sharded store")?;
+                // Where a process that meets a set in a later map finds it.
+                for set in &tier.sets {
+                    store
+                        .register_set(&set.name, &set.nodes)
+                        .await
+                        .with_context(|| format!("registering replica set {}", set.name))?;
+                }
                 Ok(SqlEngine::Sharded(store))
             }
             SqlTier::Postgres(tier) => {

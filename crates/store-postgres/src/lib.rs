@@ -33,7 +33,9 @@ pub use replication::{current_wal_lsn, format_lsn, is_in_recovery, parse_lsn, re
 pub use router::{NodeRole, NodeStatus, PgRouter, RouterConfig, RouterStats};
 pub use sessions::PgSessionStore;
 pub use shard_map::{next_id, PublishError, ShardMaps};
-pub use sharded::{SetReport, ShardReport, ShardedConfig, ShardedStore};
+pub use sharded::{
+    Connector, MoveError, MoveRequest, MoveStatus, SetReport, ShardReport, ShardedConfig, ShardedStore,
+};
 pub use store::PgStore;
 pub use usernames::Usernames;
 

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sharded_social",
         include_str!("../migrations/0008_sharded_social.sql"),
     ),
+    (9, "reshard", include_str!("../migrations/0009_reshard.sql")),
 ];
 
 /// Key of the transaction-scoped advisory lock every migrating process takes

@@ -246,6 +246,20 @@ impl PgRouter {
         Ok(self.inner.primary()?.store.pool().clone())
     }
 
+    /// The pools of the nodes that took reads as replicas at their last
+    /// probe (a move waits for them to replay what it wrote).
+    pub(crate) fn replica_pools(&self) -> Vec<sqlx::PgPool> {
+        self.inner
+            .nodes
+            .iter()
+            .filter(|n| {
+                let st = n.lock_state();
+                st.role == NodeRole::Replica && st.usable
+            })
+            .map(|n| n.store.pool().clone())
+            .collect()
+    }
+
     /// The shard maps on this set's current primary (the catalog set's).
     pub fn shard_maps(&self) -> crate::ShardMaps {
         let inner = Arc::clone(&self.inner);

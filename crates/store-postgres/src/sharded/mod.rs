@@ -39,18 +39,25 @@
 //! the entries with the reader's `following`).
 
 mod report;
+mod reshard;
+mod routing;
 
 pub use report::{SetReport, ShardReport};
+pub use reshard::{MoveError, MoveRequest, MoveStatus};
+pub use routing::Connector;
 
 use crate::router::PgRouter;
 use crate::store::{dimension, photo_columns, photo_from_row, upper_bound, user_from_row};
+use crate::PgStore;
 use crate::{corrupt, now_ms, unavailable, Usernames};
 use async_trait::async_trait;
 use domain::ports::Store;
 use domain::shard::{LogicalShard, ShardMap, ShardedId};
 use domain::*;
+use routing::Routing;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -69,6 +76,8 @@ pub struct ShardedConfig {
     /// How long a sign-up's claim of a name holds before another sign-up
     /// may take it over (the first died midway): 30 s.
     pub claim_stale_after: Duration,
+    /// Rows per batch of a move's copy and catch-up: 2000.
+    pub reshard_batch: i64,
 }
 
 impl Default for ShardedConfig {
@@ -77,6 +86,7 @@ impl Default for ShardedConfig {
             celebrity_followers: 10_000,
             backfill: 200,
             claim_stale_after: Duration::from_secs(30),
+            reshard_batch: 2000,
         }
     }
 }
@@ -90,25 +100,29 @@ pub struct ShardedStore {
 
 struct Inner {
     /// The set that holds the usernames, the shard map, the sessions and
-    /// the queue; also one of `sets`.
+    /// the queue; also one of the sets.
     catalog: PgRouter,
-    sets: BTreeMap<String, PgRouter>,
-    map: watch::Receiver<Option<Arc<ShardMap>>>,
+    routing: watch::Receiver<Arc<Routing>>,
+    /// Connects the sets a map (or a move's target) adds.
+    connector: Option<Connector>,
     config: ShardedConfig,
 }
 
-/// How often a router rereads the shard map when no notification came.
-const MAP_POLL: Duration = Duration::from_secs(5);
+/// How long a write waits out a move's fence before it fails: 30 s (a
+/// cutover pauses the moved shards' writes for far less).
+const FENCE_WAIT: Duration = Duration::from_secs(30);
 
 impl ShardedStore {
     /// A store over `sets` (name → router; each migrated), `catalog` being
     /// one of them. Publishes the even map over every set as epoch 1 if no
     /// map exists yet (any number of processes may race to: one wins), then
-    /// follows the map.
+    /// follows the map; `connector` connects the sets a later map adds
+    /// (without one, such a map is not routed by).
     pub async fn connect(
         catalog: &str,
         sets: BTreeMap<String, PgRouter>,
         config: ShardedConfig,
+        connector: Option<Connector>,
     ) -> Result<ShardedStore, StoreError> {
         let catalog = sets
             .get(catalog)
@@ -123,25 +137,31 @@ impl ShardedStore {
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        let map = maps.follow(MAP_POLL).await?;
+        let routing = routing::follow(catalog.clone(), sets, connector.clone()).await?;
         Ok(ShardedStore {
             inner: Arc::new(Inner {
                 catalog,
-                sets,
-                map,
+                routing,
+                connector,
                 config,
             }),
         })
     }
 
-    /// The map routed by now.
-    pub fn map(&self) -> Option<Arc<ShardMap>> {
-        self.inner.map.borrow().clone()
+    /// Registers (or updates) the node URLs of replica set `name` in the
+    /// catalog, where routers that meet the set in a map find them.
+    pub async fn register_set(&self, name: &str, nodes: &[String]) -> Result<(), StoreError> {
+        routing::register_set(&self.inner.catalog, name, nodes).await
     }
 
-    /// The routers, by set name.
-    pub fn sets(&self) -> &BTreeMap<String, PgRouter> {
-        &self.inner.sets
+    /// The map routed by now.
+    pub fn map(&self) -> Option<Arc<ShardMap>> {
+        Some(Arc::clone(&self.routing().map))
+    }
+
+    /// The routers of the map routed by now, by set name.
+    pub fn sets(&self) -> BTreeMap<String, PgRouter> {
+        self.routing().routers.clone()
     }
 
     /// The catalog set's router.
@@ -149,32 +169,25 @@ impl ShardedStore {
         &self.inner.catalog
     }
 
+    fn routing(&self) -> Arc<Routing> {
+        Arc::clone(&self.inner.routing.borrow())
+    }
+
     /// The router of the set that holds `shard` now.
-    fn set_for(&self, shard: LogicalShard) -> Result<&PgRouter, StoreError> {
-        let map = self
-            .inner
-            .map
-            .borrow()
-            .clone()
-            .ok_or_else(|| unavailable("no shard map is published"))?;
-        let name = map.set_of(shard);
-        self.inner.sets.get(name).ok_or_else(|| {
-            unavailable(format!(
-                "the shard map names the set {name:?}, which this process has no router for"
-            ))
-        })
+    fn set_for(&self, shard: LogicalShard) -> Result<PgRouter, StoreError> {
+        self.routing().set_for(shard)
     }
 
     /// The router of the set that holds the row with id `id`; `None` for an
     /// id no row can have (negative).
-    fn set_of(&self, id: i64) -> Result<Option<&PgRouter>, StoreError> {
+    fn set_of(&self, id: i64) -> Result<Option<PgRouter>, StoreError> {
         ShardedId::from_raw(id)
             .map(|id| self.set_for(id.shard()))
             .transpose()
     }
 
     /// Like [`ShardedStore::set_of`] for a row that must exist.
-    fn set_of_existing(&self, id: i64) -> Result<&PgRouter, StoreError> {
+    fn set_of_existing(&self, id: i64) -> Result<PgRouter, StoreError> {
         self.set_of(id)?.ok_or(StoreError::NotFound)
     }
 
@@ -183,16 +196,100 @@ impl ShardedStore {
         &self,
         ids: impl IntoIterator<Item = i64>,
     ) -> Result<BTreeMap<String, (PgRouter, Vec<i64>)>, StoreError> {
+        let routing = self.routing();
         let mut groups: BTreeMap<String, (PgRouter, Vec<i64>)> = BTreeMap::new();
         for id in ids {
-            let Some(router) = self.set_of(id)? else { continue };
-            groups
-                .entry(router.replica_set().to_string())
-                .or_insert_with(|| (router.clone(), Vec::new()))
-                .1
-                .push(id);
+            let Some(id) = ShardedId::from_raw(id) else {
+                continue;
+            };
+            let name = routing.map.set_of(id.shard());
+            match groups.get_mut(name) {
+                Some(group) => group.1.push(id.raw()),
+                None => {
+                    groups.insert(name.to_owned(), (routing.router(name)?, vec![id.raw()]));
+                }
+            }
         }
         Ok(groups)
+    }
+
+    /// Runs the write `f` on the primary of the set that holds `id`'s
+    /// logical shard. While a move fences that shard it waits (for the
+    /// routing to change, or a moment) and runs `f` again on whichever set
+    /// holds it then: a cutover pauses writes, it does not fail them.
+    async fn write_at<T, F, Fut>(&self, id: i64, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(PgStore) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T, StoreError>> + Send,
+        T: Send,
+    {
+        self.fenced(|| self.set_of_existing(id), f).await
+    }
+
+    /// Runs the write `f` on `set`'s primary, waiting out a move's fence
+    /// like [`ShardedStore::write_at`] (for statements every set runs).
+    async fn write_on<T, F, Fut>(&self, set: &PgRouter, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(PgStore) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T, StoreError>> + Send,
+        T: Send,
+    {
+        self.fenced(|| Ok(set.clone()), f).await
+    }
+
+    /// Runs `f` on the primary of the set `resolve` names, again (resolved
+    /// again) while a move's fence refuses it, for at most [`FENCE_WAIT`].
+    async fn fenced<T, R, F, Fut>(&self, resolve: R, f: F) -> Result<T, StoreError>
+    where
+        R: Fn() -> Result<PgRouter, StoreError>,
+        F: Fn(PgStore) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T, StoreError>> + Send,
+        T: Send,
+    {
+        let deadline = tokio::time::Instant::now() + FENCE_WAIT;
+        loop {
+            match resolve()?.write(&f).await {
+                Err(e) if routing::is_fenced(&e) && tokio::time::Instant::now() < deadline => {
+                    self.fence_pause().await
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Runs the write `f` once per set with the `ids` it holds, waiting out
+    /// a move's fence like [`ShardedStore::write_at`] (the fenced ids are
+    /// grouped again by the routing of the next try).
+    async fn write_grouped<F, Fut>(&self, ids: Vec<i64>, f: F) -> Result<(), StoreError>
+    where
+        F: Fn(PgStore, Vec<i64>) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<(), StoreError>> + Send,
+    {
+        let deadline = tokio::time::Instant::now() + FENCE_WAIT;
+        let mut todo = ids;
+        while !todo.is_empty() {
+            let mut fenced = Vec::new();
+            for (router, ids) in self.by_set(std::mem::take(&mut todo))?.into_values() {
+                match router.write(|s| f(s, ids.clone())).await {
+                    Err(e) if routing::is_fenced(&e) && tokio::time::Instant::now() < deadline => {
+                        fenced.extend(ids)
+                    }
+                    other => other?,
+                }
+            }
+            if !fenced.is_empty() {
+                self.fence_pause().await;
+            }
+            todo = fenced;
+        }
+        Ok(())
+    }
+
+    /// Waits for the routing to change, or 20 ms.
+    async fn fence_pause(&self) {
+        let mut routing = self.inner.routing.clone();
+        routing.borrow_and_update();
+        let _ = tokio::time::timeout(Duration::from_millis(20), routing.changed()).await;
     }
 
     fn usernames(pool: &PgPool) -> Usernames {
@@ -225,31 +322,27 @@ impl ShardedStore {
         if celebrity != 0 {
             return Ok(());
         }
-        for (router, users) in self.by_set(followers)?.into_values() {
-            router
-                .write(|s| async move {
-                    sqlx::query(
-                        "INSERT INTO feed_entries (user_id, photo_id, author_id) \
-                         SELECT u, $2, $3 FROM unnest($1::bigint[]) AS u ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&users)
-                    .bind(photo.0)
-                    .bind(owner)
-                    .execute(s.pool())
-                    .await
-                    .map_err(unavailable)
-                })
-                .await?;
-        }
-        Ok(())
+        self.write_grouped(followers, |s, users| async move {
+            sqlx::query(
+                "INSERT INTO feed_entries (user_id, photo_id, author_id) \
+                 SELECT u, $2, $3 FROM unnest($1::bigint[]) AS u ON CONFLICT DO NOTHING",
+            )
+            .bind(&users)
+            .bind(photo.0)
+            .bind(owner)
+            .execute(s.pool())
+            .await
+            .map(drop)
+            .map_err(unavailable)
+        })
+        .await
     }
 
     /// Makes `user` a celebrity, or finishes a promotion a crash left
     /// half done: fan-out stops (state 1), every follower's row is marked
     /// on every set, then state 2.
     async fn promote(&self, user: UserId) -> Result<(), StoreError> {
-        let home = self.set_of_existing(user.0)?;
-        home.write(|s| async move {
+        self.write_at(user.0, |s| async move {
             exec(
                 s.pool(),
                 "UPDATE users SET celebrity = 1 WHERE id = $1 AND celebrity = 0",
@@ -258,19 +351,18 @@ impl ShardedStore {
             .await
         })
         .await?;
-        for router in self.inner.sets.values() {
-            router
-                .write(|s| async move {
-                    exec(
-                        s.pool(),
-                        "UPDATE following SET celebrity = true WHERE followee_id = $1 AND NOT celebrity",
-                        user.0,
-                    )
-                    .await
-                })
-                .await?;
+        for router in self.routing().all() {
+            self.write_on(&router, |s| async move {
+                exec(
+                    s.pool(),
+                    "UPDATE following SET celebrity = true WHERE followee_id = $1 AND NOT celebrity",
+                    user.0,
+                )
+                .await
+            })
+            .await?;
         }
-        home.write(|s| async move {
+        self.write_at(user.0, |s| async move {
             exec(s.pool(), "UPDATE users SET celebrity = 2 WHERE id = $1", user.0).await
         })
         .await?;
@@ -315,8 +407,8 @@ impl Store for ShardedStore {
         // The claim is ours, so a row of this name on the shard is an
         // orphan of a sign-up that died before activating it (never
         // resolvable, so it owns nothing): it is replaced.
-        let inserted = set
-            .write(|s| async move {
+        let inserted = self
+            .write_at(id.0, |s| async move {
                 sqlx::query(concat!(
                     "INSERT INTO users (id, username, password_hash, created_at) VALUES ($1, $2, $3, ",
                     now_ms!(),
@@ -412,10 +504,9 @@ impl Store for ShardedStore {
 
     async fn create_photo(&self, photo: &NewPhoto) -> Result<Photo, StoreError> {
         let owner = ShardedId::from_raw(photo.owner_id.0).ok_or(StoreError::NotFound)?;
-        let set = self.set_for(owner.shard())?;
         let (width, height) = (dimension(photo.width)?, dimension(photo.height)?);
-        let row = set
-            .write(|s| async move {
+        let row = self
+            .write_at(owner.raw(), |s| async move {
                 sqlx::query(concat!(
                     "WITH p AS (INSERT INTO photos (id, owner_id, caption, status, format, width, height, created_at) \
                      VALUES (scalestack_next_id($6), $1, $2, 'processing', $3, $4, $5, ",
@@ -442,38 +533,41 @@ impl Store for ShardedStore {
     }
 
     async fn delete_photo(&self, id: PhotoId) -> Result<Option<DeletedPhoto>, StoreError> {
-        let Some(set) = self.set_of(id.0)? else {
+        if ShardedId::from_raw(id.0).is_none() {
             return Ok(None);
-        };
-        let gone = set.write(|s| async move { s.delete_photo(id).await }).await?;
+        }
+        let gone = self
+            .write_at(id.0, |s| async move { s.delete_photo(id).await })
+            .await?;
         if gone.is_some() {
-            for router in self.inner.sets.values() {
-                router
-                    .write(|s| async move {
-                        exec(s.pool(), "DELETE FROM feed_entries WHERE photo_id = $1", id.0).await
-                    })
-                    .await?;
+            for router in self.routing().all() {
+                self.write_on(&router, |s| async move {
+                    exec(s.pool(), "DELETE FROM feed_entries WHERE photo_id = $1", id.0).await
+                })
+                .await?;
             }
         }
         Ok(gone)
     }
 
     async fn record_photo_job(&self, id: PhotoId, job: i64) -> Result<(), StoreError> {
-        self.set_of_existing(id.0)?
-            .write(|s| async move { s.record_photo_job(id, job).await })
+        self.write_at(id.0, |s| async move { s.record_photo_job(id, job).await })
             .await
     }
 
     async fn stalled_uploads(&self, before_ms: i64, limit: usize) -> Result<Vec<Photo>, StoreError> {
         let mut all = Vec::new();
-        for router in self.inner.sets.values() {
+        for router in self.routing().all() {
             all.extend(
                 router
                     .write(|s| async move { s.stalled_uploads(before_ms, limit).await })
                     .await?,
             );
         }
+        // A move's two copies of the same rows (the target while it
+        // fills, the source until it is cleaned) give one photo.
         all.sort_by_key(|p| (p.created_at_ms, p.id));
+        all.dedup_by_key(|p| p.id);
         all.truncate(limit);
         Ok(all)
     }
@@ -486,8 +580,7 @@ impl Store for ShardedStore {
     }
 
     async fn set_photo_status(&self, id: PhotoId, status: PhotoStatus) -> Result<(), StoreError> {
-        self.set_of_existing(id.0)?
-            .write(|s| async move { s.set_photo_status(id, status).await })
+        self.write_at(id.0, |s| async move { s.set_photo_status(id, status).await })
             .await?;
         if status == PhotoStatus::Ready {
             self.fan_out(id).await?;
@@ -504,9 +597,10 @@ impl Store for ShardedStore {
     }
 
     async fn follow(&self, follower: UserId, followee: UserId) -> Result<(), StoreError> {
-        let mine = self.set_of_existing(follower.0)?;
-        let theirs = self.set_of_existing(followee.0)?;
-        mine.write(|s| async move {
+        for id in [follower.0, followee.0] {
+            ShardedId::from_raw(id).ok_or(StoreError::NotFound)?;
+        }
+        self.write_at(follower.0, |s| async move {
             sqlx::query(concat!(
                 "WITH ins AS (INSERT INTO following (follower_id, followee_id, created_at) VALUES ($1, $2, ",
                 now_ms!(),
@@ -523,8 +617,8 @@ impl Store for ShardedStore {
             })
         })
         .await?;
-        let counted: Option<(i64, i16)> = theirs
-            .write(|s| async move {
+        let counted: Option<(i64, i16)> = self
+            .write_at(followee.0, |s| async move {
                 sqlx::query_as(concat!(
                     "WITH ins AS (INSERT INTO followers (followee_id, follower_id, created_at) VALUES ($1, $2, ",
                     now_ms!(),
@@ -544,7 +638,7 @@ impl Store for ShardedStore {
             .await?;
         let (followers, celebrity) = counted.ok_or(StoreError::NotFound)?;
         if celebrity != 0 || followers >= self.inner.config.celebrity_followers {
-            mine.write(|s| async move {
+            self.write_at(follower.0, |s| async move {
                 sqlx::query(
                     "UPDATE following SET celebrity = true WHERE follower_id = $1 AND followee_id = $2",
                 )
@@ -563,8 +657,8 @@ impl Store for ShardedStore {
         // Back-fill, read on the followee's primary after its followers row
         // (see the ordering argument).
         let backfill = self.inner.config.backfill;
-        let recent: Vec<i64> = theirs
-            .write(|s| async move {
+        let recent: Vec<i64> = self
+            .write_at(followee.0, |s| async move {
                 sqlx::query_scalar(
                     "SELECT id FROM photos WHERE owner_id = $1 AND status = 'ready' ORDER BY id DESC LIMIT $2",
                 )
@@ -576,13 +670,14 @@ impl Store for ShardedStore {
             })
             .await?;
         if !recent.is_empty() {
-            mine.write(|s| async move {
+            let recent = &recent;
+            self.write_at(follower.0, |s| async move {
                 sqlx::query(
                     "INSERT INTO feed_entries (user_id, photo_id, author_id) \
                      SELECT $1, p, $3 FROM unnest($2::bigint[]) AS p ON CONFLICT DO NOTHING",
                 )
                 .bind(follower.0)
-                .bind(&recent)
+                .bind(recent)
                 .bind(followee.0)
                 .execute(s.pool())
                 .await
@@ -594,11 +689,11 @@ impl Store for ShardedStore {
     }
 
     async fn unfollow(&self, follower: UserId, followee: UserId) -> Result<(), StoreError> {
-        let (Some(mine), Some(theirs)) = (self.set_of(follower.0)?, self.set_of(followee.0)?) else {
+        if ShardedId::from_raw(follower.0).is_none() || ShardedId::from_raw(followee.0).is_none() {
             return Ok(());
-        };
-        theirs
-            .write(|s| async move {
+        }
+        self
+            .write_at(followee.0, |s| async move {
                 sqlx::query(
                     "WITH del AS (DELETE FROM followers WHERE followee_id = $1 AND follower_id = $2 RETURNING 1) \
                      UPDATE users SET followers_count = followers_count - (SELECT count(*) FROM del) WHERE id = $1",
@@ -610,7 +705,7 @@ impl Store for ShardedStore {
                 .map_err(unavailable)
             })
             .await?;
-        mine.write(|s| async move {
+        self.write_at(follower.0, |s| async move {
             sqlx::query(
                 "WITH del AS (DELETE FROM following WHERE follower_id = $1 AND followee_id = $2 RETURNING 1), \
                  gone AS (DELETE FROM feed_entries WHERE user_id = $1 AND author_id = $2) \
@@ -698,7 +793,7 @@ impl Store for ShardedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        for router in self.inner.sets.values() {
+        for router in self.routing().all() {
             router.ping().await?;
         }
         Ok(())
@@ -708,7 +803,7 @@ impl Store for ShardedStore {
 impl std::fmt::Debug for ShardedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardedStore")
-            .field("sets", &self.inner.sets.keys().collect::<Vec<_>>())
+            .field("sets", &self.routing().map.sets)
             .field("epoch", &self.map().map(|m| m.epoch))
             .finish()
     }

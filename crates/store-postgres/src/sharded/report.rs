@@ -85,11 +85,7 @@ impl ShardedStore {
     }
 
     async fn fill(&self, report: &mut SetReport) -> Result<(), StoreError> {
-        let router = self
-            .sets()
-            .get(&report.name)
-            .ok_or_else(|| unavailable(format!("no router for set {:?}", report.name)))?;
-        let pool = router.primary_pool()?;
+        let pool = self.routing().router(&report.name)?.primary_pool()?;
         let (users, photos, follows, feed_entries, bytes, commits, rows_read): (
             i64,
             i64,

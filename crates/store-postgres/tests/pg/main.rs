@@ -6,6 +6,7 @@ mod helpers;
 mod migrate;
 mod queue;
 mod replication;
+mod reshard;
 mod router;
 mod sessions;
 mod shard_map;

@@ -22,7 +22,7 @@ struct TwoSets {
     store: ShardedStore,
 }
 
-async fn router(set: &str, pg: &TestPg) -> PgRouter {
+pub(crate) async fn router(set: &str, pg: &TestPg) -> PgRouter {
     let mut nodes = vec![pg.primary.url()];
     nodes.extend(pg.replicas.iter().map(|r| r.url()));
     let router = PgRouter::connect(RouterConfig {
@@ -42,7 +42,7 @@ async fn two_sets(replicas: (usize, usize), config: ShardedConfig) -> TwoSets {
         ("s1".to_owned(), router("s1", &s1).await),
         ("s2".to_owned(), router("s2", &s2).await),
     ]);
-    let store = ShardedStore::connect("s1", sets, config).await.unwrap();
+    let store = ShardedStore::connect("s1", sets, config, None).await.unwrap();
     TwoSets { s1, s2, store }
 }
 
@@ -55,7 +55,7 @@ async fn both(t: &TwoSets, sql: &str) -> i64 {
     count(&t.s1, sql).await + count(&t.s2, sql).await
 }
 
-fn name(tag: &str, i: usize) -> Username {
+pub(crate) fn name(tag: &str, i: usize) -> Username {
     Username::parse(&format!("{tag}{i}")).unwrap()
 }
 

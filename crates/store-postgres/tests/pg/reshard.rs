@@ -1,0 +1,400 @@
+//! Online resharding over real replica sets: logical shards moved to a set
+//! added at runtime while sign-ups, uploads, follows and reads go on, with
+//! every acknowledged write counted afterwards; a move aborted mid-copy; a
+//! mover killed mid-move and recovered by the next one.
+
+use crate::sharded::{name, router};
+use domain::ports::Store;
+use domain::shard::ShardedId;
+use domain::*;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use store_postgres::{Connector, MoveRequest, PgRouter, RouterConfig, ShardedConfig, ShardedStore};
+use test_support::TestPg;
+
+/// Connects sets the way a web server would: a migrated router.
+fn connector() -> Connector {
+    Arc::new(|set: String, nodes: Vec<String>| {
+        Box::pin(async move {
+            let router = PgRouter::connect(RouterConfig {
+                probe_interval_ms: 100,
+                replica_set: domain::consistency::ReplicaSetId::parse(&set).unwrap(),
+                ..RouterConfig::new(nodes)
+            })
+            .await?;
+            router.migrate().await?;
+            Ok(router)
+        })
+    })
+}
+
+fn urls(pg: &TestPg) -> Vec<String> {
+    std::iter::once(pg.primary.url())
+        .chain(pg.replicas.iter().map(|r| r.url()))
+        .collect()
+}
+
+/// `s1` and `s2` in the map, `s3` (with `target_replicas`) registered but
+/// empty; the store routes, `config` applied.
+struct ThreeSets {
+    s1: TestPg,
+    s2: TestPg,
+    s3: TestPg,
+    store: ShardedStore,
+    config: ShardedConfig,
+}
+
+impl ThreeSets {
+    async fn start(target_replicas: usize, config: ShardedConfig) -> ThreeSets {
+        let (s1, s2, s3) = tokio::join!(TestPg::start(0), TestPg::start(0), TestPg::start(target_replicas));
+        let store = open(&s1, &s2, &config).await;
+        router("s3", &s3).await; // migrated, as `up` leaves a set it adds
+        store.register_set("s3", &urls(&s3)).await.unwrap();
+        ThreeSets {
+            s1,
+            s2,
+            s3,
+            store,
+            config,
+        }
+    }
+
+    /// Another process's store over the same sets (it knows only s1 and s2).
+    async fn another(&self) -> ShardedStore {
+        open(&self.s1, &self.s2, &self.config).await
+    }
+
+    /// `sql`'s count on each set.
+    async fn counts(&self, sql: &str) -> [i64; 3] {
+        [
+            count(&self.s1, sql).await,
+            count(&self.s2, sql).await,
+            count(&self.s3, sql).await,
+        ]
+    }
+
+    async fn triggers(&self) -> i64 {
+        self.counts("SELECT count(*) FROM pg_trigger WHERE tgname = 'scalestack_reshard'")
+            .await
+            .iter()
+            .sum()
+    }
+}
+
+async fn count(pg: &TestPg, sql: &str) -> i64 {
+    pg.primary.psql(sql).await.unwrap().trim().parse().unwrap()
+}
+
+async fn open(s1: &TestPg, s2: &TestPg, config: &ShardedConfig) -> ShardedStore {
+    let sets = BTreeMap::from([
+        ("s1".to_owned(), router("s1", s1).await),
+        ("s2".to_owned(), router("s2", s2).await),
+    ]);
+    ShardedStore::connect("s1", sets, config.clone(), Some(connector()))
+        .await
+        .unwrap()
+}
+
+/// Users `tag0..tagN`, each with one ready photo.
+async fn seed(s: &ShardedStore, tag: &str, n: usize) -> Vec<(UserId, PhotoId)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let user = s.create_user(&name(tag, i), "h").await.unwrap();
+        let photo = upload(s, user).await.unwrap();
+        out.push((user, photo));
+    }
+    out
+}
+
+async fn upload(s: &ShardedStore, owner: UserId) -> Result<PhotoId, StoreError> {
+    let id = s
+        .create_photo(&NewPhoto {
+            owner_id: owner,
+            caption: None,
+            format: ImageFormat::Jpeg,
+            width: 1,
+            height: 1,
+        })
+        .await?
+        .id;
+    s.set_photo_status(id, PhotoStatus::Ready).await?;
+    Ok(id)
+}
+
+/// The shards `s1` holds in the even map over two sets: 0-4095. The moves
+/// take the first half of them.
+const MOVED: (u16, u16) = (0, 2047);
+
+fn moved(id: i64) -> bool {
+    let shard = ShardedId::from_raw(id).unwrap().shard().get();
+    (MOVED.0..=MOVED.1).contains(&shard)
+}
+
+#[tokio::test]
+async fn a_move_under_load_loses_no_acknowledged_write() {
+    let t = ThreeSets::start(
+        1,
+        ShardedConfig {
+            reshard_batch: 100,
+            ..ShardedConfig::default()
+        },
+    )
+    .await;
+    let before = seed(&t.store, "old", 120).await;
+    for w in before.windows(2) {
+        t.store.follow(w[0].0, w[1].0).await.unwrap();
+    }
+    // The load runs through another process's store, which learns of s3
+    // from the catalog when the map names it.
+    let web = Arc::new(t.another().await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (web, stop, before) = (Arc::clone(&web), Arc::clone(&stop), before.clone());
+        tokio::spawn(async move {
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && i < 2000 {
+                let step = async {
+                    let user = web.create_user(&name("new", i), "h").await?;
+                    let photo = upload(&web, user).await?;
+                    let followee = before[i % before.len()].0;
+                    web.follow(user, followee).await?;
+                    Ok::<_, StoreError>((user, photo, followee))
+                };
+                match step.await {
+                    Ok(done) => acked.push(done),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                i += 1;
+            }
+            (acked, failed)
+        })
+    };
+    let reader = {
+        let (web, stop, before) = (Arc::clone(&web), Arc::clone(&stop), before.clone());
+        tokio::spawn(async move {
+            let (mut reads, mut misses) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                for (i, (user, photo)) in before.iter().enumerate().step_by(7) {
+                    let found = web.user_by_name(&name("old", i)).await.map(|u| u.map(|u| u.id));
+                    let pic = web.photo(*photo).await.map(|p| p.is_some());
+                    if found.as_ref().ok() != Some(&Some(*user)) || pic.as_ref().ok() != Some(&true) {
+                        misses.push(format!("user {} {found:?}, photo {} {pic:?}", user.0, photo.0));
+                    }
+                    reads += 2;
+                }
+            }
+            (reads, misses)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = t
+        .store
+        .start_move(&MoveRequest {
+            first: MOVED.0,
+            last: MOVED.1,
+            to: "s3".into(),
+        })
+        .await
+        .unwrap();
+    let clock = std::time::Instant::now();
+    let done = t.store.run_move(started.id).await.unwrap();
+    let took = clock.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = writer.await.unwrap();
+    let (reads, misses) = reader.await.unwrap();
+    println!(
+        "move of shards {}-{} to s3: {} rows copied, {} replayed, {} verified in {took:?}; \
+         writes paused {} ms at the cutover; {} sign-up+upload+follow acknowledged, {} failed; \
+         {reads} reads, {} missed",
+        MOVED.0,
+        MOVED.1,
+        done.rows_copied,
+        done.rows_replayed,
+        done.rows_verified,
+        done.pause_ms.unwrap_or(-1),
+        acked.len(),
+        failed.len(),
+        misses.len()
+    );
+    assert_eq!(done.phase, "done", "{done:?}");
+    assert!(done.pause_ms.is_some());
+    assert!(
+        failed.is_empty(),
+        "writes pause at the cutover, they do not fail: {failed:?}"
+    );
+    assert!(
+        misses.is_empty(),
+        "no read misses what existed before it: {misses:?}"
+    );
+    assert!(
+        acked.iter().any(|(u, _, _)| moved(u.0)),
+        "the load wrote to the moved shards"
+    );
+
+    // Every acknowledged write is there, through either store, once.
+    let map = web.map().unwrap();
+    assert_eq!(map.epoch, 2);
+    assert_eq!(map.set_of(domain::shard::LogicalShard::new(0).unwrap()), "s3");
+    let old = before.iter().map(|&(u, p)| (u, p, u));
+    for (user, photo, followee) in acked.iter().copied().chain(old) {
+        for s in [&t.store, &*web] {
+            assert!(s.user_by_id(user).await.unwrap().is_some(), "user {}", user.0);
+            let p = s.photo(photo).await.unwrap().expect("the photo");
+            assert_eq!(p.status, PhotoStatus::Ready);
+        }
+        if user != followee {
+            assert!(web.is_following(user, followee).await.unwrap());
+        }
+    }
+    let total: i64 = t.counts("SELECT count(*) FROM users").await.iter().sum();
+    assert_eq!(
+        total as usize,
+        acked.len() + before.len(),
+        "no user row twice, none lost"
+    );
+    let in_range = "SELECT count(*) FROM users WHERE ((id >> 10) & 8191) BETWEEN 0 AND 2047";
+    assert_eq!(count(&t.s1, in_range).await, 0, "the source was cleaned");
+    assert!(count(&t.s3, in_range).await > 0);
+    assert_eq!(
+        count(
+            &t.s1,
+            "SELECT count(*) FROM photos WHERE ((owner_id >> 10) & 8191) BETWEEN 0 AND 2047"
+        )
+        .await,
+        0
+    );
+    assert_eq!(t.triggers().await, 0, "the move's triggers are gone");
+    // Feeds followed the move: the followers of a moved user see its photo.
+    let (first, _) = before[0];
+    let (_, second_photo) = before[1];
+    let page = Page {
+        before: None,
+        limit: 50,
+    };
+    assert!(t
+        .store
+        .feed_ids(first, page)
+        .await
+        .unwrap()
+        .contains(&second_photo));
+}
+
+#[tokio::test]
+async fn a_move_aborted_mid_copy_leaves_everything_as_it_was() {
+    let t = ThreeSets::start(
+        0,
+        ShardedConfig {
+            reshard_batch: 5,
+            ..ShardedConfig::default()
+        },
+    )
+    .await;
+    let before = seed(&t.store, "ab", 150).await;
+    let rows = "SELECT count(*) FROM users";
+    let (s1_users, s3_users) = (count(&t.s1, rows).await, count(&t.s3, rows).await);
+    assert_eq!(s3_users, 0);
+    let started = t
+        .store
+        .start_move(&MoveRequest {
+            first: MOVED.0,
+            last: MOVED.1,
+            to: "s3".into(),
+        })
+        .await
+        .unwrap();
+    // A second move is refused while this one is unfinished.
+    assert!(t
+        .store
+        .start_move(&MoveRequest {
+            first: 5000,
+            last: 5001,
+            to: "s3".into()
+        })
+        .await
+        .is_err());
+    let store = t.store.clone();
+    let run = tokio::spawn(async move { store.run_move(started.id).await });
+    loop {
+        let now = t.store.latest_move().await.unwrap().unwrap();
+        if now.rows_copied > 0 {
+            assert_eq!(now.phase, "copying");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    t.store.abort_move().await.unwrap();
+    let end = run.await.unwrap().unwrap();
+    assert_eq!(end.phase, "aborted", "{end:?}");
+    assert_eq!(t.store.map().unwrap().epoch, 1, "the map is untouched");
+    assert_eq!(count(&t.s3, rows).await, 0, "the target's partial copy is gone");
+    assert_eq!(count(&t.s1, rows).await, s1_users, "the source is whole");
+    assert_eq!(t.triggers().await, 0);
+    // And the site goes on as before.
+    for (user, photo) in &before {
+        assert!(t.store.photo(*photo).await.unwrap().is_some());
+        upload(&t.store, *user).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_mover_killed_mid_move_is_rolled_back_by_the_next_then_a_move_succeeds() {
+    let t = ThreeSets::start(
+        0,
+        ShardedConfig {
+            reshard_batch: 5,
+            ..ShardedConfig::default()
+        },
+    )
+    .await;
+    seed(&t.store, "crash", 150).await;
+    let started = t
+        .store
+        .start_move(&MoveRequest {
+            first: MOVED.0,
+            last: MOVED.1,
+            to: "s3".into(),
+        })
+        .await
+        .unwrap();
+    let store = t.store.clone();
+    let run = tokio::spawn(async move { store.run_move(started.id).await });
+    loop {
+        if t.store.latest_move().await.unwrap().unwrap().rows_copied > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The mover dies where it stands (as `up` killed mid-move would).
+    run.abort();
+    let _ = run.await;
+    assert!(
+        count(&t.s3, "SELECT count(*) FROM users").await > 0,
+        "a partial copy was left"
+    );
+    // The next process to start recovers it.
+    let next = t.another().await;
+    let recovered = next.recover_moves().await.unwrap().expect("an unfinished move");
+    assert_eq!(recovered.phase, "aborted");
+    assert_eq!(count(&t.s3, "SELECT count(*) FROM users").await, 0);
+    assert_eq!(t.triggers().await, 0);
+    assert!(
+        next.recover_moves().await.unwrap().is_none(),
+        "nothing left to recover"
+    );
+    // A move from that clean state goes through.
+    let again = next
+        .start_move(&MoveRequest {
+            first: MOVED.0,
+            last: MOVED.1,
+            to: "s3".into(),
+        })
+        .await
+        .unwrap();
+    let done = next.run_move(again.id).await.unwrap();
+    assert_eq!(done.phase, "done", "{done:?}");
+    assert!(count(&t.s3, "SELECT count(*) FROM users").await > 0);
+}
