@@ -135,6 +135,30 @@ enum CtlCommand {
     /// The shard map (epoch, logical shard ranges per replica set) and each
     /// set's rows, size and load, with its fullest logical shards.
     Shards,
+    /// Move logical shards to another replica set while the site runs: copy,
+    /// catch up, verify, a short cutover that pauses writes to the moved
+    /// shards only, every router switched, then the source cleaned. Without
+    /// --to, `up` adds a replica set (s3 after s1, s2) to move them to;
+    /// without --shards, the upper half of the busiest set's biggest range
+    /// moves. Follows the move with a progress bar.
+    Reshard {
+        /// FIRST-LAST (or one logical shard, 0-8191), all on one set.
+        #[arg(long, conflicts_with_all = ["status", "abort"])]
+        shards: Option<String>,
+        /// The replica set to move them to (one of the map's, or one
+        /// registered in shard_sets).
+        #[arg(long, conflicts_with_all = ["status", "abort"])]
+        to: Option<String>,
+        /// Start the move and return.
+        #[arg(long, conflicts_with_all = ["status", "abort"])]
+        no_wait: bool,
+        /// Follow the running move (or show how the latest ended).
+        #[arg(long, conflicts_with = "abort")]
+        status: bool,
+        /// Roll the running move back (refused once its routers switched).
+        #[arg(long)]
+        abort: bool,
+    },
     /// Dead jobs: list them, or make one ready again.
     Jobs {
         #[command(subcommand)]
@@ -336,6 +360,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
                 CtlCommand::Autoscale => up::ctl::CtlCommand::Autoscale,
                 CtlCommand::Shards => up::ctl::CtlCommand::Shards,
+                CtlCommand::Reshard { abort: true, .. } => up::ctl::CtlCommand::ReshardAbort,
+                CtlCommand::Reshard { status: true, .. } => up::ctl::CtlCommand::ReshardStatus,
+                CtlCommand::Reshard {
+                    shards, to, no_wait, ..
+                } => up::ctl::CtlCommand::Reshard {
+                    shards,
+                    to,
+                    wait: !no_wait,
+                },
                 CtlCommand::Jobs {
                     command: JobsCommand::Dead { limit },
                 } => up::ctl::CtlCommand::JobsDead { limit },

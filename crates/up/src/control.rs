@@ -42,6 +42,8 @@ pub(crate) async fn serve(listener: TcpListener, orchestrator: Arc<Orchestrator>
         .route("/api/autoscale", get(autoscale))
         .route("/api/jobs/dead", get(dead_jobs))
         .route("/api/shards", get(shards))
+        .route("/api/reshard", get(reshard_status).post(reshard))
+        .route("/api/reshard/abort", post(reshard_abort))
         .route("/api/jobs/{id}/retry", post(retry_job))
         .route("/metrics", get(metrics))
         .route("/targets", get(targets))
@@ -163,6 +165,41 @@ async fn shards(State(o): State<AppState>) -> Response {
     match o.shard_report().await {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn reshard(
+    State(o): State<AppState>,
+    body: Result<Json<crate::reshard::ReshardRequest>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match o.reshard(req).await {
+        Ok(started) => (StatusCode::ACCEPTED, Json(started)).into_response(),
+        Err(e) => reshard_error(e),
+    }
+}
+
+async fn reshard_status(State(o): State<AppState>) -> Response {
+    match o.reshard_status().await {
+        Ok(latest) => Json(latest).into_response(),
+        Err(e) => reshard_error(e),
+    }
+}
+
+async fn reshard_abort(State(o): State<AppState>) -> Response {
+    match o.reshard_abort().await {
+        Ok(m) => (StatusCode::ACCEPTED, Json(m)).into_response(),
+        Err(e) => reshard_error(e),
+    }
+}
+
+fn reshard_error(e: crate::reshard::ReshardError) -> Response {
+    match e {
+        e @ crate::reshard::ReshardError::Invalid(_) => error(StatusCode::BAD_REQUEST, e),
+        e @ crate::reshard::ReshardError::Failed(_) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 

@@ -8,13 +8,35 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CtlCommand {
     Ps,
-    Kill { name: String, signal: String },
-    Start { name: String },
-    Scale { role: String, count: usize },
+    Kill {
+        name: String,
+        signal: String,
+    },
+    Start {
+        name: String,
+    },
+    Scale {
+        role: String,
+        count: usize,
+    },
     Autoscale,
-    JobsDead { limit: usize },
-    JobsRetry { id: i64 },
+    JobsDead {
+        limit: usize,
+    },
+    JobsRetry {
+        id: i64,
+    },
     Shards,
+    /// Start a move and follow it (`wait`) to its end.
+    Reshard {
+        shards: Option<String>,
+        to: Option<String>,
+        wait: bool,
+    },
+    /// Follow the latest move (or show how it ended).
+    ReshardStatus,
+    /// Ask the running move to roll back, and follow it.
+    ReshardAbort,
 }
 
 /// Parses `ROLE=N` of `ctl scale`.
@@ -36,6 +58,9 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
         // A scale drains servers, which waits for their requests in flight.
         .timeout(Duration::from_secs(120))
         .build()?;
+    if let Some(result) = reshard(&http, url, &command).await {
+        return result;
+    }
     let request = match &command {
         CtlCommand::Ps => http.get(format!("{url}/api/ps")),
         CtlCommand::Kill { name, signal } => http
@@ -51,20 +76,11 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             .query(&[("limit", limit)]),
         CtlCommand::JobsRetry { id } => http.post(format!("{url}/api/jobs/{id}/retry")),
         CtlCommand::Shards => http.get(format!("{url}/api/shards")),
+        CtlCommand::Reshard { .. } | CtlCommand::ReshardStatus | CtlCommand::ReshardAbort => {
+            unreachable!("handled by reshard()")
+        }
     };
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the orchestrator at {url}; is `scalestack up` running?"))?;
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(text);
-        bail!("{message}");
-    }
+    let text = call(request, url).await?;
     match command {
         CtlCommand::Ps | CtlCommand::Scale { .. } => {
             let ps: Vec<ChildStatus> = serde_json::from_str(&text).context("unexpected answer")?;
@@ -95,8 +111,165 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
                 serde_json::from_str(&text).context("unexpected answer")?;
             print!("{}", shards_table(&report));
         }
+        CtlCommand::Reshard { .. } | CtlCommand::ReshardStatus | CtlCommand::ReshardAbort => {}
     }
     Ok(())
+}
+
+/// Sends `request`; the body of a successful answer, else the API's error.
+async fn call(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<String> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the orchestrator at {url}; is `scalestack up` running?"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        bail!("{message}");
+    }
+    Ok(text)
+}
+
+/// `ctl reshard`: starts (or aborts) a move, then follows it with a
+/// progress bar until it ends; `None` for the other commands.
+async fn reshard(http: &reqwest::Client, url: &str, command: &CtlCommand) -> Option<anyhow::Result<()>> {
+    let (request, wait) = match command {
+        CtlCommand::Reshard { shards, to, wait } => (
+            Some(
+                http.post(format!("{url}/api/reshard"))
+                    .json(&serde_json::json!({ "shards": shards, "to": to })),
+            ),
+            *wait,
+        ),
+        CtlCommand::ReshardAbort => (Some(http.post(format!("{url}/api/reshard/abort"))), true),
+        CtlCommand::ReshardStatus => (None, true),
+        _ => return None,
+    };
+    Some(
+        async {
+            if let Some(request) = request {
+                let started: store_postgres::MoveStatus =
+                    serde_json::from_str(&call(request, url).await?).context("unexpected answer")?;
+                eprintln!(
+                    "move {}: logical shards {}-{} from {} to {}",
+                    started.id, started.first_shard, started.last_shard, started.source, started.target
+                );
+                if !wait {
+                    println!(
+                        "move {} started; `scalestack ctl reshard --status` follows it",
+                        started.id
+                    );
+                    return Ok(());
+                }
+            }
+            follow_move(http, url).await
+        }
+        .await,
+    )
+}
+
+/// Polls the latest move until it is done or aborted, drawing its progress.
+async fn follow_move(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stderr().is_terminal();
+    let mut last_phase = String::new();
+    loop {
+        let text = call(http.get(format!("{url}/api/reshard")), url).await?;
+        let Some(m): Option<store_postgres::MoveStatus> =
+            serde_json::from_str(&text).context("unexpected answer")?
+        else {
+            println!("no move has run");
+            return Ok(());
+        };
+        if terminal {
+            eprint!("\r{}\x1b[K", progress_line(&m));
+            let _ = std::io::stderr().flush();
+        } else if m.phase != last_phase {
+            eprintln!("{}", progress_line(&m));
+        }
+        last_phase.clone_from(&m.phase);
+        if m.finished() {
+            if terminal {
+                eprintln!();
+            }
+            println!("{}", move_summary(&m));
+            if m.phase == "aborted" {
+                bail!("move {} was rolled back: nothing changed", m.id);
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `[#########...........]  45%  copying  12000/26000 rows`.
+pub fn progress_line(m: &store_postgres::MoveStatus) -> String {
+    const WIDTH: i64 = 30;
+    let done = match m.phase.as_str() {
+        "copying" => m.rows_copied.min(m.rows_total),
+        _ => m.rows_total,
+    };
+    let filled = if m.rows_total > 0 {
+        done * WIDTH / m.rows_total
+    } else {
+        WIDTH
+    };
+    let percent = if m.rows_total > 0 {
+        done * 100 / m.rows_total
+    } else {
+        100
+    };
+    let mut line = format!(
+        "[{}{}] {percent:>3}%  {:<11} {done}/{} rows",
+        "#".repeat(filled as usize),
+        ".".repeat((WIDTH - filled) as usize),
+        m.phase,
+        m.rows_total
+    );
+    if m.rows_replayed > 0 {
+        line.push_str(&format!(", {} replayed", m.rows_replayed));
+    }
+    if m.rows_verified > 0 {
+        line.push_str(&format!(", {} verified", m.rows_verified));
+    }
+    if m.rows_deleted > 0 {
+        line.push_str(&format!(", {} cleaned", m.rows_deleted));
+    }
+    line
+}
+
+/// How a finished move ended, in one line.
+pub fn move_summary(m: &store_postgres::MoveStatus) -> String {
+    let took = m.finished_at.unwrap_or(m.updated_at) - m.started_at;
+    if m.phase == "aborted" {
+        return format!(
+            "move {} of logical shards {}-{} to {} rolled back after {took} ms: {}",
+            m.id,
+            m.first_shard,
+            m.last_shard,
+            m.target,
+            m.error.as_deref().unwrap_or("aborted")
+        );
+    }
+    format!(
+        "moved logical shards {}-{} from {} to {} in {took} ms: {} rows copied, {} replayed, {} verified, {} deleted from {}; \
+         writes to them paused {} ms at the cutover; shard map epoch {}",
+        m.first_shard,
+        m.last_shard,
+        m.source,
+        m.target,
+        m.rows_copied,
+        m.rows_replayed,
+        m.rows_verified,
+        m.rows_deleted,
+        m.source,
+        m.pause_ms.map_or("?".into(), |p| p.to_string()),
+        m.epoch_after.map_or("?".into(), |e| e.to_string()),
+    )
 }
 
 /// `ctl autoscale`: one line per autoscaled tier.
@@ -288,5 +461,56 @@ mod tests {
             s2.contains(" 25% ") && s2.ends_with("error: connection refused"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_move_draws_its_progress_and_sums_up_how_it_ended() {
+        let mut m = store_postgres::MoveStatus {
+            id: 4,
+            first_shard: 4096,
+            last_shard: 6143,
+            source: "s2".into(),
+            target: "s3".into(),
+            phase: "copying".into(),
+            rows_total: 1000,
+            rows_copied: 450,
+            rows_replayed: 0,
+            rows_verified: 0,
+            rows_deleted: 0,
+            epoch_after: None,
+            pause_ms: None,
+            abort_requested: false,
+            error: None,
+            started_at: 10_000,
+            updated_at: 11_000,
+            finished_at: None,
+        };
+        let line = progress_line(&m);
+        assert!(
+            line.starts_with(&format!("[{}{}]  45%  copying", "#".repeat(13), ".".repeat(17))),
+            "{line}"
+        );
+        assert!(line.ends_with("450/1000 rows"), "{line}");
+        m.phase = "done".into();
+        m.rows_copied = 1000;
+        m.rows_replayed = 12;
+        m.rows_verified = 1012;
+        m.rows_deleted = 1000;
+        m.pause_ms = Some(180);
+        m.epoch_after = Some(3);
+        m.finished_at = Some(12_500);
+        assert!(progress_line(&m).starts_with(&format!("[{}] 100%", "#".repeat(30))));
+        let summary = move_summary(&m);
+        assert!(
+            summary.contains("4096-6143 from s2 to s3 in 2500 ms"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("paused 180 ms") && summary.ends_with("epoch 3"),
+            "{summary}"
+        );
+        m.phase = "aborted".into();
+        m.error = Some("abort requested".into());
+        assert!(move_summary(&m).ends_with("rolled back after 2500 ms: abort requested"));
     }
 }

@@ -13,6 +13,7 @@ pub mod ctl;
 pub mod metrics;
 pub mod nats;
 pub mod postgres;
+pub mod reshard;
 pub mod role;
 pub mod supervisor;
 pub mod topology;
@@ -50,8 +51,12 @@ pub struct Orchestrator {
     scaling: tokio::sync::Mutex<()>,
     /// One writer of the target list at a time.
     targets_file: std::sync::Mutex<()>,
-    /// The PostgreSQL clusters (one per replica set), when `up` runs them.
-    clusters: std::sync::OnceLock<Vec<Arc<postgres::PgCluster>>>,
+    /// The PostgreSQL clusters (one per replica set), when `up` runs them
+    /// (`ctl reshard` may add one).
+    clusters: std::sync::Mutex<Vec<Arc<postgres::PgCluster>>>,
+    /// Their failover controllers, and what stops them.
+    controllers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    controller_stop: tokio::sync::watch::Sender<()>,
     /// `up`'s own handle on the job queue (depth for the autoscaler, dead
     /// jobs for `ctl jobs`), once the engines run.
     queue: std::sync::OnceLock<Arc<dyn domain::ports::JobQueue>>,
@@ -96,7 +101,9 @@ impl Orchestrator {
                 .context("building the HTTP client")?,
             scaling: tokio::sync::Mutex::new(()),
             targets_file: std::sync::Mutex::new(()),
-            clusters: std::sync::OnceLock::new(),
+            clusters: std::sync::Mutex::new(Vec::new()),
+            controllers: std::sync::Mutex::new(Vec::new()),
+            controller_stop: tokio::sync::watch::channel(()).0,
             queue: std::sync::OnceLock::new(),
             shards: std::sync::OnceLock::new(),
             autoscale: autoscaler::AutoscaleState::default(),
@@ -108,7 +115,8 @@ impl Orchestrator {
     /// `down`.
     pub fn ps(&self) -> Vec<ChildStatus> {
         let mut all = self.supervisor.ps();
-        if let Some(clusters) = self.clusters.get() {
+        let clusters = self.clusters();
+        if !clusters.is_empty() {
             for c in all.iter_mut().filter(|c| c.role == Role::Postgres) {
                 let part = clusters.iter().find_map(|cluster| cluster.part(&c.name));
                 c.state = match (c.pid, part) {
@@ -118,6 +126,38 @@ impl Orchestrator {
             }
         }
         all
+    }
+
+    fn clusters(&self) -> Vec<Arc<postgres::PgCluster>> {
+        self.clusters.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Starts the PostgreSQL cluster of replica set `set` (creating it on a
+    /// first run) with its failover controller.
+    async fn start_set(&self, set: &postgres::ManagedPostgres) -> anyhow::Result<Arc<postgres::PgCluster>> {
+        let cluster = postgres::PgCluster::start(
+            set,
+            set.components(&self.topology.site.name),
+            &self.data_dir,
+            self.supervisor.clone(),
+            self.metrics.failovers.clone(),
+        )
+        .await
+        .with_context(|| format!("starting the PostgreSQL cluster {}", set.set_name().unwrap_or("")))?;
+        let cluster = Arc::new(cluster);
+        let mut stopped = self.controller_stop.subscribe();
+        let controller = tokio::spawn(cluster.clone().control(async move {
+            let _ = stopped.changed().await;
+        }));
+        self.controllers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(controller);
+        self.clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cluster.clone());
+        Ok(cluster)
     }
 
     /// Signals a process. A child the supervisor restarts on its own stays
@@ -424,6 +464,7 @@ impl Orchestrator {
         let _ = self.queue.set(b.queue);
         if let Some(shards) = b.shards {
             let _ = self.shards.set(shards);
+            self.recover_moves();
         }
         Ok(())
     }
@@ -498,43 +539,39 @@ fn redis_launch(topology: &Topology, data_dir: &Path) -> anyhow::Result<Launch> 
 ///
 /// `exe` is the binary started for every child (normally
 /// `std::env::current_exe()`).
-pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    mut topology: Topology,
+    exe: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let data_dir = prepare_data_dir(&topology.data.dir)?;
+    if topology.needs_managed_postgres() && topology.postgres.sets > 1 {
+        // Sets `ctl reshard` added come back with the configured ones.
+        let on_disk = postgres::ManagedPostgres::sets_on_disk(&data_dir);
+        if on_disk > topology.postgres.sets {
+            tracing::info!(
+                configured = topology.postgres.sets,
+                on_disk,
+                "running the replica sets resharding added"
+            );
+            topology = topology
+                .with_sets(on_disk)
+                .context("the replica sets resharding added no longer fit the topology")?;
+        }
+    }
     let control_listen = topology.control.listen;
     let orchestrator = Arc::new(Orchestrator::new(topology, exe, data_dir.clone())?);
-    let supervisor = orchestrator.supervisor.clone();
     let control_listener = tokio::net::TcpListener::bind(control_listen)
         .await
         .with_context(|| format!("cannot listen on {control_listen} (control API)"))?;
     let control = tokio::spawn(control::serve(control_listener, orchestrator.clone()));
-    let (controller_stop, controller_stopped) = tokio::sync::watch::channel(());
-    let mut controllers = Vec::new();
     let o = &orchestrator;
     let started = async {
         // Engines first: the migrations need the database.
         if o.topology.needs_managed_postgres() {
-            let t = &o.topology;
-            let mut clusters = Vec::new();
-            for set in t.postgres.per_set() {
-                let cluster = postgres::PgCluster::start(
-                    &set,
-                    set.components(&t.site.name),
-                    &data_dir,
-                    supervisor.clone(),
-                    o.metrics.failovers.clone(),
-                )
-                .await
-                .with_context(|| {
-                    format!("starting the PostgreSQL cluster {}", set.set_name().unwrap_or(""))
-                })?;
-                let cluster = Arc::new(cluster);
-                let mut stopped = controller_stopped.clone();
-                controllers.push(tokio::spawn(cluster.clone().control(async move {
-                    let _ = stopped.changed().await;
-                })));
-                clusters.push(cluster);
+            for set in o.topology.postgres.per_set() {
+                o.start_set(&set).await?;
             }
-            let _ = o.clusters.set(clusters);
         }
         o.start_all().await
     };
@@ -571,7 +608,9 @@ pub async fn run(topology: Topology, exe: PathBuf, shutdown: impl Future<Output 
     println!("scalestack: stopping");
     control.abort();
     // The controllers first: nodes the supervisor stops are no failures.
-    let _ = controller_stop.send(());
+    let _ = orchestrator.controller_stop.send(());
+    let controllers =
+        std::mem::take(&mut *orchestrator.controllers.lock().unwrap_or_else(|e| e.into_inner()));
     for c in controllers {
         let _ = c.await;
     }

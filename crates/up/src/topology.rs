@@ -652,6 +652,15 @@ impl Topology {
         Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
+    /// This topology with `sets` PostgreSQL replica sets, checked like a
+    /// parsed one (their ports must not clash with anything else).
+    pub fn with_sets(&self, sets: usize) -> anyhow::Result<Topology> {
+        let mut t = self.clone();
+        t.postgres.sets = sets;
+        t.validate()?;
+        Ok(t)
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         let site = &self.site.name;
         anyhow::ensure!(

@@ -103,14 +103,28 @@ impl ManagedPostgres {
         if self.sets <= 1 {
             return vec![self.clone()];
         }
-        (0..self.sets)
-            .map(|k| ManagedPostgres {
-                port: self.port + (k * (self.replicas + 1)) as u16,
-                sets: 1,
-                set: Some(format!("s{}", k + 1)),
-                ..self.clone()
-            })
-            .collect()
+        (0..self.sets).map(|k| self.set_at(k)).collect()
+    }
+
+    /// Replica set `k` (from 0) of a sharded tier: `s{k+1}`, its ports
+    /// after those of the sets before it. Also how `ctl reshard` adds a set
+    /// past the configured ones.
+    pub fn set_at(&self, k: usize) -> ManagedPostgres {
+        ManagedPostgres {
+            port: self.port + (k * (self.replicas + 1)) as u16,
+            sets: 1,
+            set: Some(format!("s{}", k + 1)),
+            ..self.clone()
+        }
+    }
+
+    /// The sets whose data exists under `data_dir` (`pg-s1`, `pg-s2`, ...
+    /// without a gap): at least those a restarted `up` runs, so a set
+    /// `ctl reshard` added comes back with the others.
+    pub fn sets_on_disk(data_dir: &Path) -> usize {
+        (1..)
+            .take_while(|k| data_dir.join(format!("pg-s{k}")).is_dir())
+            .count()
     }
 
     /// The set's name, when this is one of several.
