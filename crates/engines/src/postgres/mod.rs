@@ -180,7 +180,7 @@ impl PgNode {
             .psql(&format!(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
                  WHERE slot_name = {} AND NOT active",
-                config::sql_literal(&self.name)
+                config::sql_literal(&self.slot())
             ))
             .await
             .with_context(|| format!("dropping a stale slot {} on {}", self.name, primary.name))?;
@@ -407,7 +407,7 @@ impl PgNode {
                 self.name
             );
         }
-        let slot = config::sql_literal(&self.name);
+        let slot = config::sql_literal(&self.slot());
         new_primary
             .psql(&format!(
                 "SELECT pg_create_physical_replication_slot({slot}, true) \
@@ -425,7 +425,7 @@ impl PgNode {
             self.stop().await?;
             self.start().await?;
         }
-        let filter = format!("application_name = {slot}");
+        let filter = format!("application_name = {}", config::sql_literal(&self.name));
         new_primary
             .wait_streaming(&filter, 1, FOLLOW_TIMEOUT)
             .await
@@ -515,9 +515,16 @@ impl PgNode {
         self.opts.port
     }
 
-    /// The node's name: its slot and `application_name` when a replica.
+    /// The node's name: its `application_name` when a replica (quote it
+    /// in `synchronous_standby_names` when it holds a `-`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its replication slot on the primary: the name with `-` as `_`
+    /// (slot names allow no `-`).
+    fn slot(&self) -> String {
+        self.name.replace('-', "_")
     }
 
     /// Absolute path of the data directory.
@@ -617,7 +624,7 @@ impl PgNode {
                 "stream",
                 "-C",
                 "-S",
-                &self.name,
+                &self.slot(),
             ])
             .args(["--checkpoint=fast", "-p"])
             .arg(primary.opts.port.to_string());
@@ -669,7 +676,7 @@ impl PgNode {
     /// reload).
     fn point_at(&self, primary: &PgNode) -> anyhow::Result<()> {
         let conninfo = config::primary_conninfo(primary.opts.port, ROLE, &self.name);
-        self.edit_auto_conf(|old| config::with_primary(old, &conninfo, &self.name))
+        self.edit_auto_conf(|old| config::with_primary(old, &conninfo, &self.slot()))
     }
 
     /// Rewrites `postgresql.auto.conf` (read after our settings file, so
@@ -778,17 +785,18 @@ impl Drop for PgNode {
     }
 }
 
-/// Replication slot names allow lower-case letters, digits and underscores;
-/// the name also appears unquoted in `synchronous_standby_names`.
+/// A node's name is its `application_name` and, with `-` as `_`, its
+/// replication slot's, which allows lower-case letters, digits and
+/// underscores.
 fn check_name(name: &str) -> anyhow::Result<()> {
     let valid = !name.is_empty()
         && name.len() <= 63
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && !name.starts_with(|c: char| c.is_ascii_digit() || c == '-');
     if !valid {
-        bail!("invalid node name {name:?}: use 1 to 63 lower-case letters, digits or underscores, not starting with a digit");
+        bail!("invalid node name {name:?}: use 1 to 63 lower-case letters, digits, `_` or `-`, starting with a letter or `_`");
     }
     Ok(())
 }
@@ -843,10 +851,10 @@ mod tests {
 
     #[test]
     fn node_names_are_slot_names() {
-        for ok in ["primary", "replica1", "r_2"] {
+        for ok in ["primary", "replica1", "r_2", "s1-pg2"] {
             check_name(ok).unwrap();
         }
-        for bad in ["", "Replica", "replica-1", "1replica", "a b", &"x".repeat(64)] {
+        for bad in ["", "Replica", "-replica", "1replica", "a b", &"x".repeat(64)] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

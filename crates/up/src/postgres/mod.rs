@@ -199,10 +199,17 @@ impl ManagedPostgres {
     fn options(&self, port: u16, standbys: &[String]) -> PgOptions {
         let mut o = PgOptions::new(port);
         if self.synchronous && !standbys.is_empty() {
-            o.synchronous_standbys = Some(format!("ANY 1 ({})", standbys.join(", ")));
+            o.synchronous_standbys = Some(quorum(standbys));
         }
         o
     }
+}
+
+/// `synchronous_standby_names` for any one of `standbys`, quoted (a
+/// set's node names hold a `-`).
+fn quorum(standbys: &[impl AsRef<str>]) -> String {
+    let quoted: Vec<String> = standbys.iter().map(|n| format!("\"{}\"", n.as_ref())).collect();
+    format!("ANY 1 ({})", quoted.join(", "))
 }
 
 /// Left in a fenced node's data directory until it is rebuilt.
@@ -495,9 +502,7 @@ impl PgCluster {
             Action::Fence(i) => self.fence(i).await?,
             Action::SetQuorum { node, ref standbys } => {
                 let names: Vec<&str> = standbys.iter().map(|&i| name(i)).collect();
-                self.nodes[node]
-                    .set_synchronous_standbys(&format!("ANY 1 ({})", names.join(", ")))
-                    .await?;
+                self.nodes[node].set_synchronous_standbys(&quorum(&names)).await?;
             }
             Action::Promote(new) => {
                 let old = self.roles().primary;
@@ -623,7 +628,7 @@ mod tests {
             sync.options(6432, &["pg2".into(), "pg3".into()])
                 .synchronous_standbys
                 .as_deref(),
-            Some("ANY 1 (pg2, pg3)")
+            Some("ANY 1 (\"pg2\", \"pg3\")")
         );
     }
 }
