@@ -57,6 +57,15 @@ pub struct PostgresTier {
     /// feeds at read time instead of fanned out. Default 10 000.
     #[serde(default = "default_celebrity_followers")]
     pub celebrity_followers: i64,
+    /// With `sets`: the share (0 to 1) of a process's recent requests from
+    /// which a user is hot, their profile and their photos merged into
+    /// feeds then served from a near-cache. 0 turns that off. Default 0.01.
+    #[serde(default = "default_hot_key_share")]
+    pub hot_key_share: f64,
+    /// With `sets`: how long a hot read is kept, the staleness it allows.
+    /// Default 1000.
+    #[serde(default = "default_hot_key_ttl_ms")]
+    pub hot_key_ttl_ms: u64,
 }
 
 /// One replica set of a sharded tier.
@@ -71,6 +80,12 @@ pub struct ReplicaSetNodes {
 
 fn default_celebrity_followers() -> i64 {
     store_postgres::ShardedConfig::default().celebrity_followers
+}
+fn default_hot_key_share() -> f64 {
+    store_postgres::ShardedConfig::default().hot_share
+}
+fn default_hot_key_ttl_ms() -> u64 {
+    store_postgres::ShardedConfig::default().hot_ttl.as_millis() as u64
 }
 
 fn default_pg_connections() -> u32 {
@@ -140,8 +155,15 @@ impl SqlEngine {
                         set.name
                     );
                 }
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(&tier.hot_key_share),
+                    "sql.hot_key_share must be between 0 and 1, not {}",
+                    tier.hot_key_share
+                );
                 let config = store_postgres::ShardedConfig {
                     celebrity_followers: tier.celebrity_followers,
+                    hot_share: tier.hot_key_share,
+                    hot_ttl: std::time::Duration::from_millis(tier.hot_key_ttl_ms),
                     ..Default::default()
                 };
                 let connector: store_postgres::Connector = {

@@ -34,7 +34,8 @@ pub use router::{NodeRole, NodeStatus, PgRouter, RouterConfig, RouterStats};
 pub use sessions::PgSessionStore;
 pub use shard_map::{next_id, PublishError, ShardMaps};
 pub use sharded::{
-    Connector, MoveError, MoveRequest, MoveStatus, SetReport, ShardReport, ShardedConfig, ShardedStore,
+    Connector, HotUser, MoveError, MoveRequest, MoveStatus, ProcessLoad, SetReport, ShardReport,
+    ShardedConfig, ShardedStore,
 };
 pub use store::PgStore;
 pub use usernames::Usernames;

@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0008_sharded_social.sql"),
     ),
     (9, "reshard", include_str!("../migrations/0009_reshard.sql")),
+    (
+        10,
+        "shard_load",
+        include_str!("../migrations/0010_shard_load.sql"),
+    ),
 ];
 
 /// Key of the transaction-scoped advisory lock every migrating process takes

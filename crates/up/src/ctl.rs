@@ -308,15 +308,17 @@ pub fn autoscale_table(tiers: &serde_json::Value) -> String {
 pub fn shards_table(report: &store_postgres::ShardReport) -> String {
     let total = |f: fn(&store_postgres::SetReport) -> i64| report.sets.iter().map(f).sum::<i64>().max(1);
     let (users, photos, reads) = (total(|s| s.users), total(|s| s.photos), total(|s| s.rows_read));
+    let requests = report.sets.iter().map(|s| s.requests).sum::<u64>().max(1) as i64;
     let pct = |n: i64, of: i64| format!("{:.0}%", n as f64 * 100.0 / of as f64);
     let mut out = format!(
-        "shard map epoch {}, {} replica sets\n",
+        "shard map epoch {}, {} replica sets, requests from {} processes\n",
         report.epoch,
-        report.sets.len()
+        report.sets.len(),
+        report.processes
     );
     out += &format!(
-        "{:<8} {:<16} {:>7} {:>9} {:>5} {:>9} {:>5} {:>9} {:>9} {:>9} {:>12} {:>5}  fullest logical shards\n",
-        "SET", "LOGICAL", "SHARDS", "USERS", "", "PHOTOS", "", "FOLLOWS", "FEED", "MB", "ROWS READ", ""
+        "{:<8} {:<16} {:>7} {:>9} {:>5} {:>9} {:>5} {:>9} {:>9} {:>9} {:>12} {:>5} {:>10} {:>5}  fullest logical shards\n",
+        "SET", "LOGICAL", "SHARDS", "USERS", "", "PHOTOS", "", "FOLLOWS", "FEED", "MB", "ROWS READ", "", "REQUESTS", ""
     );
     for s in &report.sets {
         let fullest: Vec<String> = s
@@ -325,7 +327,7 @@ pub fn shards_table(report: &store_postgres::ShardReport) -> String {
             .map(|(shard, n)| format!("{shard}:{n}"))
             .collect();
         out += &format!(
-            "{:<8} {:<16} {:>7} {:>9} {:>5} {:>9} {:>5} {:>9} {:>9} {:>9.1} {:>12} {:>5}  {}\n",
+            "{:<8} {:<16} {:>7} {:>9} {:>5} {:>9} {:>5} {:>9} {:>9} {:>9.1} {:>12} {:>5} {:>10} {:>5}  {}\n",
             s.name,
             s.ranges.join(","),
             s.logical_shards,
@@ -338,12 +340,39 @@ pub fn shards_table(report: &store_postgres::ShardReport) -> String {
             s.bytes as f64 / 1e6,
             s.rows_read,
             pct(s.rows_read, reads),
+            s.requests,
+            pct(s.requests as i64, requests),
             match &s.error {
                 Some(e) => format!("error: {e}"),
                 None => fullest.join(" "),
             }
         );
     }
+    out += "busiest logical shards (shard:requests)\n";
+    for s in &report.sets {
+        let busiest: Vec<String> = s
+            .busiest
+            .iter()
+            .map(|(shard, n)| format!("{shard}:{n}"))
+            .collect();
+        out += &format!("  {:<8} {}\n", s.name, busiest.join(" "));
+    }
+    out += "hottest users (recent requests, share of all)\n";
+    for u in &report.hot_users {
+        out += &format!(
+            "  {:<20} {:>20} on {:<6} shard {:<5} {:>9} {:>5}\n",
+            u.username.as_deref().map_or("?".to_owned(), |n| format!("@{n}")),
+            u.id,
+            u.set,
+            u.shard,
+            u.requests,
+            format!("{:.0}%", u.share * 100.0)
+        );
+    }
+    out += &format!(
+        "hot reads: {} answered by the web servers' near-caches, {} read from the sets\n",
+        report.near_hits, report.near_loads
+    );
     out
 }
 
@@ -443,14 +472,30 @@ mod tests {
             commits: 5,
             rows_read: 50,
             fullest: vec![(7, 3)],
+            requests: users as u64,
+            busiest: vec![(7, users as u64)],
             error: error.map(str::to_owned),
         };
         let report = ShardReport {
             epoch: 3,
             sets: vec![set("s1", 30, None), set("s2", 10, Some("connection refused"))],
+            processes: 2,
+            hot_users: vec![store_postgres::HotUser {
+                id: "8796093022208".into(),
+                username: Some("celeb".into()),
+                set: "s1".into(),
+                shard: 7,
+                requests: 20,
+                share: 0.5,
+            }],
+            near_hits: 90,
+            near_loads: 3,
         };
         let t = shards_table(&report);
-        assert!(t.starts_with("shard map epoch 3, 2 replica sets\n"), "{t}");
+        assert!(
+            t.starts_with("shard map epoch 3, 2 replica sets, requests from 2 processes\n"),
+            "{t}"
+        );
         let s1 = t.lines().nth(2).unwrap();
         assert!(
             s1.starts_with("s1 ") && s1.contains(" 75% ") && s1.ends_with("7:3"),
@@ -461,6 +506,10 @@ mod tests {
             s2.contains(" 25% ") && s2.ends_with("error: connection refused"),
             "{t}"
         );
+        assert!(t.contains("  s1       7:30\n"), "{t}");
+        let celeb = t.lines().find(|l| l.contains("@celeb")).unwrap();
+        assert!(celeb.contains("on s1") && celeb.ends_with(" 20   50%"), "{t}");
+        assert!(t.ends_with("hot reads: 90 answered by the web servers' near-caches, 3 read from the sets\n"));
     }
 
     #[test]

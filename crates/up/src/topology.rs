@@ -734,6 +734,13 @@ impl Topology {
             self.autoscale.web.is_none() || self.lb.is_some(),
             "autoscale.web needs an [lb]: the web tier scales behind the load balancer"
         );
+        if let SqlSection::Postgres { router, .. } = &self.sql {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&router.hot_key_share),
+                "sql.hot_key_share must be between 0 and 1 (0 turns the hot-key near-cache off), not {}",
+                router.hot_key_share
+            );
+        }
         if let QueueSection::Nats { server, replicas, .. } = &self.queue {
             let most = match server {
                 Server::Managed => self.nats.nodes,

@@ -38,11 +38,13 @@
 //! racing it may still write an entry, which the feed read drops (it joins
 //! the entries with the reader's `following`).
 
+mod load;
 mod report;
 mod reshard;
 mod routing;
 
-pub use report::{SetReport, ShardReport};
+pub use load::ProcessLoad;
+pub use report::{HotUser, SetReport, ShardReport};
 pub use reshard::{MoveError, MoveRequest, MoveStatus};
 pub use routing::Connector;
 
@@ -63,7 +65,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// The policy of a sharded store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShardedConfig {
     /// Followers from which a user's photos are merged into feeds at read
     /// time instead of fanned out: 10 000 (a fan-out then writes at most
@@ -78,6 +80,13 @@ pub struct ShardedConfig {
     pub claim_stale_after: Duration,
     /// Rows per batch of a move's copy and catch-up: 2000.
     pub reshard_batch: i64,
+    /// The share of this process's recent requests from which a user is
+    /// hot, their profile and their photos merged into feeds then served
+    /// from a near-cache (see `load.rs`): 0.01. 0 turns the defence off.
+    pub hot_share: f64,
+    /// How long the near-cache keeps a hot read, the staleness it allows:
+    /// 1 s.
+    pub hot_ttl: Duration,
 }
 
 impl Default for ShardedConfig {
@@ -87,6 +96,8 @@ impl Default for ShardedConfig {
             backfill: 200,
             claim_stale_after: Duration::from_secs(30),
             reshard_batch: 2000,
+            hot_share: 0.01,
+            hot_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -106,7 +117,18 @@ struct Inner {
     /// Connects the sets a map (or a move's target) adds.
     connector: Option<Connector>,
     config: ShardedConfig,
+    /// Requests per logical shard and user; the hot reads' near-cache.
+    load: Arc<load::Load>,
+    /// The name it reports its epoch and load under.
+    client: String,
 }
+
+/// How many of a hot user's newest ready photos the near-cache keeps for
+/// the feeds that merge them: deeper pages read the set.
+const HOT_PHOTOS: i64 = 100;
+/// The near-cache's kinds of reads.
+const NEAR_PHOTOS: u8 = 1;
+const NEAR_PROFILE: u8 = 2;
 
 /// How long a write waits out a move's fence before it fails: 30 s (a
 /// cutover pauses the moved shards' writes for far less).
@@ -137,13 +159,17 @@ impl ShardedStore {
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        let routing = routing::follow(catalog.clone(), sets, connector.clone()).await?;
+        let load = Arc::new(load::Load::new(config.hot_share, config.hot_ttl));
+        let (routing, client) =
+            routing::follow(catalog.clone(), sets, connector.clone(), load.clone()).await?;
         Ok(ShardedStore {
             inner: Arc::new(Inner {
                 catalog,
                 routing,
                 connector,
                 config,
+                load,
+                client,
             }),
         })
     }
@@ -184,6 +210,21 @@ impl ShardedStore {
         ShardedId::from_raw(id)
             .map(|id| self.set_for(id.shard()))
             .transpose()
+    }
+
+    /// Counts a request about user `id` (for its shard and in the hot-user
+    /// sketch).
+    fn count_user(&self, id: i64) {
+        if let Some(id) = ShardedId::from_raw(id) {
+            self.inner.load.hit(id.shard(), Some(id.raw()));
+        }
+    }
+
+    /// Counts a request about a row with id `id` (a photo) for its shard.
+    fn count_row(&self, id: i64) {
+        if let Some(id) = ShardedId::from_raw(id) {
+            self.inner.load.hit(id.shard(), None);
+        }
     }
 
     /// Like [`ShardedStore::set_of`] for a row that must exist.
@@ -296,6 +337,47 @@ impl ShardedStore {
         Usernames::new(pool.clone())
     }
 
+    /// A hot `owner`'s ready photos older than `before`, the newest
+    /// `limit`, from the near-cache; `None` when `owner` is not hot or the
+    /// page is deeper than the cache keeps.
+    async fn hot_photos(&self, owner: i64, before: i64, limit: i64) -> Result<Option<Vec<i64>>, StoreError> {
+        let load = &self.inner.load;
+        if !load.is_hot(owner) {
+            return Ok(None);
+        }
+        let set = self.set_of_existing(owner)?;
+        let newest = load
+            .near(NEAR_PHOTOS, owner, || async {
+                let ids: Vec<i64> = set
+                    .read(|s| async move {
+                        sqlx::query_scalar(
+                            "SELECT id FROM photos WHERE owner_id = $1 AND status = 'ready' \
+                             ORDER BY id DESC LIMIT $2",
+                        )
+                        .bind(owner)
+                        .bind(HOT_PHOTOS)
+                        .fetch_all(s.pool())
+                        .await
+                        .map_err(unavailable)
+                    })
+                    .await?;
+                Ok(load::Near::Photos(Arc::new(ids)))
+            })
+            .await?;
+        let load::Near::Photos(newest) = newest else {
+            unreachable!("a photos key holds photos")
+        };
+        let page: Vec<i64> = newest
+            .iter()
+            .copied()
+            .filter(|id| *id < before)
+            .take(limit as usize)
+            .collect();
+        // Complete when the page is full or the cache holds all there is.
+        let complete = page.len() as i64 == limit || (newest.len() as i64) < HOT_PHOTOS;
+        Ok(complete.then_some(page))
+    }
+
     /// Writes `photo`'s entry into the feed of each of its owner's
     /// followers, unless the owner is a celebrity or the photo is not ready
     /// (deleted meanwhile). Idempotent: a retried job writes nothing twice.
@@ -319,6 +401,7 @@ impl ShardedStore {
         let Some((owner, celebrity, followers)) = row else {
             return Ok(());
         };
+        self.inner.load.forget(owner);
         if celebrity != 0 {
             return Ok(());
         }
@@ -396,6 +479,7 @@ fn newest(mut ids: Vec<i64>, limit: u32) -> Vec<PhotoId> {
 impl Store for ShardedStore {
     async fn create_user(&self, username: &Username, password_hash: &str) -> Result<UserId, StoreError> {
         let shard = LogicalShard::for_username(username.as_str());
+        self.inner.load.hit(shard, None);
         let set = self.set_for(shard)?;
         let id = UserId(crate::next_id(&set.primary_pool()?, shard).await?.raw());
         let name = username.as_str();
@@ -461,6 +545,7 @@ impl Store for ShardedStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.count_user(id.0);
         let Some(set) = self.set_of(id.0)? else {
             return Ok(None);
         };
@@ -477,33 +562,50 @@ impl Store for ShardedStore {
     }
 
     async fn profile(&self, id: UserId) -> Result<Option<Profile>, StoreError> {
+        self.count_user(id.0);
         let Some(set) = self.set_of(id.0)? else {
             return Ok(None);
         };
-        let row: Option<(i64, String, i64, i64)> = set
-            .read(|s| async move {
-                sqlx::query_as(
-                    "SELECT id, username, followers_count, following_count FROM users WHERE id = $1",
-                )
-                .bind(id.0)
-                .fetch_optional(s.pool())
-                .await
-                .map_err(unavailable)
+        let read = || async {
+            let row: Option<(i64, String, i64, i64)> = set
+                .read(|s| async move {
+                    sqlx::query_as(
+                        "SELECT id, username, followers_count, following_count FROM users WHERE id = $1",
+                    )
+                    .bind(id.0)
+                    .fetch_optional(s.pool())
+                    .await
+                    .map_err(unavailable)
+                })
+                .await?;
+            row.map(|(id, name, followers, following)| {
+                Ok(Profile {
+                    id: UserId(id),
+                    username: Username::parse(&name).map_err(corrupt)?,
+                    followers,
+                    following,
+                })
             })
-            .await?;
-        row.map(|(id, name, followers, following)| {
-            Ok(Profile {
-                id: UserId(id),
-                username: Username::parse(&name).map_err(corrupt)?,
-                followers,
-                following,
+            .transpose()
+        };
+        let load = &self.inner.load;
+        if !load.is_hot(id.0) {
+            return read().await;
+        }
+        match load
+            .near(NEAR_PROFILE, id.0, || async {
+                read().await.map(load::Near::Profile)
             })
-        })
-        .transpose()
+            .await?
+        {
+            load::Near::Profile(p) => Ok(p),
+            load::Near::Photos(_) => unreachable!("a profile's key holds a profile"),
+        }
     }
 
     async fn create_photo(&self, photo: &NewPhoto) -> Result<Photo, StoreError> {
         let owner = ShardedId::from_raw(photo.owner_id.0).ok_or(StoreError::NotFound)?;
+        self.count_user(owner.raw());
         let (width, height) = (dimension(photo.width)?, dimension(photo.height)?);
         let row = self
             .write_at(owner.raw(), |s| async move {
@@ -536,10 +638,12 @@ impl Store for ShardedStore {
         if ShardedId::from_raw(id.0).is_none() {
             return Ok(None);
         }
+        self.count_row(id.0);
         let gone = self
             .write_at(id.0, |s| async move { s.delete_photo(id).await })
             .await?;
-        if gone.is_some() {
+        if let Some(gone) = &gone {
+            self.inner.load.forget(gone.owner_id.0);
             for router in self.routing().all() {
                 self.write_on(&router, |s| async move {
                     exec(s.pool(), "DELETE FROM feed_entries WHERE photo_id = $1", id.0).await
@@ -551,6 +655,7 @@ impl Store for ShardedStore {
     }
 
     async fn record_photo_job(&self, id: PhotoId, job: i64) -> Result<(), StoreError> {
+        self.count_row(id.0);
         self.write_at(id.0, |s| async move { s.record_photo_job(id, job).await })
             .await
     }
@@ -573,6 +678,7 @@ impl Store for ShardedStore {
     }
 
     async fn photo(&self, id: PhotoId) -> Result<Option<Photo>, StoreError> {
+        self.count_row(id.0);
         let Some(set) = self.set_of(id.0)? else {
             return Ok(None);
         };
@@ -580,6 +686,7 @@ impl Store for ShardedStore {
     }
 
     async fn set_photo_status(&self, id: PhotoId, status: PhotoStatus) -> Result<(), StoreError> {
+        self.count_row(id.0);
         self.write_at(id.0, |s| async move { s.set_photo_status(id, status).await })
             .await?;
         if status == PhotoStatus::Ready {
@@ -589,6 +696,7 @@ impl Store for ShardedStore {
     }
 
     async fn user_photo_ids(&self, owner: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError> {
+        self.count_user(owner.0);
         let Some(set) = self.set_of(owner.0)? else {
             return Ok(vec![]);
         };
@@ -599,6 +707,8 @@ impl Store for ShardedStore {
     async fn follow(&self, follower: UserId, followee: UserId) -> Result<(), StoreError> {
         for id in [follower.0, followee.0] {
             ShardedId::from_raw(id).ok_or(StoreError::NotFound)?;
+            self.count_user(id);
+            self.inner.load.forget(id);
         }
         self.write_at(follower.0, |s| async move {
             sqlx::query(concat!(
@@ -692,6 +802,10 @@ impl Store for ShardedStore {
         if ShardedId::from_raw(follower.0).is_none() || ShardedId::from_raw(followee.0).is_none() {
             return Ok(());
         }
+        for id in [follower.0, followee.0] {
+            self.count_user(id);
+            self.inner.load.forget(id);
+        }
         self
             .write_at(followee.0, |s| async move {
                 sqlx::query(
@@ -722,6 +836,7 @@ impl Store for ShardedStore {
     }
 
     async fn is_following(&self, follower: UserId, followee: UserId) -> Result<bool, StoreError> {
+        self.count_user(follower.0);
         let Some(mine) = self.set_of(follower.0)? else {
             return Ok(false);
         };
@@ -739,6 +854,7 @@ impl Store for ShardedStore {
     }
 
     async fn feed_ids(&self, user: UserId, page: Page) -> Result<Vec<PhotoId>, StoreError> {
+        self.count_user(user.0);
         let Some(mine) = self.set_of(user.0)? else {
             return Ok(vec![]);
         };
@@ -770,7 +886,17 @@ impl Store for ShardedStore {
                 Ok((ids, celebrities))
             })
             .await?;
-        for (router, owners) in self.by_set(celebrities)?.into_values() {
+        // A hot celebrity's newest photos come from the near-cache; the
+        // others' (and pages deeper than it keeps) from their sets.
+        let mut cold = Vec::new();
+        for owner in celebrities {
+            self.count_user(owner);
+            match self.hot_photos(owner, before, limit).await? {
+                Some(hot) => ids.extend(hot),
+                None => cold.push(owner),
+            }
+        }
+        for (router, owners) in self.by_set(cold)?.into_values() {
             let owners = &owners;
             ids.extend(
                 router

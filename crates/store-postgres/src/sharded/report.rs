@@ -1,12 +1,23 @@
 //! What `ctl shards` shows: the map, and per replica set its logical
 //! shards, its rows, its size and the load its database has taken, read
 //! from each set's primary (`pg_stat_database`'s own counters, so the load
-//! of every process that uses the set, not only this one's).
+//! of every process that uses the set, not only this one's); and where the
+//! requests go, summed over what every live process reported with its
+//! heartbeat (`load.rs`): per set, the busiest logical shards and the
+//! hottest users, and how many hot reads the near-caches answered.
 
+use super::load::ProcessLoad;
+use super::routing::CLIENT_LIVENESS;
 use super::ShardedStore;
-use crate::unavailable;
-use domain::StoreError;
+use crate::{now_ms, unavailable};
+use domain::ports::Store;
+use domain::shard::{LogicalShard, ShardedId};
+use domain::{StoreError, UserId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Users [`ShardReport::hot_users`] names.
+const HOT_USERS: usize = 5;
 
 /// The shard map and every set's share of the data and the load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,6 +26,29 @@ pub struct ShardReport {
     pub epoch: u64,
     /// Every set of the map, in its order.
     pub sets: Vec<SetReport>,
+    /// Processes whose load is summed (the live routers).
+    pub processes: u64,
+    /// The hottest users over every process's recent requests, most first.
+    pub hot_users: Vec<HotUser>,
+    /// Hot reads the processes' near-caches answered, and those that went
+    /// to a set to fill them.
+    pub near_hits: u64,
+    pub near_loads: u64,
+}
+
+/// A user in [`ShardReport::hot_users`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HotUser {
+    /// The user's id (a string: 64-bit ids pass JavaScript's numbers).
+    pub id: String,
+    pub username: Option<String>,
+    /// The set that holds the user, and the logical shard.
+    pub set: String,
+    pub shard: u16,
+    /// Recent requests about the user (decayed, summed over processes),
+    /// and their share of all recent requests.
+    pub requests: u64,
+    pub share: f64,
 }
 
 /// One replica set in a [`ShardReport`].
@@ -40,6 +74,11 @@ pub struct SetReport {
     /// The logical shards holding the most users and photos, most first
     /// (at most five): `(shard, rows)`.
     pub fullest: Vec<(u16, i64)>,
+    /// Requests the processes routed to it since they started.
+    pub requests: u64,
+    /// Its logical shards that took the most of them, most first (at most
+    /// five): `(shard, requests)`.
+    pub busiest: Vec<(u16, u64)>,
     /// An error reading the set (its counts are then 0).
     pub error: Option<String>,
 }
@@ -71,6 +110,8 @@ impl ShardedStore {
                 commits: 0,
                 rows_read: 0,
                 fullest: Vec::new(),
+                requests: 0,
+                busiest: Vec::new(),
                 error: None,
             };
             if let Err(e) = self.fill(&mut report).await {
@@ -78,10 +119,90 @@ impl ShardedStore {
             }
             sets.push(report);
         }
+        let loads = self.process_loads().await?;
+        let mut shards: BTreeMap<u16, u64> = BTreeMap::new();
+        let mut users: BTreeMap<i64, u64> = BTreeMap::new();
+        let (mut recent, mut near_hits, mut near_loads) = (0, 0, 0);
+        for load in &loads {
+            for (set, n) in &load.sets {
+                if let Some(report) = sets.iter_mut().find(|s| &s.name == set) {
+                    report.requests += n;
+                }
+            }
+            for &(shard, n) in &load.shards {
+                *shards.entry(shard).or_default() += n;
+            }
+            for &(user, n) in &load.users {
+                *users.entry(user).or_default() += n;
+            }
+            recent += load.recent;
+            near_hits += load.near_hits;
+            near_loads += load.near_loads;
+        }
+        let mut shards: Vec<(u16, u64)> = shards.into_iter().collect();
+        shards.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (shard, n) in shards {
+            let Some(shard_id) = LogicalShard::new(shard) else {
+                continue;
+            };
+            if let Some(report) = sets.iter_mut().find(|s| s.name == map.set_of(shard_id)) {
+                if report.busiest.len() < 5 {
+                    report.busiest.push((shard, n));
+                }
+            }
+        }
+        let mut users: Vec<(i64, u64)> = users.into_iter().collect();
+        users.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        users.truncate(HOT_USERS);
+        let mut hot_users = Vec::new();
+        for (id, requests) in users {
+            let Some(sharded) = ShardedId::from_raw(id) else {
+                continue;
+            };
+            let username = match self.user_by_id(UserId(id)).await {
+                Ok(user) => user.map(|u| u.username.to_string()),
+                Err(_) => None,
+            };
+            hot_users.push(HotUser {
+                id: id.to_string(),
+                username,
+                set: map.set_of(sharded.shard()).to_owned(),
+                shard: sharded.shard().get(),
+                requests,
+                share: requests as f64 / recent.max(1) as f64,
+            });
+        }
         Ok(ShardReport {
             epoch: map.epoch,
             sets,
+            processes: loads.len() as u64,
+            hot_users,
+            near_hits,
+            near_loads,
         })
+    }
+
+    /// What every other live process reported with its last heartbeat,
+    /// and this one's load as of now.
+    async fn process_loads(&self) -> Result<Vec<ProcessLoad>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(concat!(
+            "SELECT load::text FROM shard_map_clients WHERE load IS NOT NULL AND client <> $2 AND seen_at > ",
+            now_ms!(),
+            " - $1"
+        ))
+        .bind(CLIENT_LIVENESS.as_millis() as i64)
+        .bind(&self.inner.client)
+        .fetch_all(&self.inner.catalog.primary_pool()?)
+        .await
+        .map_err(unavailable)?;
+        let mut loads: Vec<ProcessLoad> = rows
+            .into_iter()
+            .filter_map(|(text,)| serde_json::from_str(&text).ok())
+            .collect();
+        if let Some(map) = self.map() {
+            loads.push(self.inner.load.snapshot(&map));
+        }
+        Ok(loads)
     }
 
     async fn fill(&self, report: &mut SetReport) -> Result<(), StoreError> {

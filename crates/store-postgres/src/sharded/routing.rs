@@ -8,8 +8,9 @@
 //! Every process reports the epoch it routes by in `shard_map_clients`, at
 //! each change and every [`HEARTBEAT`]: a move waits for every live client
 //! to route by its new map before it lets writes reach the new set (see
-//! `reshard.rs`).
+//! `reshard.rs`), and with it its load (`load.rs`).
 
+use super::load::Load;
 use crate::router::PgRouter;
 use crate::{now_ms, unavailable};
 use domain::shard::{LogicalShard, ShardMap};
@@ -69,13 +70,15 @@ impl Routing {
 
 /// Follows the map on `catalog` and keeps a [`Routing`] for it, starting
 /// from the routers the process was configured with (`known`). Returns
-/// once the current map is routable. The task ends when every receiver is
-/// dropped, and then withdraws the process from `shard_map_clients`.
+/// once the current map is routable, with the name this store reports
+/// under. The task ends when every receiver is dropped, and then withdraws
+/// the process from `shard_map_clients`.
 pub(crate) async fn follow(
     catalog: PgRouter,
     mut known: BTreeMap<String, PgRouter>,
     connector: Option<Connector>,
-) -> Result<watch::Receiver<Arc<Routing>>, StoreError> {
+    load: Arc<Load>,
+) -> Result<(watch::Receiver<Arc<Routing>>, String), StoreError> {
     let mut maps = catalog.shard_maps().follow(MAP_POLL).await?;
     let map = maps
         .borrow_and_update()
@@ -83,8 +86,9 @@ pub(crate) async fn follow(
         .ok_or_else(|| unavailable("no shard map is published"))?;
     let first = routing(map, &mut known, &catalog, connector.as_ref()).await?;
     let client = client_id();
-    heartbeat(&catalog, &client, first.map.epoch).await;
+    heartbeat(&catalog, &client, &first.map, &load).await;
     let (tx, rx) = watch::channel(Arc::new(first));
+    let name = client.clone();
     tokio::spawn(async move {
         // A map whose set could not be connected yet is tried again at
         // the next heartbeat.
@@ -112,8 +116,8 @@ pub(crate) async fn follow(
                     }
                 }
             }
-            let epoch = tx.borrow().map.epoch;
-            heartbeat(&catalog, &client, epoch).await;
+            let map = Arc::clone(&tx.borrow().map);
+            heartbeat(&catalog, &client, &map, &load).await;
         }
         if let Ok(pool) = catalog.primary_pool() {
             let _ = sqlx::query("DELETE FROM shard_map_clients WHERE client = $1")
@@ -122,7 +126,7 @@ pub(crate) async fn follow(
                 .await;
         }
     });
-    Ok(rx)
+    Ok((rx, name))
 }
 
 /// The routing for `map`, connecting the sets `known` lacks.
@@ -164,17 +168,19 @@ pub(crate) async fn connect_registered(
     connector(name.to_owned(), nodes).await
 }
 
-/// Reports the epoch this process routes by (best effort: a failed report
-/// only makes a move wait for the next one).
-async fn heartbeat(catalog: &PgRouter, client: &str, epoch: u64) {
+/// Reports the epoch this process routes by and its load (best effort: a
+/// failed report only makes a move wait for the next one).
+async fn heartbeat(catalog: &PgRouter, client: &str, map: &ShardMap, load: &Load) {
     let Ok(pool) = catalog.primary_pool() else { return };
     let done = sqlx::query(concat!(
-        "INSERT INTO shard_map_clients (client, epoch, seen_at) VALUES ($1, $2, ",
+        "INSERT INTO shard_map_clients (client, epoch, seen_at, load) VALUES ($1, $2, ",
         now_ms!(),
-        ") ON CONFLICT (client) DO UPDATE SET epoch = EXCLUDED.epoch, seen_at = EXCLUDED.seen_at"
+        ", $3::jsonb) ON CONFLICT (client) DO UPDATE SET epoch = EXCLUDED.epoch, seen_at = EXCLUDED.seen_at, \
+         load = EXCLUDED.load"
     ))
     .bind(client)
-    .bind(epoch as i64)
+    .bind(map.epoch as i64)
+    .bind(serde_json::to_string(&load.snapshot(map)).unwrap_or_default())
     .execute(&pool)
     .await;
     if let Err(e) = done {

@@ -28,7 +28,7 @@ async fn concurrent_migrations_apply_each_once() {
         .fetch_all(&pools[0])
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     for table in ["users", "photos", "follows", "sessions", "jobs"] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&pools[1])

@@ -289,3 +289,185 @@ async fn killing_one_sets_primary_leaves_the_other_untouched() {
     }
     let _ = &t.s1;
 }
+
+/// Reads on every node of every set of `store`'s routers.
+fn reads(store: &ShardedStore) -> u64 {
+    store
+        .sets()
+        .values()
+        .flat_map(|r| r.status())
+        .map(|n| n.reads)
+        .sum()
+}
+
+/// `readers` feed reads by `followers` (in turn) from 8 tasks on `store`;
+/// the database reads they cost each, and the read latencies, sorted.
+async fn feed_reads(store: &ShardedStore, followers: &[UserId], n: usize) -> (f64, Vec<Duration>) {
+    let before = reads(store);
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..8 {
+        let (store, followers) = (store.clone(), followers.to_vec());
+        tasks.spawn(async move {
+            let mut took = Vec::new();
+            for i in (task..n).step_by(8) {
+                let start = std::time::Instant::now();
+                let page = Page {
+                    before: None,
+                    limit: 20,
+                };
+                let feed = store
+                    .feed_ids(followers[i % followers.len()], page)
+                    .await
+                    .unwrap();
+                took.push(start.elapsed());
+                assert_eq!(feed.len(), 20, "a full page of the celebrity's photos");
+            }
+            took
+        });
+    }
+    let mut took: Vec<Duration> = tasks.join_all().await.concat();
+    took.sort();
+    ((reads(store) - before) as f64 / n as f64, took)
+}
+
+/// A celebrity with a thousand followers uploads while they read their
+/// feeds: with the hot-key defence, the celebrity's photos come from the
+/// near-cache, so a feed read costs one database read (the reader's own
+/// shard) however many read; without it, two. The feed stays complete and
+/// ordered, a photo uploaded meanwhile shows, and `report` names the
+/// celebrity as the hottest user.
+#[tokio::test]
+async fn a_celebritys_followers_read_their_feeds_with_bounded_database_work() {
+    let t = two_sets(
+        (0, 0),
+        ShardedConfig {
+            celebrity_followers: 50,
+            ..ShardedConfig::default()
+        },
+    )
+    .await;
+    let s = &t.store;
+    let star = s.create_user(&name("star", 0), "h").await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in 0..16 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let mut fans = Vec::new();
+            for i in (chunk..1000).step_by(16) {
+                let fan = s.create_user(&name("fan", i), "h").await.unwrap();
+                s.follow(fan, star).await.unwrap();
+                fans.push(fan);
+            }
+            fans
+        });
+    }
+    let fans: Vec<UserId> = tasks.join_all().await.concat();
+    assert_eq!(s.profile(star).await.unwrap().unwrap().followers, 1000);
+    let upload = move |s: ShardedStore| async move {
+        let id = s
+            .create_photo(&NewPhoto {
+                owner_id: star,
+                caption: None,
+                format: ImageFormat::Jpeg,
+                width: 1,
+                height: 1,
+            })
+            .await
+            .unwrap()
+            .id;
+        s.set_photo_status(id, PhotoStatus::Ready).await.unwrap();
+        id
+    };
+    let mut photos = Vec::new();
+    for _ in 0..30 {
+        photos.push(upload(s.clone()).await);
+    }
+    let entries = both(&t, "SELECT count(*) FROM feed_entries").await;
+    assert!(
+        entries <= 50,
+        "a celebrity's photos are not fanned out ({entries} feed entries)"
+    );
+
+    // The same reads through a store without the defence (another process).
+    let cold = ShardedStore::connect(
+        "s1",
+        BTreeMap::from([
+            ("s1".to_owned(), router("s1", &t.s1).await),
+            ("s2".to_owned(), router("s2", &t.s2).await),
+        ]),
+        ShardedConfig {
+            hot_share: 0.0,
+            ..ShardedConfig::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let (cold_cost, cold_took) = feed_reads(&cold, &fans, 800).await;
+
+    // With it, while the celebrity uploads three more photos.
+    let uploads = tokio::spawn({
+        let s = s.clone();
+        async move {
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                ids.push(upload(s.clone()).await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ids
+        }
+    });
+    let (hot_cost, hot_took) = feed_reads(s, &fans, 800).await;
+    photos.extend(uploads.await.unwrap());
+    let p99 = |took: &[Duration]| took[took.len() * 99 / 100];
+    println!(
+        "celebrity with 1000 followers, 800 feed reads from 8 tasks: {cold_cost:.2} database reads per feed read \
+         and p99 {:?} without the hot-key defence; {hot_cost:.2} and p99 {:?} with it",
+        p99(&cold_took),
+        p99(&hot_took)
+    );
+    assert!(
+        cold_cost >= 1.9,
+        "without the defence every read asks the celebrity's set ({cold_cost:.2})"
+    );
+    assert!(
+        hot_cost <= 1.2,
+        "with it the celebrity's photos come from the near-cache ({hot_cost:.2})"
+    );
+
+    // Complete and ordered, the photos uploaded during the reads included
+    // (this process's own uploads drop its near-cache entry).
+    photos.reverse();
+    let feed = s
+        .feed_ids(
+            fans[0],
+            Page {
+                before: None,
+                limit: 20,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(feed, photos[..20], "the newest 20, newest first");
+    let page2 = s
+        .feed_ids(
+            fans[0],
+            Page {
+                before: feed.last().copied(),
+                limit: 20,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page2, photos[20..], "the next page, older ones");
+
+    let report = s.report().await.unwrap();
+    let hottest = &report.hot_users[0];
+    assert_eq!(hottest.username.as_deref(), Some("star0"), "{report:?}");
+    assert!(hottest.share > 0.3, "{report:?}");
+    assert!(report.near_hits >= 700, "{report:?}");
+    assert!(
+        report.sets.iter().map(|s| s.requests).sum::<u64>() > 1600,
+        "{report:?}"
+    );
+}
