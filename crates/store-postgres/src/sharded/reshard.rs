@@ -21,7 +21,9 @@
 //!    refused with SQLSTATE SS001, which the sharded store waits out and
 //!    retries: a pause, not an error; the fence takes a table lock for the
 //!    instant it is set, so no write slips past it), the last keys are
-//!    copied, the shards changed since the verify are verified again, the
+//!    copied, the shards with keys still logged (changed since the last
+//!    catch-up pass, so during or after the verify) and those the verify
+//!    found different are verified again, the
 //!    target's replicas replay it all, and the map with the range on the
 //!    target is published. Once every live router routes by it (each
 //!    reports its epoch) the target is unfenced and the source's rows turn
@@ -405,7 +407,6 @@ impl ShardedStore {
                 break;
             }
         }
-        let since = retry(|| async { log_position(&source.primary_pool()?).await }).await?;
         let (verified, mut suspect) = retry(|| verify(&source, &target, first, last, None)).await?;
         self.update(id, "rows_verified = $2", verified).await?;
         self.check_abort(id).await?;
@@ -416,8 +417,10 @@ impl ShardedStore {
         retry(|| async { set_mode(&target.primary_pool()?, id, "fence", false).await }).await?;
         retry(|| async { set_mode(&source.primary_pool()?, id, "fence", true).await }).await?;
         let fenced = async {
+            // Before the replay forgets them: the shards changed since the
+            // last pass, which the verify may have seen midway.
+            suspect.extend(retry(|| async { logged_shards(&source.primary_pool()?).await }).await?);
             replayed += retry(|| replay(&source, &target, batch)).await?;
-            suspect.extend(retry(|| async { changed_shards(&source.primary_pool()?, since).await }).await?);
             if !suspect.is_empty() {
                 let shards: Vec<i32> = suspect.iter().copied().collect();
                 let (n, still) = retry(|| verify(&source, &target, first, last, Some(&shards))).await?;
@@ -593,11 +596,19 @@ impl ShardedStore {
                 .await?;
                 let Some(tail) = rows.last().cloned() else { break };
                 let batch = serde_json::Value::Array(rows);
+                // A row whose user is not on the target yet (signed up
+                // after the users were copied) waits for the catch-up: the
+                // user's creation and the row were both logged, parents
+                // first.
+                let owned = match table.name {
+                    "users" => "true".to_owned(),
+                    _ => format!("EXISTS (SELECT 1 FROM users u WHERE u.id = r.{})", table.shard),
+                };
                 retry(|| async {
                     let mut tx = bypass(&target.primary_pool()?).await?;
                     sqlx::query(&format!(
-                        "INSERT INTO {name} SELECT * FROM jsonb_populate_recordset(NULL::{name}, $1) \
-                         ON CONFLICT DO NOTHING",
+                        "INSERT INTO {name} SELECT r.* FROM jsonb_populate_recordset(NULL::{name}, $1) r \
+                         WHERE {owned} ON CONFLICT DO NOTHING",
                         name = table.name
                     ))
                     .bind(&batch)
@@ -695,10 +706,30 @@ async fn bypass(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreEr
     Ok(tx)
 }
 
+/// A transaction that takes the tables' locks for a trigger or a fence:
+/// it gives up (and is retried) after [`LOCK_WAIT`] rather than hold the
+/// locks it has while it waits for the others. The app's statements lock
+/// the tables in their own orders (a follow: `following`, then `users`),
+/// so a lock taken table by table and held could deadlock with one, and
+/// the deadlock detector (after 1 s) might pick the app's write as its
+/// victim; it never runs before this gives up.
+async fn locking(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreError> {
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{}ms'", LOCK_WAIT.as_millis()))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    Ok(tx)
+}
+
+/// How long a move waits for a table lock before it lets go and tries
+/// again.
+const LOCK_WAIT: Duration = Duration::from_millis(100);
+
 /// Marks the range `mode` in the database behind `pool` and installs the
 /// trigger on every table (which waits for the writes in flight).
 async fn install(pool: &PgPool, id: i64, first: i32, last: i32, mode: &str) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await.map_err(unavailable)?;
+    let mut tx = locking(pool).await?;
     sqlx::query(
         "INSERT INTO reshard_ranges (move_id, first, last, mode) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (move_id) DO UPDATE SET mode = EXCLUDED.mode",
@@ -734,7 +765,7 @@ async fn install(pool: &PgPool, id: i64, first: i32, last: i32, mode: &str) -> R
 
 /// Drops the move's range and the triggers, and empties the log.
 async fn uninstall(pool: &PgPool, id: i64) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await.map_err(unavailable)?;
+    let mut tx = locking(pool).await?;
     sqlx::query("DELETE FROM reshard_ranges WHERE move_id = $1")
         .bind(id)
         .execute(&mut *tx)
@@ -760,7 +791,7 @@ async fn uninstall(pool: &PgPool, id: i64) -> Result<(), StoreError> {
 /// that conflicts with writes, so the writes in flight finish before the
 /// new mode applies and none started after sees the old one.
 async fn set_mode(pool: &PgPool, id: i64, mode: &str, lock: bool) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await.map_err(unavailable)?;
+    let mut tx = locking(pool).await?;
     if lock {
         let names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
         sqlx::query(&format!(
@@ -827,40 +858,42 @@ async fn delete_range(pool: &PgPool, first: i32, last: i32) -> Result<i64, Store
     Ok(deleted)
 }
 
-/// The last logged change's position.
-async fn log_position(pool: &PgPool) -> Result<i64, StoreError> {
-    sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM reshard_log")
-        .fetch_one(pool)
-        .await
-        .map_err(unavailable)
-}
-
-/// The logical shards changed since log position `since`.
-async fn changed_shards(pool: &PgPool, since: i64) -> Result<BTreeSet<i32>, StoreError> {
-    let shards: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT shard FROM reshard_log WHERE seq > $1")
-        .bind(since)
+/// The logical shards with changes logged and not yet copied again.
+async fn logged_shards(pool: &PgPool) -> Result<BTreeSet<i32>, StoreError> {
+    let shards: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT shard FROM reshard_log")
         .fetch_all(pool)
         .await
         .map_err(unavailable)?;
     Ok(shards.into_iter().collect())
 }
 
-/// Copies again every row whose key the source logged, then forgets those
-/// log entries; the number of keys.
+/// Copies again every row whose key the source logged before this pass
+/// began, then forgets those log entries; the number of keys. Bounded by
+/// the log as it stood at the start, so a pass ends under any write rate
+/// (what is logged meanwhile is the next pass's, or the cutover's).
 async fn replay(source: &PgRouter, target: &PgRouter, batch: i64) -> Result<u64, StoreError> {
     let source = source.primary_pool()?;
     let target = target.primary_pool()?;
+    let bound: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM reshard_log")
+        .fetch_one(&source)
+        .await
+        .map_err(unavailable)?;
     let mut done = 0;
     loop {
         let entries: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(&format!(
-            "SELECT seq, tbl, key FROM reshard_log ORDER BY seq LIMIT {batch}"
+            "SELECT seq, tbl, key FROM reshard_log WHERE seq <= $1 ORDER BY seq LIMIT {batch}"
         ))
+        .bind(bound)
         .fetch_all(&source)
         .await
         .map_err(unavailable)?;
-        let Some(&(upto, _, _)) = entries.last() else {
+        if entries.is_empty() {
             return Ok(done);
-        };
+        }
+        // Exactly the entries read: a sequence number is taken before its
+        // transaction commits, so an entry below the last one read may
+        // still commit after the read, and must stay for the next pass.
+        let seqs: Vec<i64> = entries.iter().map(|(seq, _, _)| *seq).collect();
         // Keys by table, each once, in log order.
         let mut keys: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
         for (_, tbl, key) in &entries {
@@ -937,8 +970,8 @@ async fn replay(source: &PgRouter, target: &PgRouter, batch: i64) -> Result<u64,
             .map_err(unavailable)?;
         }
         tx.commit().await.map_err(unavailable)?;
-        sqlx::query("DELETE FROM reshard_log WHERE seq <= $1")
-            .bind(upto)
+        sqlx::query("DELETE FROM reshard_log WHERE seq = ANY($1)")
+            .bind(&seqs)
             .execute(&source)
             .await
             .map_err(unavailable)?;

@@ -221,7 +221,12 @@ pub(crate) async fn register_set(catalog: &PgRouter, name: &str, nodes: &[String
 }
 
 /// Whether `e` is a write refused by a move's fence (SQLSTATE SS001 from
-/// `scalestack_reshard_guard`): waited out and retried, never returned.
+/// `scalestack_reshard_guard`), or one PostgreSQL rolled back as the
+/// victim of a deadlock (which a move's table locks can take part in,
+/// though they give up first): waited out and retried, never returned.
+/// (By message: the store's errors carry the database's text, which our
+/// clusters give in English.)
 pub(crate) fn is_fenced(e: &StoreError) -> bool {
-    matches!(e, StoreError::Unavailable(m) if m.contains("scalestack-reshard-fence"))
+    matches!(e, StoreError::Unavailable(m)
+        if m.contains("scalestack-reshard-fence") || m.contains("deadlock detected"))
 }
