@@ -63,6 +63,9 @@ impl Orchestrator {
             Some(text) => parse_range(text)?,
             None => default_range(&map)?,
         };
+        // One request at a time from the check to the move's row (and no
+        // scaling meanwhile): two at once would both add a set.
+        let _one = self.scaling.lock().await;
         if let Some(running) = store
             .latest_move()
             .await
@@ -122,7 +125,8 @@ impl Orchestrator {
     }
 
     /// Starts the next managed replica set (`s3` after `s1`, `s2`) and
-    /// registers it where the routers find it; its name.
+    /// registers it where the routers find it; its name. The caller holds
+    /// `scaling`.
     async fn add_set(&self, store: &ShardedStore) -> Result<String, ReshardError> {
         if !self.topology.needs_managed_postgres() {
             return Err(ReshardError::Invalid(
@@ -130,7 +134,6 @@ impl Orchestrator {
                     .into(),
             ));
         }
-        let _one = self.scaling.lock().await;
         let k = self.clusters().len();
         self.topology
             .with_sets(k + 1)

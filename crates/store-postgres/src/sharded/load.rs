@@ -41,6 +41,13 @@ const REPORTED: usize = 16;
 /// Near-cache entries before the expired ones are swept.
 const NEAR_SWEEP_AT: usize = 4096;
 
+/// What the near-cache keeps about a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum NearKind {
+    Photos,
+    Profile,
+}
+
 /// A value the hot defence keeps.
 #[derive(Clone)]
 pub(crate) enum Near {
@@ -54,7 +61,7 @@ pub(crate) enum Near {
 pub(crate) struct Load {
     shards: Box<[AtomicU64]>,
     users: HotKeys,
-    near: Mutex<HashMap<(u8, i64), (Instant, Near)>>,
+    near: Mutex<HashMap<(NearKind, i64), (Instant, Near)>>,
     loads: cache::SingleFlight<Result<Near, domain::StoreError>>,
     hot_share: f64,
     hot_ttl: Duration,
@@ -110,7 +117,7 @@ impl Load {
     /// The read `kind` about a hot `user` ([`Load::is_hot`]) from the
     /// near-cache, `load`ed (once at a time per key) when it holds none,
     /// and kept for the TTL.
-    pub async fn near<F, Fut>(&self, kind: u8, user: i64, load: F) -> Result<Near, domain::StoreError>
+    pub async fn near<F, Fut>(&self, kind: NearKind, user: i64, load: F) -> Result<Near, domain::StoreError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Near, domain::StoreError>>,
@@ -122,7 +129,7 @@ impl Load {
         }
         let loaded = self
             .loads
-            .run(&format!("{kind}:{user}"), || async {
+            .run(&format!("{kind:?}:{user}"), || async {
                 // A caller that waited on another's load finds it here.
                 if let Some(v) = self.cached(key) {
                     return Ok(v);
@@ -140,7 +147,7 @@ impl Load {
         loaded
     }
 
-    fn cached(&self, key: (u8, i64)) -> Option<Near> {
+    fn cached(&self, key: (NearKind, i64)) -> Option<Near> {
         let near = self.near.lock().unwrap_or_else(|e| e.into_inner());
         near.get(&key)
             .filter(|(until, _)| *until > Instant::now())
@@ -150,10 +157,10 @@ impl Load {
     /// Forgets what the near-cache holds about `user` (this process's
     /// own writes show at once; other processes' within the TTL).
     pub fn forget(&self, user: i64) {
-        self.near
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(_, u), _| *u != user);
+        let mut near = self.near.lock().unwrap_or_else(|e| e.into_inner());
+        for kind in [NearKind::Photos, NearKind::Profile] {
+            near.remove(&(kind, user));
+        }
     }
 
     /// What this process reports, its sets named by `map`.
@@ -209,7 +216,7 @@ mod tests {
                     loads.fetch_add(1, Relaxed);
                     return Ok(Near::Photos(Arc::new(vec![user])));
                 }
-                load.near(1, user, || async {
+                load.near(NearKind::Photos, user, || async {
                     loads.fetch_add(1, Relaxed);
                     Ok::<_, StoreError>(Near::Photos(Arc::new(vec![user])))
                 })

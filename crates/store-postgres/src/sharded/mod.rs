@@ -126,9 +126,6 @@ struct Inner {
 /// How many of a hot user's newest ready photos the near-cache keeps for
 /// the feeds that merge them: deeper pages read the set.
 const HOT_PHOTOS: i64 = 100;
-/// The near-cache's kinds of reads.
-const NEAR_PHOTOS: u8 = 1;
-const NEAR_PROFILE: u8 = 2;
 
 /// How long a write waits out a move's fence before it fails: 30 s (a
 /// cutover pauses the moved shards' writes for far less).
@@ -347,7 +344,7 @@ impl ShardedStore {
         }
         let set = self.set_of_existing(owner)?;
         let newest = load
-            .near(NEAR_PHOTOS, owner, || async {
+            .near(load::NearKind::Photos, owner, || async {
                 let ids: Vec<i64> = set
                     .read(|s| async move {
                         sqlx::query_scalar(
@@ -593,7 +590,7 @@ impl Store for ShardedStore {
             return read().await;
         }
         match load
-            .near(NEAR_PROFILE, id.0, || async {
+            .near(load::NearKind::Profile, id.0, || async {
                 read().await.map(load::Near::Profile)
             })
             .await?
