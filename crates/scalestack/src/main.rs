@@ -139,8 +139,8 @@ enum CtlCommand {
     /// catch up, verify, a short cutover that pauses writes to the moved
     /// shards only, every router switched, then the source cleaned. Without
     /// --to, `up` adds a replica set (s3 after s1, s2) to move them to;
-    /// without --shards, the upper half of the busiest set's biggest range
-    /// moves. Follows the move with a progress bar.
+    /// without --shards, the upper half of the biggest range of the set
+    /// holding the most rows moves. Follows the move with a progress bar.
     Reshard {
         /// FIRST-LAST (or one logical shard, 0-8191), all on one set.
         #[arg(long, conflicts_with_all = ["status", "abort"])]

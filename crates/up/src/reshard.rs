@@ -9,6 +9,7 @@
 use crate::Orchestrator;
 use domain::shard::{ShardMap, LOGICAL_SHARDS};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use store_postgres::{MoveError, MoveRequest, MoveStatus, ShardedStore};
 
@@ -17,7 +18,8 @@ use store_postgres::{MoveError, MoveRequest, MoveStatus, ShardedStore};
 #[serde(deny_unknown_fields)]
 pub struct ReshardRequest {
     /// `FIRST-LAST` (or one shard): the logical shards to move. Default:
-    /// the upper half of the biggest range of the set holding the most.
+    /// the upper half of the biggest range of the set holding the most
+    /// rows.
     pub shards: Option<String>,
     /// The replica set to move them to. Default: a new managed set.
     pub to: Option<String>,
@@ -61,7 +63,18 @@ impl Orchestrator {
             .ok_or_else(|| ReshardError::Failed("no shard map is published".into()))?;
         let (first, last) = match &request.shards {
             Some(text) => parse_range(text)?,
-            None => default_range(&map)?,
+            None => {
+                // The set holding the most rows (users and photos) is split.
+                let rows = match store.report().await {
+                    Ok(report) => report
+                        .sets
+                        .iter()
+                        .map(|s| (s.name.clone(), s.users + s.photos))
+                        .collect(),
+                    Err(_) => BTreeMap::new(),
+                };
+                default_range(&map, &rows)?
+            }
         };
         // One request at a time from the check to the move's row (and no
         // scaling meanwhile): two at once would both add a set.
@@ -172,12 +185,18 @@ fn parse_range(text: &str) -> Result<(u16, u16), ReshardError> {
 }
 
 /// The upper half of the biggest range of the set that holds the most
-/// logical shards.
-fn default_range(map: &ShardMap) -> Result<(u16, u16), ReshardError> {
+/// rows (`rows`, by set), then the most logical shards.
+fn default_range(map: &ShardMap, rows: &BTreeMap<String, i64>) -> Result<(u16, u16), ReshardError> {
     let counts = map.counts();
     let busiest = counts
         .iter()
-        .max_by_key(|(name, n)| (**n, std::cmp::Reverse(*name)))
+        .max_by_key(|(name, n)| {
+            (
+                rows.get(**name).copied().unwrap_or(0),
+                **n,
+                std::cmp::Reverse(*name),
+            )
+        })
         .map(|(name, _)| *name)
         .ok_or_else(|| ReshardError::Failed("the shard map has no set".into()))?;
     let range = map
@@ -211,7 +230,11 @@ mod tests {
     #[test]
     fn the_default_move_halves_the_busiest_sets_biggest_range() {
         let map = ShardMap::even(&["s1", "s2"]).unwrap();
-        assert_eq!(default_range(&map).unwrap(), (2048, 4095));
+        let none = BTreeMap::new();
+        assert_eq!(default_range(&map, &none).unwrap(), (2048, 4095));
+        // The set with the most rows, whatever its share of the shards.
+        let rows = BTreeMap::from([("s1".to_owned(), 3), ("s2".to_owned(), 9)]);
+        assert_eq!(default_range(&map, &rows).unwrap(), (6144, 8191));
         let three = map
             .moved(
                 domain::shard::LogicalShard::new(2048).unwrap(),
@@ -220,6 +243,6 @@ mod tests {
             )
             .unwrap();
         // s2 now holds the most (4096 against 2048 each).
-        assert_eq!(default_range(&three).unwrap(), (6144, 8191));
+        assert_eq!(default_range(&three, &none).unwrap(), (6144, 8191));
     }
 }
