@@ -1,9 +1,9 @@
 //! Online resharding over real replica sets: logical shards moved to a set
 //! added at runtime while sign-ups, uploads, follows and reads go on, with
-//! every acknowledged write counted afterwards; a move aborted mid-copy; a
-//! difference the verify finds rolls a move back; the target's and then a
-//! source's primary killed mid-move; a mover killed mid-move and recovered
-//! by the next one.
+//! every acknowledged write counted afterwards; moves aborted mid-copy and
+//! mid-verify; a difference the verify finds rolls a move back; the
+//! target's and then a source's primary killed mid-move; a mover killed
+//! mid-move and recovered by the next one.
 
 use crate::sharded::{name, router};
 use domain::ports::Store;
@@ -535,5 +535,72 @@ async fn a_replica_set_killed_mid_move_is_waited_for_and_the_move_completes() {
     for (user, photo) in &seeded {
         assert!(t.store.photo(*photo).await.unwrap().is_some());
         assert!(t.store.user_by_id(*user).await.unwrap().is_some());
+    }
+}
+
+/// An abort asked for while the verify runs: the move is held inside its
+/// verify (a lock on the target's `feed_entries`, the last table it
+/// compares and one the copy never wrote, as these users have no feed),
+/// the abort is requested, the lock let go: the verify ends, the move
+/// rolls back, and everything is as it was.
+#[tokio::test]
+async fn a_move_aborted_mid_verify_leaves_everything_as_it_was() {
+    let t = ThreeSets::start(
+        0,
+        ShardedConfig {
+            reshard_batch: 50,
+            ..ShardedConfig::default()
+        },
+    )
+    .await;
+    let before = seed(&t.store, "mv", 150).await;
+    let rows = "SELECT count(*) FROM users";
+    let s1_users = count(&t.s1, rows).await;
+    let started = t
+        .store
+        .start_move(&MoveRequest {
+            first: MOVED.0,
+            last: MOVED.1,
+            to: "s3".into(),
+        })
+        .await
+        .unwrap();
+    let store = t.store.clone();
+    let run = tokio::spawn(async move { store.run_move(started.id).await });
+    wait_copying(&t.store).await;
+    let target = store_postgres::connect(&t.s3.primary.url(), 2).await.unwrap();
+    let mut hold = target.begin().await.unwrap();
+    sqlx::query("LOCK TABLE feed_entries IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    // Until the verify waits on it.
+    crate::helpers::eventually(
+        Duration::from_secs(30),
+        "the verify to wait on the lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%hashtextextended%feed_entries%'",
+            )
+            .fetch_one(&target)
+            .await
+            .unwrap();
+            waiting > 0
+        },
+    )
+    .await;
+    let asked = t.store.abort_move().await.unwrap();
+    assert_eq!(asked.phase, "catching_up", "asked while verifying: {asked:?}");
+    hold.commit().await.unwrap();
+    let end = run.await.unwrap().unwrap();
+    assert_eq!(end.phase, "aborted", "{end:?}");
+    assert_eq!(t.store.map().unwrap().epoch, 1, "the map is untouched");
+    assert_eq!(count(&t.s3, rows).await, 0, "the target's copy is gone");
+    assert_eq!(count(&t.s1, rows).await, s1_users, "the source is whole");
+    assert_eq!(t.triggers().await, 0);
+    for (user, photo) in &before {
+        assert!(t.store.photo(*photo).await.unwrap().is_some());
+        upload(&t.store, *user).await.unwrap();
     }
 }
