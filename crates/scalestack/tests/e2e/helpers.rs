@@ -139,14 +139,7 @@ impl Up {
              [worker]\nmetrics_listen = \"127.0.0.1:{worker_port}\"\npoll_ms = 20\n{web_section}"
         );
         std::fs::write(dir.path().join("topology.toml"), topology).unwrap();
-        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["up", "--topology", "topology.toml"])
-            .current_dir(dir.path())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = Self::spawn(dir.path());
         let public = lb.map_or(web_ports[0], |(l, _)| l);
         Up {
             child,
@@ -165,6 +158,40 @@ impl Up {
             edges: Vec::new(),
             edge_admins: Vec::new(),
         }
+    }
+
+    /// `scalestack up` in `dir` (its `topology.toml`), logging to a new
+    /// `up.log`.
+    fn spawn(dir: &Path) -> Child {
+        let log = std::fs::File::create(dir.join("up.log")).unwrap();
+        Command::new(BIN)
+            .args(["up", "--topology", "topology.toml"])
+            .current_dir(dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// `kill -9` of `up` (its children die with it), then `up` started
+    /// again on the same topology and data (its log starts anew).
+    pub fn crash_and_restart(&mut self) {
+        let children: Vec<i32> = std::fs::read_dir(self.data().join("run"))
+            .map(|dir| {
+                dir.flatten()
+                    .filter_map(|f| std::fs::read_to_string(f.path()).ok()?.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        // Their ports are free once they are gone.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while children.iter().any(|&pid| alive(pid)) {
+            assert!(Instant::now() < deadline, "children of the killed `up` live on");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Self::spawn(self.dir.path());
     }
 
     /// Runs `scalestack ctl ARGS` against this orchestrator.

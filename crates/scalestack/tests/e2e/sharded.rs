@@ -5,7 +5,9 @@
 //! third set and moves logical shards to it while sign-ups, follows,
 //! uploads and reads go on: every acknowledged write is there afterwards,
 //! exactly once, no read of data that existed before the move failed, and
-//! the cutover pause is printed.
+//! the cutover pause is printed. Last, `up` is SIGKILLed right after it
+//! started a second move and started again: the move is recovered (rolled
+//! back) and every acknowledged sign-up is still served.
 
 use crate::helpers::{self, free_port, free_ports, get_json, Up};
 use crate::{signup, upload_and_wait, wait_processed};
@@ -45,7 +47,7 @@ async fn the_app_runs_on_two_shards_and_reshards_to_a_third_under_load() {
     // `ctl reshard` adds after them.
     let (pg, redis) = (free_ports(6), free_port());
     let (nats, cluster, monitor) = (free_port(), free_port(), free_port());
-    let up = Up::web_tier(
+    let mut up = Up::web_tier(
         2,
         300,
         &format!(
@@ -264,7 +266,7 @@ async fn the_app_runs_on_two_shards_and_reshards_to_a_third_under_load() {
     let signups = seen.signups.lock().unwrap().clone();
     let follows = seen.follows.lock().unwrap().clone();
     let photos = seen.photos.lock().unwrap().clone();
-    let web = &up.web;
+    let web = up.web.clone();
     let http = helpers::http_client(false);
     let mut missing = 0;
     for name in &signups {
@@ -288,7 +290,7 @@ async fn the_app_runs_on_two_shards_and_reshards_to_a_third_under_load() {
         missing += usize::from(p["followers"].as_i64() != Some(*n));
     }
     for id in &photos {
-        missing += usize::from(wait_processed(web, &ada, *id).await["status"] != "ready");
+        missing += usize::from(wait_processed(&web, &ada, *id).await["status"] != "ready");
     }
 
     // Exactly once, and where the new map says: nothing of the moved range
@@ -369,6 +371,66 @@ async fn the_app_runs_on_two_shards_and_reshards_to_a_third_under_load() {
         "{bad:?}"
     );
     assert!(up.ctl_ok(&["shards"]).contains("3 replica sets"));
+
+    // `up` killed mid-move and started again. A second move (s1's lower
+    // half, which the first left where it was, to s3: the set exists, so
+    // the move starts at once), `up` SIGKILLed as soon as it started it:
+    // the restarted `up` rolls the move back (or finishes it, had it
+    // switched), and every acknowledged sign-up is still served.
+    let in_range = "SELECT count(*) FROM users WHERE ((id >> 10) & 8191) BETWEEN 0 AND 2047";
+    let (on_s1,): (i64,) = sqlx::query_as(in_range).fetch_one(&s1).await.unwrap();
+    up.ctl_ok(&["reshard", "--shards", "0-2047", "--to", "s3", "--no-wait"]);
+    up.crash_and_restart();
+    up.wait_up(240).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let recovered = loop {
+        let m = get_json(&http, &format!("{}/api/reshard", up.control)).await;
+        if m["phase"] == "aborted" || m["phase"] == "done" {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the interrupted move is not recovered: {m}\n{}",
+            up.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "`up` killed mid-move and restarted: the move ended {}",
+        recovered["phase"]
+    );
+    let (s1, s3) = (set_pool(pg, 0).await, set_pool(pg, 2).await);
+    let (s1_after,): (i64,) = sqlx::query_as(in_range).fetch_one(&s1).await.unwrap();
+    let (s3_after,): (i64,) = sqlx::query_as(in_range).fetch_one(&s3).await.unwrap();
+    if recovered["phase"] == "aborted" {
+        assert!(
+            recovered["error"].as_str().unwrap_or("").contains("interrupted"),
+            "{recovered}"
+        );
+        assert_eq!(
+            (s1_after, s3_after),
+            (on_s1, 0),
+            "rolled back: the range whole on s1 only"
+        );
+    } else {
+        assert_eq!(
+            (s1_after, s3_after),
+            (0, on_s1),
+            "finished: the range whole on s3 only"
+        );
+    }
+    let mut missing = 0;
+    for name in &signups {
+        missing += usize::from(
+            http.get(format!("{web}/api/users/{name}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                != 200,
+        );
+    }
+    assert_eq!(missing, 0, "a sign-up is missing after `up` restarted");
     let (status, log) = up.stop();
     assert!(status.success(), "{log}");
 }
