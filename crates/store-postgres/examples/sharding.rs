@@ -6,7 +6,8 @@
 //! - `scale`: writes (an upload made ready, fanned out to ten followers) and
 //!   reads (a feed page and a profile) per second from 32 tasks with 1, 2
 //!   and 4 replica sets, with the database CPU each costs (the CPU time of
-//!   every PostgreSQL process of the sets, from `/proc`).
+//!   every PostgreSQL process of the sets, from `/proc`); `READ_FIRST=1`
+//!   runs the reads first.
 //! - `router`: one point read (`photo(id)`) at a time through the plain
 //!   router and through the sharded store over 1 and 2 sets.
 //! - `reshard`: `ROWS` rows (default 1 000 000: users and photos) on one
@@ -150,7 +151,13 @@ async fn scale() {
             ready_photo(&store, *u).await;
         }
         let users = Arc::new(users);
-        for (name, write) in [("write", true), ("read", false)] {
+        // READ_FIRST=1 reads before the writes add their rows (and leave
+        // their autovacuum and checkpoint work behind).
+        let order = match std::env::var("READ_FIRST").as_deref() {
+            Ok("1") => [("read", false), ("write", true)],
+            _ => [("write", true), ("read", false)],
+        };
+        for (name, write) in order {
             let cpu = db_cpu(&pgs);
             let (store, users) = (store.clone(), users.clone());
             let (rate, took) = closed_loop(move |task, i| {
