@@ -194,6 +194,9 @@ impl SqlEngine {
                         .await
                         .with_context(|| format!("registering replica set {}", set.name))?;
                 }
+                store
+                    .register_metrics(&registry.component("scalestack"))
+                    .context("registering the sharded store's metrics")?;
                 Ok(SqlEngine::Sharded(store))
             }
             SqlTier::Postgres(tier) => {

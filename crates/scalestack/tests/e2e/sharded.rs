@@ -94,6 +94,12 @@ async fn the_app_runs_on_two_shards_and_reshards_to_a_third_under_load() {
     let shards = up.ctl_ok(&["shards"]);
     println!("{shards}");
     assert!(shards.contains("2 replica sets"), "{shards}");
+    // Every web server exports the requests it routed to each set.
+    for set in ["s1", "s2"] {
+        let label = format!("set=\"{set}\"");
+        let routed = helpers::web_metric(&up, "scalestack_shard_requests_total", &[&label]).await;
+        assert!(routed > 0.0, "no request counted for {set}");
+    }
     let (s1, s2) = (set_pool(pg, 0).await, set_pool(pg, 1).await);
     for (name, pool) in [("s1", &s1), ("s2", &s2)] {
         let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM users")

@@ -18,12 +18,20 @@
 //! celebrity's new photo reaches the merged feeds, and a profile's
 //! counters move, up to a TTL late).
 //!
+//! The same counts go to Prometheus ([`Load::register_metrics`]):
+//! `shard_requests_total{set}` (requests routed to each set, by the map of
+//! the moment), `hot_reads_total{result}` (`near_hit`: answered by the
+//! near-cache, `near_load`: read from the set to fill it) and
+//! `hot_user_share{user}`, the share of the recent requests of the hottest
+//! users (at most five), refreshed at each heartbeat.
+//!
 //! [`ShardedConfig::hot_share`]: super::ShardedConfig::hot_share
 //! [`ShardedConfig::hot_ttl`]: super::ShardedConfig::hot_ttl
 
 use cache::HotKeys;
 use domain::shard::{LogicalShard, ShardMap, LOGICAL_SHARDS};
 use domain::Profile;
+use prometheus::{GaugeVec, IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -68,6 +76,45 @@ pub(crate) struct Load {
     /// Reads the near-cache answered, and hot reads that went to the set.
     near_hits: AtomicU64,
     near_loads: AtomicU64,
+    metrics: LoadMetrics,
+}
+
+/// The Prometheus families of a [`Load`].
+struct LoadMetrics {
+    requests: IntCounterVec,
+    hot_reads: IntCounterVec,
+    hot_users: GaugeVec,
+}
+
+impl LoadMetrics {
+    fn new() -> LoadMetrics {
+        let requests = IntCounterVec::new(
+            Opts::new("shard_requests_total", "Requests routed to each replica set"),
+            &["set"],
+        )
+        .expect("a valid metric");
+        let hot_reads = IntCounterVec::new(
+            Opts::new(
+                "hot_reads_total",
+                "Reads about hot users: near_hit (from the near-cache), near_load (read from the set)",
+            ),
+            &["result"],
+        )
+        .expect("a valid metric");
+        let hot_users = GaugeVec::new(
+            Opts::new(
+                "hot_user_share",
+                "Share of this process's recent requests of its hottest users",
+            ),
+            &["user"],
+        )
+        .expect("a valid metric");
+        LoadMetrics {
+            requests,
+            hot_reads,
+            hot_users,
+        }
+    }
 }
 
 /// What one process reports (`shard_map_clients.load`).
@@ -98,12 +145,23 @@ impl Load {
             hot_ttl,
             near_hits: AtomicU64::new(0),
             near_loads: AtomicU64::new(0),
+            metrics: LoadMetrics::new(),
         }
     }
 
-    /// Counts a request for `shard`, about `user` when there is one.
-    pub fn hit(&self, shard: LogicalShard, user: Option<i64>) {
+    /// Exports the counts into `registry` (see the module documentation).
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        let m = &self.metrics;
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.hot_reads.clone()))?;
+        registry.register(Box::new(m.hot_users.clone()))
+    }
+
+    /// Counts a request for `shard` (held by `set`), about `user` when
+    /// there is one.
+    pub fn hit(&self, shard: LogicalShard, set: &str, user: Option<i64>) {
         self.shards[usize::from(shard.get())].fetch_add(1, Relaxed);
+        self.metrics.requests.with_label_values(&[set]).inc();
         if let Some(user) = user {
             self.users.hit(&user.to_string());
         }
@@ -125,6 +183,7 @@ impl Load {
         let key = (kind, user);
         if let Some(v) = self.cached(key) {
             self.near_hits.fetch_add(1, Relaxed);
+            self.metrics.hot_reads.with_label_values(&["near_hit"]).inc();
             return Ok(v);
         }
         let loaded = self
@@ -135,6 +194,7 @@ impl Load {
                     return Ok(v);
                 }
                 self.near_loads.fetch_add(1, Relaxed);
+                self.metrics.hot_reads.with_label_values(&["near_load"]).inc();
                 let v = load().await?;
                 let mut near = self.near.lock().unwrap_or_else(|e| e.into_inner());
                 if near.len() >= NEAR_SWEEP_AT {
@@ -178,17 +238,26 @@ impl Load {
         }
         shards.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         shards.truncate(REPORTED);
-        let users = self
+        let users: Vec<(i64, u64)> = self
             .users
             .top(REPORTED)
             .into_iter()
             .filter_map(|k| Some((k.key.parse().ok()?, k.count)))
             .collect();
+        let recent = self.users.total();
+        self.metrics.hot_users.reset();
+        for (user, n) in users.iter().take(5) {
+            let share = *n as f64 / recent.max(1) as f64;
+            self.metrics
+                .hot_users
+                .with_label_values(&[&user.to_string()])
+                .set(share);
+        }
         ProcessLoad {
             sets,
             shards,
             users,
-            recent: self.users.total(),
+            recent,
             near_hits: self.near_hits.load(Relaxed),
             near_loads: self.near_loads.load(Relaxed),
         }
@@ -225,8 +294,8 @@ mod tests {
         };
         // User 7 takes half the requests, users 100.. one each.
         for i in 0..100 {
-            load.hit(shard(1), Some(7));
-            load.hit(shard(2), Some(100 + i));
+            load.hit(shard(1), "s1", Some(7));
+            load.hit(shard(2), "s1", Some(100 + i));
         }
         for _ in 0..50 {
             read(7).await.unwrap();
@@ -242,7 +311,7 @@ mod tests {
 
         let off = Load::new(0.0, Duration::from_secs(60));
         for _ in 0..100 {
-            off.hit(shard(1), Some(7));
+            off.hit(shard(1), "s1", Some(7));
         }
         assert!(!off.is_hot(7), "share 0 turns the defence off");
     }
@@ -252,10 +321,10 @@ mod tests {
         let load = Load::new(0.0, Duration::from_secs(1));
         let map = ShardMap::even(&["s1", "s2"]).unwrap();
         for _ in 0..5 {
-            load.hit(shard(10), Some(1));
+            load.hit(shard(10), "s1", Some(1));
         }
-        load.hit(shard(5000), Some(2));
-        load.hit(shard(5001), None);
+        load.hit(shard(5000), "s2", Some(2));
+        load.hit(shard(5001), "s2", None);
         let s = load.snapshot(&map);
         assert_eq!(s.sets, BTreeMap::from([("s1".into(), 5), ("s2".into(), 2)]));
         assert_eq!(s.shards[0], (10, 5));

@@ -213,15 +213,26 @@ impl ShardedStore {
     /// sketch).
     fn count_user(&self, id: i64) {
         if let Some(id) = ShardedId::from_raw(id) {
-            self.inner.load.hit(id.shard(), Some(id.raw()));
+            self.count(id.shard(), Some(id.raw()));
         }
     }
 
     /// Counts a request about a row with id `id` (a photo) for its shard.
     fn count_row(&self, id: i64) {
         if let Some(id) = ShardedId::from_raw(id) {
-            self.inner.load.hit(id.shard(), None);
+            self.count(id.shard(), None);
         }
+    }
+
+    fn count(&self, shard: LogicalShard, user: Option<i64>) {
+        let routing = self.inner.routing.borrow();
+        self.inner.load.hit(shard, routing.map.set_of(shard), user);
+    }
+
+    /// Exports the requests per set and the hot-key defence's counts into
+    /// `registry` (`load.rs`).
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> Result<(), prometheus::Error> {
+        self.inner.load.register_metrics(registry)
     }
 
     /// Like [`ShardedStore::set_of`] for a row that must exist.
@@ -476,7 +487,7 @@ fn newest(mut ids: Vec<i64>, limit: u32) -> Vec<PhotoId> {
 impl Store for ShardedStore {
     async fn create_user(&self, username: &Username, password_hash: &str) -> Result<UserId, StoreError> {
         let shard = LogicalShard::for_username(username.as_str());
-        self.inner.load.hit(shard, None);
+        self.count(shard, None);
         let set = self.set_for(shard)?;
         let id = UserId(crate::next_id(&set.primary_pool()?, shard).await?.raw());
         let name = username.as_str();

@@ -347,6 +347,8 @@ async fn a_celebritys_followers_read_their_feeds_with_bounded_database_work() {
     )
     .await;
     let s = &t.store;
+    let registry = prometheus::Registry::new();
+    s.register_metrics(&registry).unwrap();
     let star = s.create_user(&name("star", 0), "h").await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in 0..16 {
@@ -469,5 +471,18 @@ async fn a_celebritys_followers_read_their_feeds_with_bounded_database_work() {
     assert!(
         report.sets.iter().map(|s| s.requests).sum::<u64>() > 1600,
         "{report:?}"
+    );
+    // And in Prometheus: the near-cache's hits, the celebrity's share.
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    let hits = text
+        .lines()
+        .find(|l| l.starts_with("hot_reads_total{result=\"near_hit\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(hits.is_some_and(|h| h >= 700.0), "{text}");
+    assert!(
+        text.contains(&format!("hot_user_share{{user=\"{}\"}}", star.0)),
+        "{text}"
     );
 }
