@@ -16,18 +16,21 @@
 //! 3. **Catch up**: the logged keys are copied again (the row as it is now on
 //!    the source, or its deletion), until a pass finds little left; then
 //!    every logical shard is **verified** by row count and checksum on both
-//!    sides.
+//!    sides; then, until few changes come in and at most
+//!    [`CUTOVER_SHARDS`] shards are in doubt (those the verify found
+//!    different, and those changed since), the changes are copied and
+//!    those shards verified again, unfenced. A catch-up that does not
+//!    converge within [`CATCH_UP_LIMIT`] (writes outpacing it) rolls the
+//!    move back rather than fence the range for long.
 //! 4. **Cutover.** The range is fenced on both sides (writes to it are
 //!    refused with SQLSTATE SS001, which the sharded store waits out and
 //!    retries: a pause, not an error; the fence takes a table lock for the
 //!    instant it is set, so no write slips past it), the last keys are
-//!    copied, the shards with keys still logged (changed since the last
-//!    catch-up pass, so during or after the verify) and those the verify
-//!    found different are verified again, the
-//!    target's replicas replay it all, and the map with the range on the
-//!    target is published. Once every live router routes by it (each
-//!    reports its epoch) the target is unfenced and the source's rows turn
-//!    `away`. The pause, fence to unfence, is measured and reported.
+//!    copied, the shards still in doubt are verified again, the target's
+//!    replicas replay it all, and the map with the range on the target is
+//!    published. Once every live router routes by it (each reports its
+//!    epoch) the target is unfenced and the source's rows turn `away`. The
+//!    pause, fence to unfence, is measured and reported.
 //! 5. **Clean**: the source's rows of the range are deleted, the triggers
 //!    dropped.
 //!
@@ -94,6 +97,13 @@ const BATCH: i64 = 2000;
 /// How long a step is retried through transient errors (a set failing
 /// over) before the move gives up and rolls back.
 const STEP_RETRY: Duration = Duration::from_secs(60);
+/// How long the catch-up may run without converging before the move is
+/// rolled back (writes outpacing it would otherwise be paused for as long
+/// as the last of them take to copy).
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+/// At most this many logical shards are verified again under the fence.
+const CUTOVER_SHARDS: usize = 64;
+
 /// How long the cutover waits for the target's replicas and for the routers.
 const SWITCH_WAIT: Duration = Duration::from_secs(30);
 
@@ -396,19 +406,40 @@ impl ShardedStore {
             self.copy(id, &source, &target, first, last).await?;
             self.set_phase(id, "catching_up").await?;
         }
-        // Catch up until a pass copies little (the cutover copies the rest).
+        // Catch up until a pass copies little.
+        let deadline = Instant::now() + CATCH_UP_LIMIT;
+        let few = batch as u64 / 4;
         let mut replayed = 0;
-        for _ in 0..20 {
+        loop {
             self.check_abort(id).await?;
-            let n = retry(|| replay(&source, &target, batch)).await?;
+            let (n, _) = retry(|| replay(&source, &target, batch)).await?;
             replayed += n;
             self.update(id, "rows_replayed = $2", replayed as i64).await?;
-            if n < batch as u64 / 4 {
+            if n < few {
                 break;
             }
+            converging(deadline, n)?;
         }
+        // The whole range verified. Then, until few changes come in and few
+        // shards are in doubt, the changes are copied and their shards
+        // verified again, unfenced: the fence is held only for the last.
         let (verified, mut suspect) = retry(|| verify(&source, &target, first, last, None)).await?;
         self.update(id, "rows_verified = $2", verified).await?;
+        loop {
+            self.check_abort(id).await?;
+            let (n, shards) = retry(|| replay(&source, &target, batch)).await?;
+            replayed += n;
+            self.update(id, "rows_replayed = $2", replayed as i64).await?;
+            suspect.extend(shards);
+            if n < few && suspect.len() <= CUTOVER_SHARDS {
+                break;
+            }
+            converging(deadline, n)?;
+            let shards: Vec<i32> = suspect.iter().copied().collect();
+            let (n, still) = retry(|| verify(&source, &target, first, last, Some(&shards))).await?;
+            self.update(id, "rows_verified = rows_verified + $2", n).await?;
+            suspect = still;
+        }
         self.check_abort(id).await?;
 
         // Cutover.
@@ -417,10 +448,10 @@ impl ShardedStore {
         retry(|| async { set_mode(&target.primary_pool()?, id, "fence", false).await }).await?;
         retry(|| async { set_mode(&source.primary_pool()?, id, "fence", true).await }).await?;
         let fenced = async {
-            // Before the replay forgets them: the shards changed since the
-            // last pass, which the verify may have seen midway.
-            suspect.extend(retry(|| async { logged_shards(&source.primary_pool()?).await }).await?);
-            replayed += retry(|| replay(&source, &target, batch)).await?;
+            // The shards changed since the last pass, and those in doubt.
+            let (n, shards) = retry(|| replay(&source, &target, batch)).await?;
+            replayed += n;
+            suspect.extend(shards);
             if !suspect.is_empty() {
                 let shards: Vec<i32> = suspect.iter().copied().collect();
                 let (n, still) = retry(|| verify(&source, &target, first, last, Some(&shards))).await?;
@@ -858,20 +889,29 @@ async fn delete_range(pool: &PgPool, first: i32, last: i32) -> Result<i64, Store
     Ok(deleted)
 }
 
-/// The logical shards with changes logged and not yet copied again.
-async fn logged_shards(pool: &PgPool) -> Result<BTreeSet<i32>, StoreError> {
-    let shards: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT shard FROM reshard_log")
-        .fetch_all(pool)
-        .await
-        .map_err(unavailable)?;
-    Ok(shards.into_iter().collect())
+/// Fails the move when the catch-up has run past [`CATCH_UP_LIMIT`]
+/// without converging (its last pass copied `n` changes).
+fn converging(deadline: Instant, n: u64) -> Result<(), Stop> {
+    if Instant::now() < deadline {
+        return Ok(());
+    }
+    Err(Stop::Failed(unavailable(format!(
+        "the writes to the range outpace the catch-up ({n} changes in its last pass after {} s): \
+         rolled back rather than pause them for long; move it when they slow down, or a smaller range",
+        CATCH_UP_LIMIT.as_secs()
+    ))))
 }
 
 /// Copies again every row whose key the source logged before this pass
-/// began, then forgets those log entries; the number of keys. Bounded by
-/// the log as it stood at the start, so a pass ends under any write rate
-/// (what is logged meanwhile is the next pass's, or the cutover's).
-async fn replay(source: &PgRouter, target: &PgRouter, batch: i64) -> Result<u64, StoreError> {
+/// began, then forgets those log entries; the number of keys and the
+/// logical shards they were in. Bounded by the log as it stood at the
+/// start, so a pass ends under any write rate (what is logged meanwhile is
+/// the next pass's, or the cutover's).
+async fn replay(
+    source: &PgRouter,
+    target: &PgRouter,
+    batch: i64,
+) -> Result<(u64, BTreeSet<i32>), StoreError> {
     let source = source.primary_pool()?;
     let target = target.primary_pool()?;
     let bound: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM reshard_log")
@@ -879,24 +919,26 @@ async fn replay(source: &PgRouter, target: &PgRouter, batch: i64) -> Result<u64,
         .await
         .map_err(unavailable)?;
     let mut done = 0;
+    let mut shards = BTreeSet::new();
     loop {
-        let entries: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(&format!(
-            "SELECT seq, tbl, key FROM reshard_log WHERE seq <= $1 ORDER BY seq LIMIT {batch}"
+        let entries: Vec<(i64, String, i32, serde_json::Value)> = sqlx::query_as(&format!(
+            "SELECT seq, tbl, shard, key FROM reshard_log WHERE seq <= $1 ORDER BY seq LIMIT {batch}"
         ))
         .bind(bound)
         .fetch_all(&source)
         .await
         .map_err(unavailable)?;
         if entries.is_empty() {
-            return Ok(done);
+            return Ok((done, shards));
         }
         // Exactly the entries read: a sequence number is taken before its
         // transaction commits, so an entry below the last one read may
         // still commit after the read, and must stay for the next pass.
-        let seqs: Vec<i64> = entries.iter().map(|(seq, _, _)| *seq).collect();
+        let seqs: Vec<i64> = entries.iter().map(|(seq, ..)| *seq).collect();
+        shards.extend(entries.iter().map(|(_, _, shard, _)| *shard));
         // Keys by table, each once, in log order.
         let mut keys: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
-        for (_, tbl, key) in &entries {
+        for (_, tbl, _, key) in &entries {
             let list = keys.entry(tbl.as_str()).or_default();
             if !list.contains(key) {
                 list.push(key.clone());
@@ -1008,9 +1050,15 @@ async fn verify(
     let mut rows = 0;
     let mut differ = BTreeSet::new();
     for t in &TABLES {
+        // Two statements, not one with `$3 IS NULL OR`: a plan for a few
+        // shards must use the shard index, not scan the range.
+        let only_these = match only {
+            Some(_) => format!("AND {} = ANY($3)", shard_expr(t.shard)),
+            None => "AND $3::int[] IS NULL".to_owned(),
+        };
         let sql = format!(
             "SELECT {s}::int, count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text \
-             FROM {name} t WHERE {s} BETWEEN $1 AND $2 AND ($3::int[] IS NULL OR {s} = ANY($3)) GROUP BY 1",
+             FROM {name} t WHERE {s} BETWEEN $1 AND $2 {only_these} GROUP BY 1",
             s = shard_expr(t.shard),
             name = t.name
         );
