@@ -68,6 +68,19 @@ pub struct PostgresTier {
     pub hot_key_ttl_ms: u64,
 }
 
+impl PostgresTier {
+    /// Refuses settings no store could run by (`up` checks them when it
+    /// loads a topology, a web server when it connects).
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.hot_key_share),
+            "sql.hot_key_share must be between 0 and 1 (0 turns the hot-key near-cache off), not {}",
+            self.hot_key_share
+        );
+        Ok(())
+    }
+}
+
 /// One replica set of a sharded tier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,11 +168,7 @@ impl SqlEngine {
                         set.name
                     );
                 }
-                anyhow::ensure!(
-                    (0.0..=1.0).contains(&tier.hot_key_share),
-                    "sql.hot_key_share must be between 0 and 1, not {}",
-                    tier.hot_key_share
-                );
+                tier.check()?;
                 let config = store_postgres::ShardedConfig {
                     celebrity_followers: tier.celebrity_followers,
                     hot_share: tier.hot_key_share,

@@ -58,9 +58,6 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
         // A scale drains servers, which waits for their requests in flight.
         .timeout(Duration::from_secs(120))
         .build()?;
-    if let Some(result) = reshard(&http, url, &command).await {
-        return result;
-    }
     let request = match &command {
         CtlCommand::Ps => http.get(format!("{url}/api/ps")),
         CtlCommand::Kill { name, signal } => http
@@ -76,9 +73,11 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             .query(&[("limit", limit)]),
         CtlCommand::JobsRetry { id } => http.post(format!("{url}/api/jobs/{id}/retry")),
         CtlCommand::Shards => http.get(format!("{url}/api/shards")),
-        CtlCommand::Reshard { .. } | CtlCommand::ReshardStatus | CtlCommand::ReshardAbort => {
-            unreachable!("handled by reshard()")
-        }
+        CtlCommand::Reshard { shards, to, .. } => http
+            .post(format!("{url}/api/reshard"))
+            .json(&serde_json::json!({ "shards": shards, "to": to })),
+        CtlCommand::ReshardAbort => http.post(format!("{url}/api/reshard/abort")),
+        CtlCommand::ReshardStatus => return follow_move(&http, url).await,
     };
     let text = call(request, url).await?;
     match command {
@@ -111,7 +110,9 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
                 serde_json::from_str(&text).context("unexpected answer")?;
             print!("{}", shards_table(&report));
         }
-        CtlCommand::Reshard { .. } | CtlCommand::ReshardStatus | CtlCommand::ReshardAbort => {}
+        CtlCommand::Reshard { wait, .. } => follow_started(&http, url, &text, wait).await?,
+        CtlCommand::ReshardAbort => follow_started(&http, url, &text, true).await?,
+        CtlCommand::ReshardStatus => unreachable!("followed above"),
     }
     Ok(())
 }
@@ -134,42 +135,22 @@ async fn call(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Str
     Ok(text)
 }
 
-/// `ctl reshard`: starts (or aborts) a move, then follows it with a
-/// progress bar until it ends; `None` for the other commands.
-async fn reshard(http: &reqwest::Client, url: &str, command: &CtlCommand) -> Option<anyhow::Result<()>> {
-    let (request, wait) = match command {
-        CtlCommand::Reshard { shards, to, wait } => (
-            Some(
-                http.post(format!("{url}/api/reshard"))
-                    .json(&serde_json::json!({ "shards": shards, "to": to })),
-            ),
-            *wait,
-        ),
-        CtlCommand::ReshardAbort => (Some(http.post(format!("{url}/api/reshard/abort"))), true),
-        CtlCommand::ReshardStatus => (None, true),
-        _ => return None,
-    };
-    Some(
-        async {
-            if let Some(request) = request {
-                let started: store_postgres::MoveStatus =
-                    serde_json::from_str(&call(request, url).await?).context("unexpected answer")?;
-                eprintln!(
-                    "move {}: logical shards {}-{} from {} to {}",
-                    started.id, started.first_shard, started.last_shard, started.source, started.target
-                );
-                if !wait {
-                    println!(
-                        "move {} started; `scalestack ctl reshard --status` follows it",
-                        started.id
-                    );
-                    return Ok(());
-                }
-            }
-            follow_move(http, url).await
-        }
-        .await,
-    )
+/// `ctl reshard` (or `--abort`) once the API took it: the move as it
+/// stands in `text`, then, with `wait`, followed to its end.
+async fn follow_started(http: &reqwest::Client, url: &str, text: &str, wait: bool) -> anyhow::Result<()> {
+    let started: store_postgres::MoveStatus = serde_json::from_str(text).context("unexpected answer")?;
+    eprintln!(
+        "move {}: logical shards {}-{} from {} to {}",
+        started.id, started.first_shard, started.last_shard, started.source, started.target
+    );
+    if !wait {
+        println!(
+            "move {} started; `scalestack ctl reshard --status` follows it",
+            started.id
+        );
+        return Ok(());
+    }
+    follow_move(http, url).await
 }
 
 /// Polls the latest move until it is done or aborted, drawing its progress.

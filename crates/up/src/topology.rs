@@ -735,11 +735,7 @@ impl Topology {
             "autoscale.web needs an [lb]: the web tier scales behind the load balancer"
         );
         if let SqlSection::Postgres { router, .. } = &self.sql {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&router.hot_key_share),
-                "sql.hot_key_share must be between 0 and 1 (0 turns the hot-key near-cache off), not {}",
-                router.hot_key_share
-            );
+            router.check()?;
         }
         if let QueueSection::Nats { server, replicas, .. } = &self.queue {
             let most = match server {

@@ -41,6 +41,16 @@ async fn set_pool(pg: u16, k: u16) -> sqlx::PgPool {
     store_postgres::connect(&url, 1).await.unwrap()
 }
 
+/// How many of `names` the app at `web` does not know.
+async fn missing_users(http: &reqwest::Client, web: &str, names: &[String]) -> usize {
+    let mut missing = 0;
+    for name in names {
+        let r = http.get(format!("{web}/api/users/{name}")).send().await.unwrap();
+        missing += usize::from(r.status() != 200);
+    }
+    missing
+}
+
 #[tokio::test]
 async fn the_app_runs_on_two_shards_and_reshards_to_a_third_under_load() {
     // Six ports: s1 and s2 (a primary and a replica each), and s3 that
@@ -274,17 +284,7 @@ async fn the_app_runs_on_two_shards_and_reshards_to_a_third_under_load() {
     let photos = seen.photos.lock().unwrap().clone();
     let web = up.web.clone();
     let http = helpers::http_client(false);
-    let mut missing = 0;
-    for name in &signups {
-        missing += usize::from(
-            http.get(format!("{web}/api/users/{name}"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                != 200,
-        );
-    }
+    let mut missing = missing_users(&http, &web, &signups).await;
     let mut expected_followers: BTreeMap<&str, i64> = BTreeMap::new();
     for (f, name) in &follows {
         *expected_followers.entry(name).or_default() += 1;
@@ -425,17 +425,7 @@ async fn the_app_runs_on_two_shards_and_reshards_to_a_third_under_load() {
             "finished: the range whole on s3 only"
         );
     }
-    let mut missing = 0;
-    for name in &signups {
-        missing += usize::from(
-            http.get(format!("{web}/api/users/{name}"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                != 200,
-        );
-    }
+    let missing = missing_users(&http, &web, &signups).await;
     assert_eq!(missing, 0, "a sign-up is missing after `up` restarted");
     let (status, log) = up.stop();
     assert!(status.success(), "{log}");

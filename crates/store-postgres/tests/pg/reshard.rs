@@ -13,8 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use store_postgres::{Connector, MoveRequest, PgRouter, RouterConfig, ShardedConfig, ShardedStore};
+use store_postgres::{
+    Connector, MoveRequest, MoveStatus, PgRouter, RouterConfig, ShardedConfig, ShardedStore,
+};
 use test_support::TestPg;
+use tokio::task::JoinHandle;
 
 /// Connects sets the way a web server would: a migrated router.
 fn connector() -> Connector {
@@ -77,6 +80,40 @@ impl ThreeSets {
         ]
     }
 
+    /// Starts a move of `range` to `s3` and runs it in the background; the
+    /// move as it started, and its run.
+    async fn spawn_move(
+        &self,
+        range: (u16, u16),
+    ) -> (MoveStatus, JoinHandle<Result<MoveStatus, StoreError>>) {
+        let started = self
+            .store
+            .start_move(&MoveRequest {
+                first: range.0,
+                last: range.1,
+                to: "s3".into(),
+            })
+            .await
+            .unwrap();
+        let (store, id) = (self.store.clone(), started.id);
+        (started, tokio::spawn(async move { store.run_move(id).await }))
+    }
+
+    /// `end` is a rolled-back move that left everything as it was: the map
+    /// untouched, no copy left on the target, the source whole (`s1_users`
+    /// users), no trigger, and the site reading and writing `before`.
+    async fn assert_as_it_was(&self, end: &MoveStatus, s1_users: i64, before: &[(UserId, PhotoId)]) {
+        assert_eq!(end.phase, "aborted", "{end:?}");
+        assert_eq!(self.store.map().unwrap().epoch, 1, "the map is untouched");
+        assert_eq!(count(&self.s3, USERS).await, 0, "the target's copy is gone");
+        assert_eq!(count(&self.s1, USERS).await, s1_users, "the source is whole");
+        assert_eq!(self.triggers().await, 0);
+        for (user, photo) in before {
+            assert!(self.store.photo(*photo).await.unwrap().is_some());
+            upload(&self.store, *user).await.unwrap();
+        }
+    }
+
     async fn triggers(&self) -> i64 {
         self.counts("SELECT count(*) FROM pg_trigger WHERE tgname = 'scalestack_reshard'")
             .await
@@ -84,6 +121,9 @@ impl ThreeSets {
             .sum()
     }
 }
+
+/// Every user of a set.
+const USERS: &str = "SELECT count(*) FROM users";
 
 async fn count(pg: &TestPg, sql: &str) -> i64 {
     pg.primary.psql(sql).await.unwrap().trim().parse().unwrap()
@@ -252,7 +292,7 @@ async fn a_move_under_load_loses_no_acknowledged_write() {
             assert!(web.is_following(user, followee).await.unwrap());
         }
     }
-    let total: i64 = t.counts("SELECT count(*) FROM users").await.iter().sum();
+    let total: i64 = t.counts(USERS).await.iter().sum();
     assert_eq!(
         total as usize,
         acked.len() + before.len(),
@@ -296,18 +336,9 @@ async fn a_move_aborted_mid_copy_leaves_everything_as_it_was() {
     )
     .await;
     let before = seed(&t.store, "ab", 150).await;
-    let rows = "SELECT count(*) FROM users";
-    let (s1_users, s3_users) = (count(&t.s1, rows).await, count(&t.s3, rows).await);
+    let (s1_users, s3_users) = (count(&t.s1, USERS).await, count(&t.s3, USERS).await);
     assert_eq!(s3_users, 0);
-    let started = t
-        .store
-        .start_move(&MoveRequest {
-            first: MOVED.0,
-            last: MOVED.1,
-            to: "s3".into(),
-        })
-        .await
-        .unwrap();
+    let (_, run) = t.spawn_move(MOVED).await;
     // A second move is refused while this one is unfinished.
     assert!(t
         .store
@@ -318,28 +349,10 @@ async fn a_move_aborted_mid_copy_leaves_everything_as_it_was() {
         })
         .await
         .is_err());
-    let store = t.store.clone();
-    let run = tokio::spawn(async move { store.run_move(started.id).await });
-    loop {
-        let now = t.store.latest_move().await.unwrap().unwrap();
-        if now.rows_copied > 0 {
-            assert_eq!(now.phase, "copying");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_copying(&t.store).await;
     t.store.abort_move().await.unwrap();
     let end = run.await.unwrap().unwrap();
-    assert_eq!(end.phase, "aborted", "{end:?}");
-    assert_eq!(t.store.map().unwrap().epoch, 1, "the map is untouched");
-    assert_eq!(count(&t.s3, rows).await, 0, "the target's partial copy is gone");
-    assert_eq!(count(&t.s1, rows).await, s1_users, "the source is whole");
-    assert_eq!(t.triggers().await, 0);
-    // And the site goes on as before.
-    for (user, photo) in &before {
-        assert!(t.store.photo(*photo).await.unwrap().is_some());
-        upload(&t.store, *user).await.unwrap();
-    }
+    t.assert_as_it_was(&end, s1_users, &before).await;
 }
 
 #[tokio::test]
@@ -353,35 +366,17 @@ async fn a_mover_killed_mid_move_is_rolled_back_by_the_next_then_a_move_succeeds
     )
     .await;
     seed(&t.store, "crash", 150).await;
-    let started = t
-        .store
-        .start_move(&MoveRequest {
-            first: MOVED.0,
-            last: MOVED.1,
-            to: "s3".into(),
-        })
-        .await
-        .unwrap();
-    let store = t.store.clone();
-    let run = tokio::spawn(async move { store.run_move(started.id).await });
-    loop {
-        if t.store.latest_move().await.unwrap().unwrap().rows_copied > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let (_, run) = t.spawn_move(MOVED).await;
+    wait_copying(&t.store).await;
     // The mover dies where it stands (as `up` killed mid-move would).
     run.abort();
     let _ = run.await;
-    assert!(
-        count(&t.s3, "SELECT count(*) FROM users").await > 0,
-        "a partial copy was left"
-    );
+    assert!(count(&t.s3, USERS).await > 0, "a partial copy was left");
     // The next process to start recovers it.
     let next = t.another().await;
     let recovered = next.recover_moves().await.unwrap().expect("an unfinished move");
     assert_eq!(recovered.phase, "aborted");
-    assert_eq!(count(&t.s3, "SELECT count(*) FROM users").await, 0);
+    assert_eq!(count(&t.s3, USERS).await, 0);
     assert_eq!(t.triggers().await, 0);
     assert!(
         next.recover_moves().await.unwrap().is_none(),
@@ -398,7 +393,7 @@ async fn a_mover_killed_mid_move_is_rolled_back_by_the_next_then_a_move_succeeds
         .unwrap();
     let done = next.run_move(again.id).await.unwrap();
     assert_eq!(done.phase, "done", "{done:?}");
-    assert!(count(&t.s3, "SELECT count(*) FROM users").await > 0);
+    assert!(count(&t.s3, USERS).await > 0);
 }
 
 /// Waits until the latest move has copied rows and is still copying.
@@ -431,19 +426,8 @@ async fn a_difference_the_verify_finds_rolls_the_move_back() {
     )
     .await;
     let before = seed(&t.store, "ver", 150).await;
-    let rows = "SELECT count(*) FROM users";
-    let s1_users = count(&t.s1, rows).await;
-    let started = t
-        .store
-        .start_move(&MoveRequest {
-            first: MOVED.0,
-            last: MOVED.1,
-            to: "s3".into(),
-        })
-        .await
-        .unwrap();
-    let store = t.store.clone();
-    let run = tokio::spawn(async move { store.run_move(started.id).await });
+    let s1_users = count(&t.s1, USERS).await;
+    let (_, run) = t.spawn_move(MOVED).await;
     wait_copying(&t.store).await;
     t.s3.primary
         .psql(
@@ -454,19 +438,11 @@ async fn a_difference_the_verify_finds_rolls_the_move_back() {
         .await
         .unwrap();
     let end = run.await.unwrap().unwrap();
-    assert_eq!(end.phase, "aborted", "{end:?}");
     assert!(
         end.error.as_deref().unwrap_or("").contains("differ"),
         "the reason is kept: {end:?}"
     );
-    assert_eq!(t.store.map().unwrap().epoch, 1, "the map is untouched");
-    assert_eq!(count(&t.s3, rows).await, 0, "the target's copy is gone");
-    assert_eq!(count(&t.s1, rows).await, s1_users, "the source is whole");
-    assert_eq!(t.triggers().await, 0);
-    for (user, photo) in &before {
-        assert!(t.store.photo(*photo).await.unwrap().is_some());
-        upload(&t.store, *user).await.unwrap();
-    }
+    t.assert_as_it_was(&end, s1_users, &before).await;
 }
 
 /// `kill -9` of the target set's primary mid-copy, then of the source's
@@ -484,24 +460,13 @@ async fn a_replica_set_killed_mid_move_is_waited_for_and_the_move_completes() {
     )
     .await;
     let seeded = seed(&t.store, "kill", 200).await;
-    let all_users = "SELECT count(*) FROM users";
-    let total: i64 = t.counts(all_users).await.iter().sum();
+    let total: i64 = t.counts(USERS).await.iter().sum();
     for (range, source, victim) in [
         ((MOVED.0, MOVED.1), "s1", "target s3"),
         ((4096, 6143), "s2", "source s2"),
     ] {
-        let started = t
-            .store
-            .start_move(&MoveRequest {
-                first: range.0,
-                last: range.1,
-                to: "s3".into(),
-            })
-            .await
-            .unwrap();
+        let (started, run) = t.spawn_move(range).await;
         assert_eq!(started.source, source);
-        let store = t.store.clone();
-        let run = tokio::spawn(async move { store.run_move(started.id).await });
         wait_copying(&t.store).await;
         let node = if victim.starts_with("target") {
             &t.s3.primary
@@ -518,7 +483,7 @@ async fn a_replica_set_killed_mid_move_is_waited_for_and_the_move_completes() {
             range.0, range.1, end.rows_copied, end.pause_ms
         );
     }
-    let after = t.counts(all_users).await;
+    let after = t.counts(USERS).await;
     assert_eq!(
         after.iter().sum::<i64>(),
         total,
@@ -554,19 +519,8 @@ async fn a_move_aborted_mid_verify_leaves_everything_as_it_was() {
     )
     .await;
     let before = seed(&t.store, "mv", 150).await;
-    let rows = "SELECT count(*) FROM users";
-    let s1_users = count(&t.s1, rows).await;
-    let started = t
-        .store
-        .start_move(&MoveRequest {
-            first: MOVED.0,
-            last: MOVED.1,
-            to: "s3".into(),
-        })
-        .await
-        .unwrap();
-    let store = t.store.clone();
-    let run = tokio::spawn(async move { store.run_move(started.id).await });
+    let s1_users = count(&t.s1, USERS).await;
+    let (_, run) = t.spawn_move(MOVED).await;
     wait_copying(&t.store).await;
     let target = store_postgres::connect(&t.s3.primary.url(), 2).await.unwrap();
     let mut hold = target.begin().await.unwrap();
@@ -594,13 +548,5 @@ async fn a_move_aborted_mid_verify_leaves_everything_as_it_was() {
     assert_eq!(asked.phase, "catching_up", "asked while verifying: {asked:?}");
     hold.commit().await.unwrap();
     let end = run.await.unwrap().unwrap();
-    assert_eq!(end.phase, "aborted", "{end:?}");
-    assert_eq!(t.store.map().unwrap().epoch, 1, "the map is untouched");
-    assert_eq!(count(&t.s3, rows).await, 0, "the target's copy is gone");
-    assert_eq!(count(&t.s1, rows).await, s1_users, "the source is whole");
-    assert_eq!(t.triggers().await, 0);
-    for (user, photo) in &before {
-        assert!(t.store.photo(*photo).await.unwrap().is_some());
-        upload(&t.store, *user).await.unwrap();
-    }
+    t.assert_as_it_was(&end, s1_users, &before).await;
 }
