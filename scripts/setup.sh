@@ -16,9 +16,9 @@
 #                              scripts/bench-data.sh uses)
 set -euo pipefail
 
-packages=(build-essential pkg-config cmake curl postgresql redis-server nats-server python3 python3-pip chromium)
+packages=(build-essential pkg-config cmake curl postgresql redis-server nats-server python3 python3-pip chromium bind9-dnsutils)
 if [[ "${1:-}" == "--bench" ]]; then
-    packages+=(nginx haproxy varnish squid trafficserver wrk dnsperf python3 time imagemagick)
+    packages+=(nginx haproxy varnish squid trafficserver wrk dnsperf python3 time imagemagick gdnsd knot nsd pdns-server pdns-backend-bind bind9)
 fi
 
 missing=()

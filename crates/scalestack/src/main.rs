@@ -50,6 +50,8 @@ enum Command {
     Lb(LbArgs),
     /// Run a CDN edge: a shared HTTP cache in front of the origin.
     Cdn(CdnArgs),
+    /// Run an authoritative geoDNS server for the system's zone.
+    Dns(DnsArgs),
     /// Talk to a running `scalestack up`: ps, kill, start, scale.
     Ctl(CtlArgs),
     /// Load generator with latency histograms (no coordinated omission),
@@ -96,6 +98,23 @@ struct CdnArgs {
     #[arg(long)]
     memory_mb: Option<u64>,
     /// Overrides the worker thread count (0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct DnsArgs {
+    /// Configuration file (TOML, the keys of `dns::DnsConfig`); without
+    /// it, defaults (one site on 127.0.0.1).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides the UDP and TCP address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Overrides the admin address.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Overrides the UDP thread count (0 = one per core).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -280,6 +299,12 @@ fn main() -> anyhow::Result<()> {
             let config = cdn_config(&args)?;
             runtime(1)?.block_on(run_cdn(config))
         }
+        // UDP is answered on threads of the server's own; the runtime
+        // only carries TCP, health checks and the admin API.
+        Command::Dns(args) => {
+            let config = dns_config(&args)?;
+            runtime(1)?.block_on(run_dns(config))
+        }
         // The load generator sizes its own runtimes.
         Command::Bench(args) => bench::run(args),
         command => runtime(0)?.block_on(run(command)),
@@ -326,6 +351,25 @@ fn cdn_config(args: &CdnArgs) -> anyhow::Result<cdn::CdnConfig> {
     Ok(config)
 }
 
+fn dns_config(args: &DnsArgs) -> anyhow::Result<dns::DnsConfig> {
+    let mut config: dns::DnsConfig = read_config(args.config.as_ref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(admin) = args.admin_listen {
+        config.admin_listen = admin;
+    }
+    if let Some(threads) = args.threads {
+        config.threads = threads;
+    }
+    Ok(config)
+}
+
+async fn run_dns(config: dns::DnsConfig) -> anyhow::Result<()> {
+    let server = dns::DnsServer::build(config).await?;
+    server.run_until_stopped(shutdown_signal()).await
+}
+
 async fn run_cdn(config: cdn::CdnConfig) -> anyhow::Result<()> {
     let edge = cdn::Edge::build(config).await?;
     edge.run_until_stopped(shutdown_signal(), std::time::Duration::from_secs(30))
@@ -341,7 +385,7 @@ async fn run_lb(config: lb::LbConfig) -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Lb(_) | Command::Cdn(_) | Command::Bench(_) => {
+        Command::Lb(_) | Command::Cdn(_) | Command::Dns(_) | Command::Bench(_) => {
             unreachable!("these run on runtimes of their own")
         }
         Command::Ctl(args) => {
