@@ -213,7 +213,8 @@ async fn malformed_options_and_unknown_versions_get_errors() {
     e.set_version(1);
     m.set_edns(e);
     let a = udp(s.addr, src, &m);
-    assert_eq!(a.metadata.response_code, ResponseCode::BADVERS);
+    // Code 16, which hickory reads back as BADSIG (the two share it).
+    assert_eq!(u16::from(a.metadata.response_code), 16);
     assert_eq!(a.edns.as_ref().unwrap().version(), 0);
     // Two questions: FORMERR. A NOTIFY: NOTIMP.
     let mut m = query(&www, RecordType::A, None, None);
