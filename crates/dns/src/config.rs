@@ -89,7 +89,7 @@ pub struct RegionSpec {
 }
 
 /// Health checks of the sites' load balancers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Between probes of one site (default 1000 ms).
@@ -106,7 +106,7 @@ pub struct HealthConfig {
 /// client network beyond `responses_per_second` are dropped, except every
 /// `slip`-th, which goes out truncated (TC=1) so a real client retries over
 /// TCP while a spoofed victim gets no amplification.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RrlConfig {
     /// Per client network (/24 or /56) and answer; 0 turns it off

@@ -183,6 +183,21 @@ enum CtlCommand {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// A whole site of a multi-site topology: fail it (every process
+    /// killed at once and held down) or restore it.
+    Site {
+        #[command(subcommand)]
+        command: SiteCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SiteCommand {
+    /// Kill every process of site NAME at once: its load balancer, edges,
+    /// web servers, workers, Redis, name server and database nodes.
+    Fail { name: String },
+    /// Start them again; its database nodes rejoin as replicas.
+    Restore { name: String },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +221,11 @@ struct UpArgs {
     /// Overrides `[data] dir` of the topology.
     #[arg(long, env = "SCALESTACK_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Runs one site of a multi-site topology alone (its load balancer,
+    /// edges, web servers, workers and Redis, on the site's address), the
+    /// shared database and the other sites as external.
+    #[arg(long)]
+    site: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -419,6 +439,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 CtlCommand::Jobs {
                     command: JobsCommand::Retry { id },
                 } => up::ctl::CtlCommand::JobsRetry { id },
+                CtlCommand::Site {
+                    command: SiteCommand::Fail { name },
+                } => up::ctl::CtlCommand::SiteFail { site: name },
+                CtlCommand::Site {
+                    command: SiteCommand::Restore { name },
+                } => up::ctl::CtlCommand::SiteRestore { site: name },
             };
             up::ctl::run(&args.url, command).await
         }
@@ -429,6 +455,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             if let Some(dir) = args.data_dir {
                 topology.data.dir = dir;
+            }
+            if let Some(site) = &args.site {
+                topology = topology.for_site(site)?;
             }
             let exe = std::env::current_exe().context("locating the scalestack binary")?;
             up::run(topology, exe, shutdown_signal()).await

@@ -15,7 +15,7 @@ use std::time::Duration;
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
-    /// For the DNS servers to come.
+    /// The DNS servers'.
     Udp,
 }
 
@@ -42,6 +42,15 @@ impl Bind {
     pub fn tcp(addr: SocketAddr, purpose: &'static str) -> Bind {
         Bind {
             proto: Proto::Tcp,
+            addr,
+            purpose,
+        }
+    }
+
+    /// A UDP port (a DNS server's).
+    pub fn udp(addr: SocketAddr, purpose: &'static str) -> Bind {
+        Bind {
+            proto: Proto::Udp,
             addr,
             purpose,
         }

@@ -13,6 +13,8 @@
 //! | `GET /api/autoscale` | the autoscaled tiers: bounds, latest decision and its reason, scale events, history |
 //! | `GET /api/jobs/dead?limit=50` | dead jobs, newest first (id, kind, payload, attempts, last error) |
 //! | `POST /api/jobs/{id}/retry` | a dead job ready again with a fresh attempt count (404: no such dead job) |
+//! | `POST /api/sites/{name}/fail` | kill every process of a site (multi-site topologies) and hold them down |
+//! | `POST /api/sites/{name}/restore` | start them again; its database nodes rejoin as replicas |
 //! | `GET /healthz` | alive |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input) or 404 (unknown name).
@@ -45,6 +47,8 @@ pub(crate) async fn serve(listener: TcpListener, orchestrator: Arc<Orchestrator>
         .route("/api/reshard", get(reshard_status).post(reshard))
         .route("/api/reshard/abort", post(reshard_abort))
         .route("/api/jobs/{id}/retry", post(retry_job))
+        .route("/api/sites/{name}/fail", post(fail_site))
+        .route("/api/sites/{name}/restore", post(restore_site))
         .route("/metrics", get(metrics))
         .route("/targets", get(targets))
         .route("/healthz", get(|| async { "ok" }))
@@ -106,6 +110,27 @@ async fn kill(State(o): State<AppState>, Path(name): Path<String>, Query(q): Que
     match o.kill(&name, signal) {
         Ok(status) => Json(status).into_response(),
         Err(e) => supervisor_error(e),
+    }
+}
+
+fn site_error(e: crate::site_failure::SiteError) -> Response {
+    match e {
+        crate::site_failure::SiteError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
+        crate::site_failure::SiteError::Supervisor(e) => supervisor_error(e),
+    }
+}
+
+async fn fail_site(State(o): State<AppState>, Path(name): Path<String>) -> Response {
+    match o.fail_site(&name).await {
+        Ok(change) => Json(change).into_response(),
+        Err(e) => site_error(e),
+    }
+}
+
+async fn restore_site(State(o): State<AppState>, Path(name): Path<String>) -> Response {
+    match o.restore_site(&name) {
+        Ok(change) => Json(change).into_response(),
+        Err(e) => site_error(e),
     }
 }
 

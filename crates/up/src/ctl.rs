@@ -37,6 +37,14 @@ pub enum CtlCommand {
     ReshardStatus,
     /// Ask the running move to roll back, and follow it.
     ReshardAbort,
+    /// Kill every process of a site and hold it down.
+    SiteFail {
+        site: String,
+    },
+    /// Start a failed site again.
+    SiteRestore {
+        site: String,
+    },
 }
 
 /// Parses `ROLE=N` of `ctl scale`.
@@ -73,6 +81,8 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             .query(&[("limit", limit)]),
         CtlCommand::JobsRetry { id } => http.post(format!("{url}/api/jobs/{id}/retry")),
         CtlCommand::Shards => http.get(format!("{url}/api/shards")),
+        CtlCommand::SiteFail { site } => http.post(format!("{url}/api/sites/{site}/fail")),
+        CtlCommand::SiteRestore { site } => http.post(format!("{url}/api/sites/{site}/restore")),
         CtlCommand::Reshard { shards, to, .. } => http
             .post(format!("{url}/api/reshard"))
             .json(&serde_json::json!({ "shards": shards, "to": to })),
@@ -96,6 +106,20 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             }
         }
         CtlCommand::Start { name } => println!("{name} starting"),
+        CtlCommand::SiteFail { .. } | CtlCommand::SiteRestore { .. } => {
+            let change: crate::site_failure::SiteChange =
+                serde_json::from_str(&text).context("unexpected answer")?;
+            let done = if matches!(command, CtlCommand::SiteFail { .. }) {
+                format!(
+                    "failed: killed {} and the {} processes of its up",
+                    change.components.join(", "),
+                    change.site_processes
+                )
+            } else {
+                format!("restoring: {}", change.components.join(", "))
+            };
+            println!("site {} {done}", change.site);
+        }
         CtlCommand::Autoscale => {
             let tiers: serde_json::Value = serde_json::from_str(&text).context("unexpected answer")?;
             print!("{}", autoscale_table(&tiers));

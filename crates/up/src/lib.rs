@@ -15,6 +15,8 @@ pub mod nats;
 pub mod postgres;
 pub mod reshard;
 pub mod role;
+pub mod site_failure;
+pub mod sites;
 pub mod supervisor;
 pub mod topology;
 
@@ -83,7 +85,13 @@ impl Orchestrator {
     /// `data_dir` (absolute) and the children's configurations under
     /// `<data_dir>/run`; `exe` is the binary started for every role.
     fn new(topology: Topology, exe: PathBuf, data_dir: PathBuf) -> anyhow::Result<Self> {
-        let backends = topology.resolve(&data_dir);
+        let mut backends = topology.resolve(&data_dir);
+        if topology.is_multi_site() {
+            // The shared `up` uses the database alone (migrations, the
+            // queue's depth); the caches are the sites'.
+            backends.cache = backends::CacheTier::default();
+            backends.sessions = backends::SessionsTier::Embedded;
+        }
         let run_dir = data_dir.join("run");
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         let metrics = metrics::UpMetrics::new();
@@ -451,6 +459,21 @@ impl Orchestrator {
             }
             Role::Redis => redis_launch(&self.topology, &self.data_dir)?,
             Role::Nats => self.topology.nats.launch(name, &self.data_dir)?,
+            Role::Dns => {
+                let index = name
+                    .strip_prefix("ns")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| n.checked_sub(1))
+                    .with_context(|| format!("{name} is not a name server"))?;
+                let config = self.topology.dns_config(index).context("no [dns] section")?;
+                scalestack("dns", write_config(&self.run_dir, name, &config)?)
+            }
+            Role::Site => {
+                let site = name
+                    .strip_prefix("site-")
+                    .context("a site's up is named site-NAME")?;
+                self.topology.site_launch(site, &self.data_dir)?
+            }
             Role::Postgres => anyhow::bail!("postgres nodes are launched by their cluster"),
         };
         Ok(ChildSpec::new(component.clone(), launch))
@@ -583,7 +606,9 @@ pub async fn run(
     let result = match outcome {
         Some(Err(e)) => Err(e),
         Some(Ok(ready)) => {
-            if ready {
+            if ready && o.topology.is_multi_site() {
+                println!("{}", o.topology.sites_banner(&data_dir));
+            } else if ready {
                 let cdn = o
                     .topology
                     .cdn_url()
@@ -638,7 +663,9 @@ fn write_config<T: serde::Serialize>(run_dir: &Path, name: &str, config: &T) -> 
 /// Up means every web server is in the load balancer's rotation, not just
 /// one: waits (at most 60 s) until the LB lists them all healthy.
 async fn wait_in_rotation(topology: &Topology, http: &reqwest::Client) -> bool {
-    let Some(lb) = &topology.lb else { return true };
+    let Some(lb) = topology.lb.as_ref().filter(|_| !topology.is_multi_site()) else {
+        return true;
+    };
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let url = format!("http://{}/backends", lb.admin_listen);
     while tokio::time::Instant::now() < deadline {

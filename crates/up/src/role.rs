@@ -30,11 +30,17 @@ pub enum Role {
     Redis,
     /// A node of the NATS JetStream servers `up` runs (the queue's broker).
     Nats,
+    /// An authoritative geoDNS server in front of the sites.
+    Dns,
+    /// A whole site's `up` (`up --site NAME`), run by the multi-site `up`.
+    Site,
 }
 
 impl Role {
     /// Every role, in the order `ctl ps` groups them.
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 9] = [
+        Role::Site,
+        Role::Dns,
         Role::Cdn,
         Role::Lb,
         Role::Web,
@@ -54,6 +60,8 @@ impl Role {
             Role::Postgres => "postgres",
             Role::Redis => "redis",
             Role::Nats => "nats",
+            Role::Dns => "dns",
+            Role::Site => "site",
         }
     }
 
@@ -71,7 +79,7 @@ impl Role {
         match self {
             Role::Web => Some(1..=MAX_COPIES),
             Role::Worker => Some(0..=MAX_COPIES),
-            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis | Role::Nats => None,
+            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis | Role::Nats | Role::Dns | Role::Site => None,
         }
     }
 

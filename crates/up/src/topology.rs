@@ -31,9 +31,19 @@ use worker::{WorkerConfig, WorkerSettings};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
-    /// `[site]`: where this topology runs. One site today.
+    /// `[site]`: the site this topology runs in (`up --site` sets it).
     #[serde(default)]
     pub site: SiteSection,
+    /// `[[sites]]`: several data centres, each running the site sections
+    /// below on an address of its own (see [`crate::sites`]).
+    #[serde(default)]
+    pub sites: Vec<crate::sites::SiteDef>,
+    /// `[dns]`: the geoDNS servers in front of the sites.
+    #[serde(default)]
+    pub dns: Option<crate::sites::DnsSection>,
+    /// The file it was read from, which the sites' `up`s are started with.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     #[serde(default)]
     pub data: DataSection,
     #[serde(default)]
@@ -649,7 +659,9 @@ impl Topology {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read topology {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        let mut t = Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        t.source = Some(path.canonicalize().unwrap_or_else(|_| path.to_path_buf()));
+        Ok(t)
     }
 
     /// This topology with `sets` PostgreSQL replica sets, checked like a
@@ -661,7 +673,7 @@ impl Topology {
         Ok(t)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         let site = &self.site.name;
         anyhow::ensure!(
             !site.is_empty()
@@ -749,6 +761,7 @@ impl Topology {
                 );
             }
         }
+        self.validate_sites()?;
         let components = self.components();
         component::find_clash(self.control_binds().chain(component::binds_of(&components)))?;
         Ok(())
@@ -893,6 +906,9 @@ impl Topology {
     /// Every process of the topology at its configured counts, as its tier
     /// declares it.
     pub fn components(&self) -> Vec<Component> {
+        if self.is_multi_site() {
+            return self.shared_components();
+        }
         let mut all = Vec::new();
         if self.needs_managed_postgres() {
             all.extend(self.postgres.components(&self.site.name));
@@ -1043,7 +1059,9 @@ impl Topology {
                 nth(self.worker.metrics_listen, index),
                 "metrics",
             ),
-            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis | Role::Nats => return None,
+            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis | Role::Nats | Role::Dns | Role::Site => {
+                return None
+            }
         };
         Some(Component {
             name,

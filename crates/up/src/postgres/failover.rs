@@ -30,6 +30,9 @@ pub struct NodeState {
     pub received_lsn: Option<u64>,
     /// An old primary that must never take writes again until rebuilt.
     pub fenced: bool,
+    /// Held down with its whole site (`ctl site fail`): never restarted,
+    /// rebuilt or promoted until the site is restored.
+    pub held: bool,
 }
 
 /// The cluster as observed at one moment.
@@ -79,7 +82,7 @@ pub fn decide(view: &ClusterView) -> Vec<Action> {
     let primary = view.primary;
     let primary_answers = view.nodes[primary].answers && view.primary_silent_for.is_none();
     for (i, node) in view.nodes.iter().enumerate() {
-        if i == primary {
+        if i == primary || node.held {
             continue;
         }
         match (node.process, node.fenced) {
@@ -102,7 +105,7 @@ pub fn decide(view: &ClusterView) -> Vec<Action> {
         .nodes
         .iter()
         .enumerate()
-        .filter(|(i, n)| *i != primary && !n.fenced && n.process == Process::Running)
+        .filter(|(i, n)| *i != primary && !n.fenced && !n.held && n.process == Process::Running)
         // The most WAL received: with synchronous replication an
         // acknowledged commit is on at least one replica, perhaps only
         // received. An answering node beats a silent one.
@@ -115,7 +118,7 @@ pub fn decide(view: &ClusterView) -> Vec<Action> {
         })
         .map(|(i, _)| i);
     let Some(new) = candidate else {
-        if view.nodes[primary].process == Process::Down {
+        if view.nodes[primary].process == Process::Down && !view.nodes[primary].held {
             actions.push(Action::Restart(primary));
         }
         return actions;
@@ -147,12 +150,14 @@ mod tests {
         answers: true,
         received_lsn: Some(100),
         fenced: false,
+        held: false,
     };
     const DEAD: NodeState = NodeState {
         process: Process::Down,
         answers: false,
         received_lsn: None,
         fenced: false,
+        held: false,
     };
 
     fn view(nodes: Vec<NodeState>, silent_ms: Option<u64>) -> ClusterView {
@@ -298,5 +303,39 @@ mod tests {
     fn a_fenced_node_that_runs_again_is_fenced_again() {
         let back = NodeState { fenced: true, ..LIVE };
         assert_eq!(decide(&view(vec![LIVE, back], None)), [Action::Fence(1)]);
+    }
+
+    #[test]
+    fn nodes_held_with_their_site_are_neither_restarted_rebuilt_nor_promoted() {
+        let held = |n: NodeState| NodeState { held: true, ..n };
+        // The primary's site failed: the replica in the other site is
+        // promoted, the held primary is fenced but not restarted, and the
+        // held replica is pointed at the new primary (its configuration
+        // only: it follows it once restored).
+        let v = view(vec![held(DEAD), LIVE, held(DEAD)], Some(5000));
+        assert_eq!(
+            decide(&v),
+            [
+                Action::Fence(0),
+                Action::Promote(1),
+                Action::Repoint { node: 2, to: 1 }
+            ]
+        );
+        // Later, primary 1: the held old primary (fenced) and the held
+        // replica stay down until their site is restored.
+        let mut v = view(
+            vec![LIVE, held(NodeState { fenced: true, ..DEAD }), held(DEAD)],
+            None,
+        );
+        assert_eq!(decide(&v), []);
+        // Restored: rebuilt and restarted.
+        v.nodes[1].held = false;
+        v.nodes[2].held = false;
+        assert_eq!(
+            decide(&v),
+            [Action::Rebuild { node: 1, from: 0 }, Action::Restart(2)]
+        );
+        // A held primary with no replica to promote is not restarted.
+        assert_eq!(decide(&view(vec![held(DEAD), held(DEAD)], Some(5000))), []);
     }
 }

@@ -63,6 +63,11 @@ pub struct ManagedPostgres {
     /// ...; `s1` also holds the catalog). Default 1.
     #[serde(default = "default_sets")]
     pub sets: usize,
+    /// In a multi-site topology, the site of each node in name order
+    /// (`pg1` first): a site's loss takes its nodes with it. Default: all
+    /// in the first site.
+    #[serde(default)]
+    pub sites: Vec<String>,
     /// The set this is, when one of several (see [`ManagedPostgres::per_set`]).
     #[serde(skip)]
     set: Option<String>,
@@ -90,6 +95,7 @@ impl Default for ManagedPostgres {
             synchronous: false,
             failover_after_ms: default_failover_after_ms(),
             sets: default_sets(),
+            sites: Vec::new(),
             set: None,
         }
     }
@@ -251,6 +257,8 @@ pub struct PgCluster {
     probes: Vec<tokio::sync::Mutex<Option<sqlx::PgConnection>>>,
     supervisor: Arc<Supervisor>,
     failovers: prometheus::IntCounter,
+    /// Nodes held down with their site.
+    held: Mutex<std::collections::HashSet<String>>,
 }
 
 impl PgCluster {
@@ -332,6 +340,7 @@ impl PgCluster {
             }),
             supervisor,
             failovers,
+            held: Mutex::new(Default::default()),
         })
     }
 
@@ -404,6 +413,26 @@ impl PgCluster {
         }
     }
 
+    /// Holds node `name` down (with its site: `ctl site fail`) or releases
+    /// it: a held node is neither restarted, rebuilt nor promoted, so its
+    /// site stays down until restored. False when no node has that name.
+    pub fn hold(&self, name: &str, held: bool) -> bool {
+        if !self.nodes.iter().any(|n| n.name() == name) {
+            return false;
+        }
+        let mut set = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held {
+            set.insert(name.to_owned());
+        } else {
+            set.remove(name);
+        }
+        true
+    }
+
+    fn held_nodes(&self) -> std::collections::HashSet<String> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Every node's state: its process from the supervisor, its probe, and
     /// whether it is fenced. The probes run concurrently (a hung node takes
     /// the whole probe deadline).
@@ -420,6 +449,7 @@ impl PgCluster {
             }
         }
         let roles = self.roles();
+        let held = self.held_nodes();
         self.nodes
             .iter()
             .enumerate()
@@ -436,6 +466,7 @@ impl PgCluster {
                     answers: probe.answers && process == Process::Running,
                     received_lsn: probe.lsn,
                     fenced: roles.fenced.contains(&i),
+                    held: held.contains(node.name()),
                 }
             })
             .collect()
