@@ -633,7 +633,7 @@ version() {
     local out
     case $1 in
         ours)
-            echo "scalestack $(git rev-parse --short HEAD 2>/dev/null || echo '(unknown commit)') ($BIN)"
+            echo "scalestack $(git describe --always --dirty 2>/dev/null || echo '(unknown commit)') ($BIN)"
             return
             ;;
         gdnsd) out=$("${EXE[gdnsd]}" -V 2>&1 || true) ;;

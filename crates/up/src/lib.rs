@@ -145,7 +145,12 @@ impl Orchestrator {
     async fn start_set(&self, set: &postgres::ManagedPostgres) -> anyhow::Result<Arc<postgres::PgCluster>> {
         let cluster = postgres::PgCluster::start(
             set,
-            set.components(&self.topology.site.name),
+            set.components(
+                self.topology
+                    .sites
+                    .first()
+                    .map_or(&self.topology.site.name, |s| &s.name),
+            ),
             &self.data_dir,
             self.supervisor.clone(),
             self.metrics.failovers.clone(),

@@ -175,12 +175,7 @@ impl Topology {
         let mut all = Vec::new();
         let first = self.sites.first().map_or("local", |s| s.name.as_str());
         if self.needs_managed_postgres() {
-            for (i, mut c) in self.postgres.components(first).into_iter().enumerate() {
-                if let Some(site) = self.postgres.sites.get(i) {
-                    c.site = site.clone();
-                }
-                all.push(c);
-            }
+            all.extend(self.postgres.components(first));
         }
         if let Some(dns) = &self.dns {
             for (i, &listen) in dns.listen.iter().enumerate() {

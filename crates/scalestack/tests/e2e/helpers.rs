@@ -160,6 +160,26 @@ impl Up {
         }
     }
 
+    /// `up` on a topology written whole by the test; only `control` (and
+    /// the log, the data) of the fields is known.
+    pub fn with_topology(topology: &str, control: String) -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("topology.toml"), topology).unwrap();
+        let child = Self::spawn(dir.path());
+        Up {
+            child,
+            dir,
+            web: String::new(),
+            worker_metrics: String::new(),
+            workers: Vec::new(),
+            control,
+            lb_admin: None,
+            webs: Vec::new(),
+            edges: Vec::new(),
+            edge_admins: Vec::new(),
+        }
+    }
+
     /// `scalestack up` in `dir` (its `topology.toml`), logging to a new
     /// `up.log`.
     fn spawn(dir: &Path) -> Child {

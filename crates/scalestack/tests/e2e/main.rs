@@ -6,6 +6,7 @@ mod cdn;
 mod data_tier;
 mod helpers;
 mod log_format;
+mod multi_site;
 mod queue;
 mod sharded;
 mod up;

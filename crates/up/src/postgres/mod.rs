@@ -177,7 +177,7 @@ impl ManagedPostgres {
     }
 
     /// Every node as a component: `pg1`, `pg2`, ... on consecutive ports,
-    /// ready when it answers a query. The failover controller, not the
+    /// in `site` (or in its own of `sites`), ready when it answers a query. The failover controller, not the
     /// supervisor alone, decides what happens when one dies.
     pub fn components(&self, site: &str) -> Vec<crate::component::Component> {
         if self.sets > 1 {
@@ -188,10 +188,11 @@ impl ManagedPostgres {
             .into_iter()
             .zip(self.addrs())
             .zip(self.urls())
-            .map(|((name, addr), url)| Component {
+            .enumerate()
+            .map(|(i, ((name, addr), url))| Component {
                 name,
                 role: crate::role::Role::Postgres,
-                site: site.into(),
+                site: self.sites.get(i).map_or(site, String::as_str).into(),
                 binds: vec![Bind::tcp(addr, "listen")],
                 addr: Some(addr),
                 metrics: None,
