@@ -307,6 +307,7 @@ async fn losing_a_whole_site_keeps_users_logged_in_and_loses_no_acknowledged_wri
     assert!(primary_in_dc2, "no primary in dc2:\n{ps}");
 
     // The figures.
+    let (east_resumed, west_resumed) = (resumed("east").unwrap(), resumed("west").unwrap());
     let outcomes = outcomes.lock().unwrap();
     let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.at > failed_at).collect();
     let failed = after.iter().filter(|o| !o.ok).count();
@@ -333,8 +334,8 @@ async fn losing_a_whole_site_keeps_users_logged_in_and_loses_no_acknowledged_wri
          failed requests from the failure on: {failed} of {}; answers of 401 (sessions lost): {logged_out}; \
          sessions lost at the end: {sessions_lost}; acknowledged sign-ups lost: {lost} of {}",
         dns_moved.as_millis(),
-        resumed("east").unwrap().as_secs_f64(),
-        resumed("west").unwrap().as_secs_f64(),
+        east_resumed.as_secs_f64(),
+        west_resumed.as_secs_f64(),
         after.len(),
         acknowledged.len()
     );
