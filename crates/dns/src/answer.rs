@@ -47,14 +47,63 @@ pub struct Answer {
     pub geo: Option<(Location, usize, LocatedBy)>,
     /// Identifies the answer for rate limiting: its name, type and code.
     pub rrl_key: u64,
-    message: Message,
+    pub(crate) from: From,
+}
+
+/// Where an answer came from.
+pub(crate) enum From {
+    /// The full path: the message built.
+    Built(Message),
+    /// The answer cache ([`crate::fast`]).
+    Cache(std::sync::Arc<crate::fast::Cached>),
 }
 
 impl Answer {
     /// The same answer, empty and truncated (TC=1): what rate limiting
     /// "slips" to a client, and what goes out when the answer is too big.
     pub fn truncated(&self) -> Vec<u8> {
-        self.message.truncate().to_vec().unwrap_or_default()
+        match &self.from {
+            From::Built(m) => m.truncate().to_vec().unwrap_or_default(),
+            From::Cache(c) => c.truncated_like(&self.bytes),
+        }
+    }
+
+    /// Whether the answer cache answered it.
+    pub fn cached(&self) -> bool {
+        matches!(self.from, From::Cache(_))
+    }
+
+    pub(crate) fn meta(&self) -> crate::fast::Meta {
+        crate::fast::Meta {
+            rcode: self.rcode,
+            qtype: self.qtype,
+            geo: self.geo,
+            rrl_key: self.rrl_key,
+        }
+    }
+
+    pub(crate) fn from_cache(bytes: Vec<u8>, cached: std::sync::Arc<crate::fast::Cached>) -> Answer {
+        let m = cached.meta.clone();
+        Answer {
+            bytes,
+            rcode: m.rcode,
+            qtype: m.qtype,
+            geo: m.geo,
+            rrl_key: m.rrl_key,
+            from: From::Cache(cached),
+        }
+    }
+
+    /// Whether the answer ends with a client subnet option (the OPT is the
+    /// last record and the subnet its only option).
+    pub(crate) fn ends_with_subnet(&self) -> bool {
+        match &self.from {
+            From::Built(m) => m
+                .edns
+                .as_ref()
+                .is_some_and(|e| e.option(EdnsCode::Subnet).is_some()),
+            From::Cache(_) => false,
+        }
     }
 }
 
@@ -70,6 +119,8 @@ enum Owner<'a> {
 /// The zone and everything it answers from.
 pub struct Zone {
     name: Name,
+    /// The zone's name in wire form, lower case.
+    wire: Vec<u8>,
     soa: Record,
     ns: Vec<Record>,
     /// Name server label (lower case) → addresses.
@@ -109,7 +160,9 @@ impl Zone {
             ));
             glue.entry(s.name.to_ascii_lowercase()).or_default().push(s.addr);
         }
+        let wire = hickory_proto::serialize::binary::BinEncodable::to_bytes(&name)?;
         Ok(Zone {
+            wire,
             soa,
             ns,
             glue,
@@ -275,6 +328,19 @@ impl Zone {
         Some(answer)
     }
 
+    /// Whether `name` (wire form, lower case) is `www` or `cdn` of the zone.
+    pub(crate) fn is_geo_wire(&self, name: &[u8]) -> bool {
+        let label = usize::from(name.first().copied().unwrap_or(0));
+        name.len() == 1 + label + self.wire.len()
+            && name.ends_with(&self.wire)
+            && matches!(&name[1..1 + label], b"www" | b"cdn")
+    }
+
+    /// The largest answer a client offering `edns` (None: no EDNS) takes.
+    pub(crate) fn limit(&self, transport: Transport, edns: Option<u16>) -> usize {
+        limit(transport, edns.map(|e| e.max(512)), self.max_udp_payload)
+    }
+
     fn owner(&self, lower: &Name) -> Owner<'_> {
         let extra = lower.num_labels() - self.name.num_labels();
         if extra == 0 {
@@ -335,7 +401,7 @@ impl Zone {
             qtype,
             geo,
             rrl_key,
-            message,
+            from: From::Built(message),
         }
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod answer;
 pub mod config;
+pub mod fast;
 pub mod geo;
 pub mod health;
 pub mod metrics;
@@ -200,6 +201,7 @@ fn reuseport_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 /// One UDP thread: blocking receive, answer, send; no runtime in the way.
 fn serve_udp(socket: UdpSocket, shared: &Shared) {
     let mut buf = [0u8; 4096];
+    let mut cache = fast::AnswerCache::default();
     while !shared.stop.load(Ordering::Relaxed) {
         let (n, peer) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
@@ -216,10 +218,13 @@ fn serve_udp(socket: UdpSocket, shared: &Shared) {
                 continue;
             }
         };
-        let Some(answer) = shared
-            .zone
-            .respond(&buf[..n], peer.ip(), Transport::Udp, shared.states.load())
-        else {
+        let Some(answer) = shared.zone.respond_cached(
+            &mut cache,
+            &buf[..n],
+            peer.ip(),
+            Transport::Udp,
+            shared.states.load(),
+        ) else {
             continue;
         };
         let verdict = match &shared.limiter {
@@ -273,6 +278,7 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
 async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf = vec![0u8; 65_535];
+    let mut cache = fast::AnswerCache::default();
     loop {
         let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
             Ok(Ok(len)) => usize::from(len),
@@ -281,10 +287,13 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf[..len]))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "query body timed out"))??;
-        let Some(answer) = shared
-            .zone
-            .respond(&buf[..len], peer.ip(), Transport::Tcp, shared.states.load())
-        else {
+        let Some(answer) = shared.zone.respond_cached(
+            &mut cache,
+            &buf[..len],
+            peer.ip(),
+            Transport::Tcp,
+            shared.states.load(),
+        ) else {
             continue;
         };
         let mut out = Vec::with_capacity(answer.bytes.len() + 2);

@@ -1,9 +1,9 @@
 //! The server's Prometheus metrics, all named `scalestack_dns_*`.
 
-use crate::answer::{Answer, LocatedBy, Transport};
+use crate::answer::{Answer, From, LocatedBy, Transport};
 use crate::geo::GeoMap;
 use hickory_proto::op::ResponseCode;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
 
 /// Counters shared by the answering threads.
 pub struct Metrics {
@@ -63,28 +63,41 @@ impl Metrics {
         }
     }
 
-    /// Counts one answer.
+    /// Counts one answer. A cached answer's counters are looked up once,
+    /// at its first count, and kept with it.
     pub fn answered(&self, geo: &GeoMap, transport: Transport, a: &Answer) {
+        match &a.from {
+            From::Cache(c) => c.counters.get_or_init(|| self.counters(geo, transport, a)).inc(),
+            From::Built(_) => self.counters(geo, transport, a).inc(),
+        }
+    }
+
+    fn counters(&self, geo: &GeoMap, transport: Transport, a: &Answer) -> Counters {
         let qtype = a.qtype.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
-        let (region, site) = match a.geo {
+        let (region, site, located) = match a.geo {
             Some((location, site, by)) => {
-                self.located
-                    .with_label_values(&[match by {
-                        LocatedBy::Ecs => "ecs",
-                        LocatedBy::Source => "source",
-                    }])
-                    .inc();
-                (geo.regions[location.region].as_str(), geo.sites[site].as_str())
+                let by = match by {
+                    LocatedBy::Ecs => "ecs",
+                    LocatedBy::Source => "source",
+                };
+                (
+                    geo.regions[location.region].as_str(),
+                    geo.sites[site].as_str(),
+                    Some(self.located.with_label_values(&[by])),
+                )
             }
-            None => ("-", "-"),
+            None => ("-", "-", None),
         };
         let transport = match transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
         };
-        self.queries
-            .with_label_values(&[transport, &qtype, rcode_name(a.rcode), region, site])
-            .inc();
+        Counters {
+            query: self
+                .queries
+                .with_label_values(&[transport, &qtype, rcode_name(a.rcode), region, site]),
+            located,
+        }
     }
 
     /// Counts one answer held back by rate limiting.
@@ -92,6 +105,21 @@ impl Metrics {
         self.limited
             .with_label_values(&[if slipped { "slipped" } else { "dropped" }])
             .inc();
+    }
+}
+
+/// The counters one answer increments.
+pub struct Counters {
+    query: IntCounter,
+    located: Option<IntCounter>,
+}
+
+impl Counters {
+    fn inc(&self) {
+        self.query.inc();
+        if let Some(l) = &self.located {
+            l.inc();
+        }
     }
 }
 

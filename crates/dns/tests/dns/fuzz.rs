@@ -176,3 +176,105 @@ fn mutated_queries_never_crash_nor_get_garbage() {
     }
     assert!(answered > 30_000, "answered {answered}");
 }
+
+/// The answer cache answers what the full path does: for plain queries it keeps (with other ids, name cases, client
+/// subnets, sizes and site states) and for every mutation above.
+#[test]
+fn the_answer_cache_answers_what_the_full_path_does() {
+    use dns::fast::AnswerCache;
+    let mut config = two_sites(None, None);
+    // Big enough to be truncated for some clients.
+    config.sites[1].www = (1..=40).map(|i| IpAddr::from([127, 0, 2, i])).collect();
+    let zone = Zone::new(&config).unwrap();
+    let mut cache = AnswerCache::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8482);
+    let names = ["www", "WwW", "cdn", "CDN", "ns1", "nope", "", "a.www"];
+    let types = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::NS,
+        RecordType::SOA,
+        RecordType::MX,
+        RecordType::ANY,
+        RecordType::AXFR,
+    ];
+    let mut compared = 0;
+    for i in 0..20_000 {
+        let label = names[rng.gen_range(0..names.len())];
+        let zone_name = if rng.gen_bool(0.5) {
+            "photos.test"
+        } else {
+            "PHOTOS.test"
+        };
+        let name = if label.is_empty() {
+            zone_name.to_owned()
+        } else {
+            format!("{label}.{zone_name}")
+        };
+        let name = if rng.gen_bool(0.05) {
+            "example.com".to_owned()
+        } else {
+            name
+        };
+        let ecs = rng.gen_bool(0.5).then(|| {
+            let source = rng.gen_range(0..=32u8);
+            let addr = IpAddr::from([10, rng.gen_range(0..16), rng.gen(), rng.gen()]);
+            ClientSubnet::new(dns::geo::mask(addr, source), source, 0)
+        });
+        let edns = rng
+            .gen_bool(0.7)
+            .then(|| [0u16, 512, 1232, 4096][rng.gen_range(0..4)]);
+        let mut m = query(
+            &name,
+            types[rng.gen_range(0..types.len())],
+            edns,
+            ecs.filter(|_| edns.is_some()),
+        );
+        m.metadata.recursion_desired = rng.gen();
+        let mut p = m.to_vec().unwrap();
+        if i % 3 == 0 {
+            // A mutation too, now and then.
+            let at = rng.gen_range(0..p.len());
+            p[at] ^= 1 << rng.gen_range(0..8);
+        }
+        let source = IpAddr::from([127, 0, rng.gen_range(1..=3), 9]);
+        let states = [(0b11, 0b11), (0b10, 0b10), (0, 0b01)][rng.gen_range(0..3)];
+        let transport = if rng.gen_bool(0.8) {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        };
+        let fast = zone.respond_cached(&mut cache, &p, source, transport, states);
+        let full = zone.respond(&p, source, transport, states);
+        match (fast, full) {
+            (Some(f), Some(s)) => {
+                // The same message; names compare without case (a kept
+                // answer compresses names against the question as first
+                // asked, so its bytes may differ from the full path's).
+                let parse =
+                    |b: &[u8]| Message::from_vec(b).unwrap_or_else(|e| panic!("{e}: {b:?} for {p:?}"));
+                assert_eq!(parse(&f.bytes), parse(&s.bytes), "query {p:?}");
+                assert_eq!(parse(&f.truncated()), parse(&s.truncated()), "query {p:?}");
+                if let (Some(a), Ok(q)) = (parse(&f.bytes).queries.first(), Message::from_vec(&p)) {
+                    assert_eq!(
+                        a.name().to_string(),
+                        q.queries[0].name().to_string(),
+                        "the question as asked"
+                    );
+                }
+                compared += 1;
+            }
+            (None, None) => {}
+            (f, s) => panic!(
+                "fast {:?} and full {:?} disagree on {p:?}",
+                f.map(|a| a.bytes),
+                s.map(|a| a.bytes)
+            ),
+        }
+    }
+    let (kept, hits) = cache.stats();
+    assert!(
+        compared > 19_000 && hits > 5_000,
+        "compared {compared}, kept {kept}, hits {hits}"
+    );
+}
