@@ -10,7 +10,7 @@
 //! generic catalog would drop the EDNS options the location needs.
 //!
 //! ```text
-//! UDP: thread per core, SO_REUSEPORT ─▶ answer::Zone::respond ─▶ rrl::Limiter ─▶ send
+//! UDP: thread per core, SO_REUSEPORT, recvmmsg ─▶ fast::AnswerCache (else answer::Zone::respond) ─▶ rrl::Limiter ─▶ sendmmsg
 //! TCP: tokio, length-prefixed, pipelined ─▶ answer::Zone::respond ─▶ send
 //! health: per site, GET /readyz every interval ─▶ RiseFall ─▶ SiteStates (atomics)
 //! admin: /metrics /healthz /readyz /sites
@@ -23,6 +23,7 @@ pub mod geo;
 pub mod health;
 pub mod metrics;
 pub mod rrl;
+mod udp;
 
 pub use config::DnsConfig;
 
@@ -32,12 +33,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use health::{RiseFall, SiteStates};
 use metrics::Metrics;
-use rrl::{Limiter, Verdict};
+use rrl::Limiter;
 use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -150,7 +151,7 @@ impl DnsServer {
                 let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("dns-udp-{i}"))
-                    .spawn(move || serve_udp(socket, &shared))
+                    .spawn(move || udp::serve(socket, &shared))
                     .expect("spawning a thread")
             })
             .collect();
@@ -196,57 +197,6 @@ fn reuseport_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     // The stop flag is looked at this often.
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     Ok(socket)
-}
-
-/// One UDP thread: blocking receive, answer, send; no runtime in the way.
-fn serve_udp(socket: UdpSocket, shared: &Shared) {
-    let mut buf = [0u8; 4096];
-    let mut cache = fast::AnswerCache::default();
-    while !shared.stop.load(Ordering::Relaxed) {
-        let (n, peer) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "udp receive failed");
-                continue;
-            }
-        };
-        let Some(answer) = shared.zone.respond_cached(
-            &mut cache,
-            &buf[..n],
-            peer.ip(),
-            Transport::Udp,
-            shared.states.load(),
-        ) else {
-            continue;
-        };
-        let verdict = match &shared.limiter {
-            Some(l) => l.check(peer.ip(), answer.rrl_key, Instant::now()),
-            None => Verdict::Send,
-        };
-        let sent = match verdict {
-            Verdict::Send => socket.send_to(&answer.bytes, peer),
-            Verdict::Slip => {
-                shared.metrics.limited(true);
-                socket.send_to(&answer.truncated(), peer)
-            }
-            Verdict::Drop => {
-                shared.metrics.limited(false);
-                continue;
-            }
-        };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, %peer, "udp send failed");
-        }
-        shared.metrics.answered(&shared.zone.geo, Transport::Udp, &answer);
-    }
 }
 
 async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
