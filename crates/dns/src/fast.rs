@@ -14,7 +14,7 @@
 //! chosen is part of the key.
 
 use crate::answer::{Answer, LocatedBy, Transport, Zone};
-use crate::geo::{Location, SiteMask};
+use crate::geo::{FxBuild, FxHasher, Location, SiteMask};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
@@ -175,7 +175,7 @@ pub(crate) struct Meta {
 /// One answering thread's cache (no lock: each thread has its own).
 #[derive(Default)]
 pub struct AnswerCache {
-    entries: HashMap<u64, Arc<Cached>>,
+    entries: HashMap<u64, Arc<Cached>, FxBuild>,
     hits: u64,
 }
 
@@ -223,7 +223,7 @@ impl Zone {
             subnet: q.subnet.map(|s| (s.family, s.source)),
             geo,
         };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut h = FxHasher::default();
         key.hash(&mut h);
         let hash = h.finish();
         if let Some(hit) = cache.entries.get(&hash).filter(|c| c.key == key) {
