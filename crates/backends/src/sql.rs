@@ -66,6 +66,11 @@ pub struct PostgresTier {
     /// Default 1000.
     #[serde(default = "default_hot_key_ttl_ms")]
     pub hot_key_ttl_ms: u64,
+    /// The nodes (of `nodes` or `sets`) in this process's own site: reads
+    /// go to them first. Set by `up --site` from `[postgres] sites`.
+    /// Default none (every replica alike).
+    #[serde(default)]
+    pub local_nodes: Vec<String>,
 }
 
 impl PostgresTier {
@@ -266,6 +271,7 @@ async fn connect_router(
         max_lag_ms: tier.max_lag_ms,
         probe_interval_ms: tier.probe_interval_ms,
         replica_set,
+        local: tier.local_nodes.clone(),
     })
     .await
     .context("connecting to PostgreSQL")?;

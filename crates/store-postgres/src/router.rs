@@ -170,6 +170,8 @@ struct Inner {
 /// One node: its pool, its probe, its routing state and its counters.
 struct Node {
     url: String,
+    /// In this process's own site: its reads go here first.
+    local: bool,
     probe: Probe,
     store: PgStore,
     state: Mutex<NodeState>,
@@ -190,7 +192,10 @@ impl PgRouter {
         let nodes = config
             .nodes
             .iter()
-            .map(|url| Node::new(url, config.max_connections, &metrics).map(Arc::new))
+            .map(|url| {
+                let local = config.local.contains(url);
+                Node::new(url, config.max_connections, local, &metrics).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let inner = Arc::new(Inner::new(
             config.replica_set,
@@ -341,13 +346,14 @@ impl Inner {
 }
 
 impl Node {
-    fn new(url: &str, max_connections: u32, metrics: &Metrics) -> Result<Node, StoreError> {
+    fn new(url: &str, max_connections: u32, local: bool, metrics: &Metrics) -> Result<Node, StoreError> {
         let options = connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
         Ok(Node {
+            local,
             url: redact(url),
             probe: Probe::new(redact(url), options),
             store: PgStore::new(pool),
@@ -413,7 +419,7 @@ pub(super) mod fixtures {
             .map(|(i, st)| {
                 // Told apart by their database name.
                 let url = format!("postgres://u@127.0.0.1:{port}/db{i}");
-                let node = Node::new(&url, 1, &metrics).unwrap();
+                let node = Node::new(&url, 1, false, &metrics).unwrap();
                 *node.lock_state() = st;
                 Arc::new(node)
             })

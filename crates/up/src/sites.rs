@@ -6,8 +6,9 @@
 //! of them. It runs as:
 //! - **one `up` per site** (`up --site NAME`, [`Topology::for_site`]): that
 //!   site's load balancer, CDN edges, web servers, workers and Redis, on
-//!   the site's address, with the database as an external engine. This is
-//!   also how one site is deployed on a machine of its own.
+//!   the site's address, with the database as an external engine whose
+//!   nodes in the site take its reads first. This is also how one site is
+//!   deployed on a machine of its own.
 //! - **the shared tier**, run by the `up` without `--site`
 //!   ([`Topology::shared_components`]): the PostgreSQL nodes, each placed
 //!   in a site (`[postgres] sites`) so that a site's loss takes its nodes
@@ -159,10 +160,18 @@ impl Topology {
         }
         if let SqlSection::Postgres {
             server: server @ Server::Managed,
-            ..
+            router,
         } = &mut t.sql
         {
-            *server = Server::External(self.postgres.urls());
+            let urls = self.postgres.urls();
+            // Reads stay in the site while one of its replicas can take them.
+            router.local_nodes = urls
+                .iter()
+                .zip(&self.postgres.sites)
+                .filter(|(_, site)| *site == name)
+                .map(|(url, _)| url.clone())
+                .collect();
+            *server = Server::External(urls);
         }
         t.validate().map_err(|e| anyhow::anyhow!("site {name}: {e:#}"))?;
         Ok(t)
@@ -469,6 +478,14 @@ mod tests {
             panic!("the database is external to a site")
         };
         assert_eq!(nodes, &t.postgres.urls());
+        let SqlSection::Postgres { router, .. } = &dc2.sql else {
+            unreachable!()
+        };
+        assert_eq!(
+            router.local_nodes,
+            t.postgres.urls()[1..],
+            "pg2 and pg3 are dc2's"
+        );
         let config = t.dns_config(1).unwrap();
         assert_eq!(config.listen, "127.0.0.2:5353".parse().unwrap());
         assert_eq!(config.sites[1].www, [IpAddr::from([127, 0, 2, 1])]);

@@ -30,6 +30,11 @@ pub struct RouterConfig {
     /// one per shard.
     #[serde(default)]
     pub replica_set: ReplicaSetId,
+    /// The nodes in this process's own site (some of `nodes`): reads go to
+    /// them first, to the others only when none of them can take the read.
+    /// Default none (every replica alike).
+    #[serde(default)]
+    pub local: Vec<String>,
 }
 
 fn default_max_connections() -> u32 {
@@ -51,6 +56,7 @@ impl RouterConfig {
             max_lag_ms: default_max_lag_ms(),
             probe_interval_ms: default_probe_interval_ms(),
             replica_set: ReplicaSetId::DEFAULT,
+            local: Vec::new(),
         }
     }
 }
@@ -64,6 +70,7 @@ impl fmt::Debug for RouterConfig {
             .field("max_lag_ms", &self.max_lag_ms)
             .field("probe_interval_ms", &self.probe_interval_ms)
             .field("replica_set", &self.replica_set.as_str())
+            .field("local", &self.local.iter().map(|u| redact(u)).collect::<Vec<_>>())
             .finish()
     }
 }

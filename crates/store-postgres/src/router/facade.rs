@@ -24,7 +24,10 @@ impl PgRouter {
         T: Send,
     {
         let inner = &self.inner;
-        let candidates = inner.nodes.iter().map(|n| Candidate::of(&n.lock_state()));
+        let candidates = inner.nodes.iter().map(|n| Candidate {
+            local: n.local,
+            ..Candidate::of(&n.lock_state())
+        });
         match inner.policy.read(candidates, consistency::read_floor(&inner.set)) {
             Ok(i) => {
                 let node = &inner.nodes[i];

@@ -2,7 +2,8 @@
 //! state and the caller's read floor. Writes always go to the elected
 //! primary (refused at once without one); a read goes round robin to the
 //! replicas that are fit (within the lag ceiling, not marked down) and have
-//! replayed the floor, else to the primary; a replica read that failed for
+//! replayed the floor, those in the process's own site first, else to the
+//! primary; a replica read that failed for
 //! want of the node is retried once on the primary. No I/O here: the
 //! router's facade asks, then does what it is told.
 
@@ -29,6 +30,8 @@ pub(super) struct Candidate {
     pub usable: bool,
     /// What its reads can see.
     pub replay_lsn: Option<u64>,
+    /// In the reader's own site: preferred over the others.
+    pub local: bool,
 }
 
 impl Candidate {
@@ -38,6 +41,7 @@ impl Candidate {
             role: st.role,
             usable: st.usable,
             replay_lsn: st.seen.and_then(|o| o.replay_lsn),
+            local: false,
         }
     }
 }
@@ -69,8 +73,9 @@ impl Policy {
 
     /// The replica that serves the next read: the next in turn among the
     /// usable replicas (`nodes`, in the configuration's order) that have
-    /// replayed `floor`; otherwise why the read goes to the primary. The
-    /// turn advances only when a replica is chosen.
+    /// replayed `floor`, the local ones only when there are any; otherwise
+    /// why the read goes to the primary. The turn advances only when a
+    /// replica is chosen.
     pub fn read(
         &self,
         nodes: impl IntoIterator<Item = Candidate>,
@@ -78,6 +83,7 @@ impl Policy {
     ) -> Result<usize, Fallback> {
         let mut usable = false;
         let mut eligible = Vec::new();
+        let mut local = Vec::new();
         for (i, node) in nodes.into_iter().enumerate() {
             if node.role != NodeRole::Replica || !node.usable {
                 continue;
@@ -85,7 +91,13 @@ impl Policy {
             usable = true;
             if floor.is_none_or(|floor| node.replay_lsn.is_some_and(|r| r >= floor)) {
                 eligible.push(i);
+                if node.local {
+                    local.push(i);
+                }
             }
+        }
+        if !local.is_empty() {
+            eligible = local;
         }
         if eligible.is_empty() {
             return Err(if usable {
@@ -115,7 +127,26 @@ mod tests {
             role,
             usable,
             replay_lsn: Some(replay_lsn),
+            local: false,
         }
+    }
+
+    #[test]
+    fn reads_stay_in_the_site_while_a_local_replica_can_take_them() {
+        let policy = Policy::new(Duration::from_secs(1));
+        let local = |c: Candidate| Candidate { local: true, ..c };
+        let mut nodes = vec![
+            node(NodeRole::Primary, 0, true),
+            node(NodeRole::Replica, 500, true),
+            local(node(NodeRole::Replica, 400, true)),
+        ];
+        let picks: Vec<_> = (0..3).map(|_| policy.read(nodes.clone(), None)).collect();
+        assert_eq!(picks, vec![Ok(2), Ok(2), Ok(2)]);
+        // The local one has not replayed the floor: the remote one serves.
+        assert_eq!(policy.read(nodes.clone(), Some(450)), Ok(1));
+        // The local one is down: the remote one serves.
+        nodes[2] = local(node(NodeRole::Down, 400, false));
+        assert_eq!(policy.read(nodes, None), Ok(1));
     }
 
     #[test]
@@ -147,6 +178,7 @@ mod tests {
             role: NodeRole::Replica,
             usable: true,
             replay_lsn: None,
+            local: false,
         };
         assert_eq!(policy.read([blind], None), Ok(0));
         assert_eq!(policy.read([blind], Some(1)), Err(Fallback::Floor));
