@@ -53,6 +53,17 @@ pub struct RedisCacheTier {
     /// near-cache off. Default 2000.
     #[serde(default = "default_near_ttl_ms")]
     pub near_ttl_ms: u64,
+    /// The other sites' cache Redis URLs (`up --site` sets them): every
+    /// delete, the invalidation on write, is sent to them too, so another
+    /// site serves a value this site's write made stale for at most the
+    /// delete's trip plus its near-cache TTL. Default none.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// With `peers`: when the second delete goes (ms), which removes a
+    /// stale value another site read from a lagging replica and cached
+    /// between the two. Keep it at `[sql] max_lag_ms` or above. Default 1000.
+    #[serde(default = "default_peer_again_ms")]
+    pub peer_again_ms: u64,
     /// Size bound of the near-cache. Default 16 MiB.
     #[serde(default = "default_near_max_bytes")]
     pub near_max_bytes: usize,
@@ -60,6 +71,9 @@ pub struct RedisCacheTier {
 
 fn default_ttl_jitter() -> f64 {
     0.1
+}
+fn default_peer_again_ms() -> u64 {
+    1000
 }
 fn default_near_ttl_ms() -> u64 {
     2000
@@ -87,8 +101,45 @@ pub fn build(tier: &CacheTier, registry: &telemetry::Registry) -> anyhow::Result
     };
     let (remote, _sessions) = store_redis::connect(&redis_config).context("configuring the Redis cache")?;
     remote.register_metrics(&registry.component("scalestack_redis"), "cache");
+    let mut remote: Arc<dyn Cache> = Arc::new(remote);
+    if !tier.peers.is_empty() {
+        let mut peers: Vec<Arc<dyn Cache>> = Vec::new();
+        for url in &tier.peers {
+            let config = store_redis::RedisConfig {
+                url: url.clone(),
+                ..redis_config.clone()
+            };
+            let (peer, _) = store_redis::connect(&config).context("configuring a peer site's Redis cache")?;
+            peers.push(Arc::new(peer));
+        }
+        // Again after the replicas' lag ceiling (see PeerInvalidation).
+        let fan_out = cache::PeerInvalidation::new(remote, peers, Duration::from_millis(tier.peer_again_ms));
+        let stats = fan_out.stats();
+        let counter = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "cache_peer_invalidations_total",
+                "Deletes sent to the other sites' caches, by result (sent, failed).",
+            ),
+            &["result"],
+        )?;
+        registry
+            .component("scalestack")
+            .register(Box::new(telemetry::Sampled::new(
+                counter,
+                move |c: &prometheus::IntCounterVec| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let set = |label: &str, v: u64| {
+                        let m = c.with_label_values(&[label]);
+                        m.inc_by(v.saturating_sub(m.get()));
+                    };
+                    set("sent", stats.sent.load(Relaxed));
+                    set("failed", stats.failed.load(Relaxed));
+                },
+            )))?;
+        remote = Arc::new(fan_out);
+    }
     if tier.near_ttl_ms == 0 {
-        return Ok(Arc::new(remote));
+        return Ok(remote);
     }
     let near = CacheConfig {
         policy: EvictionPolicy::Lru,
@@ -97,6 +148,6 @@ pub fn build(tier: &CacheTier, registry: &telemetry::Registry) -> anyhow::Result
     Ok(Arc::new(cache::NearCache::new(
         near,
         Duration::from_millis(tier.near_ttl_ms),
-        Arc::new(remote),
+        remote,
     )))
 }

@@ -12,11 +12,13 @@
 
 mod hot_keys;
 mod near;
+mod peers;
 mod policy;
 mod single_flight;
 
 pub use hot_keys::{HotKey, HotKeys};
 pub use near::NearCache;
+pub use peers::{PeerInvalidation, PeerStats};
 pub use policy::EvictionPolicy;
 pub use single_flight::SingleFlight;
 

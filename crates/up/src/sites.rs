@@ -25,7 +25,7 @@
 use crate::component::{Bind, Component, Readiness, RestartPolicy};
 use crate::role::Role;
 use crate::supervisor::Launch;
-use crate::topology::{QueueSection, Server, SqlSection, Topology};
+use crate::topology::{CacheSection, QueueSection, Server, SqlSection, Topology};
 use anyhow::Context;
 use backends::BlobsTier;
 use serde::Deserialize;
@@ -152,6 +152,17 @@ impl Topology {
         t.worker.metrics_listen = at(t.worker.metrics_listen);
         t.control.listen = at(t.control.listen);
         t.redis.port += 10 * index as u16;
+        if let CacheSection::Redis {
+            server: Server::Managed,
+            client,
+        } = &mut t.cache
+        {
+            // Every other site's cache gets this site's invalidations.
+            client.peers = (0..self.sites.len())
+                .filter(|&j| j != index)
+                .map(|j| format!("redis://127.0.0.1:{}", self.redis.port + 10 * j as u16))
+                .collect();
+        }
         t.data.dir = self.data.dir.join("sites").join(name);
         if let BlobsTier::Embedded { dir: None } = &t.blobs {
             t.blobs = BlobsTier::Embedded {
@@ -465,6 +476,14 @@ mod tests {
         assert_eq!(lb.listen, "127.0.2.1:8080".parse().unwrap());
         assert_eq!(dc2.control.listen, "127.0.2.1:8090".parse().unwrap());
         assert_eq!(dc2.redis.port, t.redis.port + 10);
+        let CacheSection::Redis { client, .. } = &dc2.cache else {
+            panic!("a Redis cache")
+        };
+        assert_eq!(
+            client.peers,
+            [format!("redis://127.0.0.1:{}", t.redis.port)],
+            "dc1's cache hears dc2's deletes"
+        );
         assert!(dc2.components().iter().all(|c| c.site == "dc2"));
         assert!(
             dc2.components().iter().all(|c| c.role != Role::Postgres),

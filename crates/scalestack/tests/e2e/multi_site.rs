@@ -1,6 +1,7 @@
 //! `topologies/multi-dc.toml`'s shape end to end: two sites behind two
 //! geoDNS name servers, the database's primary in dc1 and its synchronous
-//! replicas in dc2. Clients in both regions resolve `www.photos.test`
+//! replicas in dc2. First, a photo deleted in dc1 stops being served from
+//! dc2's cache (the time it took is printed). Clients in both regions resolve `www.photos.test`
 //! through the name servers, as a stub resolver does (each server in turn,
 //! answers kept for their TTL), and sign up and read their session while
 //! every process of dc1 is killed at once (`ctl site fail dc1`). The test
@@ -130,7 +131,7 @@ async fn losing_a_whole_site_keeps_users_logged_in_and_loses_no_acknowledged_wri
          [postgres]\nport = {pg}\nreplicas = 2\nsynchronous = true\nfailover_after_ms = 2000\n\
          sites = [\"dc1\", \"dc2\", \"dc2\"]\n\
          [sql]\nkind = \"postgres\"\nprobe_interval_ms = 200\n\
-         [redis]\nport = {redis}\n[cache]\nkind = \"redis\"\n[sessions]\nkind = \"redis\"\n\
+         [redis]\nport = {redis}\n[cache]\nkind = \"redis\"\nnear_ttl_ms = 500\n[sessions]\nkind = \"redis\"\n\
          [queue]\nkind = \"embedded\"\n",
         dc1 = ip(DC1),
         dc2 = ip(DC2),
@@ -196,6 +197,32 @@ async fn losing_a_whole_site_keeps_users_logged_in_and_loses_no_acknowledged_wri
     }
     assert_eq!(east.resolve(&www), Some(ip(DC1)));
     assert_eq!(west.resolve(&www), Some(ip(DC2)));
+
+    // A write in dc1 invalidates dc2's cached copy: a photo uploaded in
+    // dc1, read (and so cached) in dc2, then deleted in dc1.
+    let (east_user, west_user) = (&sessions[0].1, &sessions[1].1);
+    let id = crate::upload(&base, east_user, imaging::samples::jpeg(320, 240)).await;
+    let photo = crate::wait_processed(&base, east_user, id).await;
+    assert_eq!(photo["status"], "ready", "{photo}");
+    let photo_url = format!("{base}/api/photos/{id}");
+    for _ in 0..2 {
+        let r = west_user.get(&photo_url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "dc2 serves dc1's photo");
+    }
+    let r = east_user.delete(&photo_url).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let deleted_at = Instant::now();
+    while west_user.get(&photo_url).send().await.unwrap().status() != 404 {
+        assert!(
+            deleted_at.elapsed() < Duration::from_secs(15),
+            "dc2 still serves a photo deleted in dc1"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "a delete in dc1 reached dc2's readers after {} ms (peer invalidation, near-cache TTL 500 ms)",
+        deleted_at.elapsed().as_millis()
+    );
 
     // The load: in each region, sign-ups (writes) and the user's own
     // session (reads), retried through DNS whatever fails.
@@ -275,15 +302,16 @@ async fn losing_a_whole_site_keeps_users_logged_in_and_loses_no_acknowledged_wri
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // Writes resume in both regions once dc2's replica is promoted.
+    // Writes resume in both regions once dc2's replica is promoted: the
+    // first write acknowledged after the region's first failed one (those
+    // in flight at the kill may still be acknowledged just after it).
     let resumed = |region: &str| {
-        outcomes
-            .lock()
-            .unwrap()
+        let outcomes = outcomes.lock().unwrap();
+        let mut writes = outcomes
             .iter()
-            .filter(|o| o.region == region && o.write && o.ok && o.at > failed_at)
-            .map(|o| o.at - failed_at)
-            .next()
+            .filter(|o| o.region == region && o.write && o.at > failed_at);
+        writes.find(|o| !o.ok)?;
+        writes.find(|o| o.ok).map(|o| o.at - failed_at)
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     while resumed("east").is_none() || resumed("west").is_none() {
