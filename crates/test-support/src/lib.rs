@@ -6,6 +6,9 @@
 //! Every constructor panics with a clear message when the engine's
 //! binaries are missing: run `scripts/setup.sh`.
 
+mod delay;
+pub use delay::DelayProxy;
+
 use engines::nats::NatsNode;
 pub use engines::nats::SyncPolicy;
 use engines::postgres::{PgBinaries, PgNode, PgOptions};
