@@ -3,7 +3,8 @@
 # the C toolchain, cmake (for benches/pingora-lb, the pingora proxy the LB
 # benchmark can compare with; not part of the workspace), the engines the test harness
 # starts privately (PostgreSQL, Redis, NATS: Debian's and the upstream
-# release, see below), and Chromium, which the CDN's
+# release, see below), dig (bind9-dnsutils: the geoDNS tests' client), and
+# Chromium, which the CDN's
 # end-to-end test drives headless over the DevTools protocol (no
 # chromedriver needed). Idempotent and quick when
 # everything is present; needs root (or sudo) only when something is missing.
@@ -11,9 +12,10 @@
 #   scripts/setup.sh           build + test dependencies
 #   scripts/setup.sh --bench   also the peer tools of docs/BENCHMARKS.md: nginx,
 #                              HAProxy, Varnish, Squid, Apache Traffic Server,
-#                              wrk, dnsperf, ImageMagick (scripts/bench-burst.sh
-#                              makes its photos with it) (and python3, which
-#                              scripts/bench-data.sh uses)
+#                              gdnsd, Knot, NSD, PowerDNS (bind backend), BIND
+#                              (scripts/bench-dns.sh), wrk, dnsperf, ImageMagick
+#                              (scripts/bench-burst.sh makes its photos with it)
+#                              (and python3, which scripts/bench-data.sh uses)
 set -euo pipefail
 
 packages=(build-essential pkg-config cmake curl postgresql redis-server nats-server python3 python3-pip chromium bind9-dnsutils)
