@@ -68,11 +68,6 @@ impl Answer {
         }
     }
 
-    /// Whether the answer cache answered it.
-    pub fn cached(&self) -> bool {
-        matches!(self.from, From::Cache(_))
-    }
-
     pub(crate) fn meta(&self) -> crate::fast::Meta {
         crate::fast::Meta {
             rcode: self.rcode,
@@ -199,7 +194,7 @@ impl Zone {
                 let op = OpCode::from_u8((packet[2] >> 3) & 0x0f);
                 let mut response = Message::error_msg(id, op, ResponseCode::FormErr);
                 response.metadata.recursion_desired = packet[2] & 1 != 0;
-                return Some(self.finish(response, None, None, transport, 0));
+                return Some(self.finish(response, None, None, 0));
             }
         };
         let mut response = Message::new(
@@ -321,7 +316,7 @@ impl Zone {
                 scope,
             )));
         }
-        let mut answer = self.finish(response, Some(qtype), geo, transport, key);
+        let mut answer = self.finish(response, Some(qtype), geo, key);
         if answer.bytes.len() > limit(transport, client_max, self.max_udp_payload) {
             answer.bytes = answer.truncated();
         }
@@ -369,7 +364,7 @@ impl Zone {
         client_max: Option<u16>,
     ) -> Answer {
         response.metadata.response_code = rcode;
-        let mut a = self.finish(response, None, None, transport, u64::from(u16::from(rcode)));
+        let mut a = self.finish(response, None, None, u64::from(u16::from(rcode)));
         if a.bytes.len() > limit(transport, client_max, self.max_udp_payload) {
             a.bytes = a.truncated();
         }
@@ -381,7 +376,6 @@ impl Zone {
         message: Message,
         qtype: Option<RecordType>,
         geo: Option<(Location, usize, LocatedBy)>,
-        _transport: Transport,
         rrl_key: u64,
     ) -> Answer {
         let bytes = message.to_vec().unwrap_or_else(|_| {

@@ -332,8 +332,10 @@ mod tests {
         let mut c = DnsConfig::default();
         c.regions[0].networks.push("10.0.0.0/33".into());
         assert!(matches!(c.validate(), Err(ConfigError::Network(_))));
-        let mut c = DnsConfig::default();
-        c.zone = "bad zone".into();
+        let c = DnsConfig {
+            zone: "bad zone".into(),
+            ..DnsConfig::default()
+        };
         assert!(matches!(c.validate(), Err(ConfigError::Zone(_))));
         let mut c = DnsConfig::default();
         c.health.fall = 0;

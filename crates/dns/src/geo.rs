@@ -171,7 +171,7 @@ impl GeoMap {
         }
         let longest_first = |m: HashMap<u8, HashMap<IpAddr, usize, FxBuild>>| {
             let mut v: Vec<_> = m.into_iter().collect();
-            v.sort_by(|a, b| b.0.cmp(&a.0));
+            v.sort_by_key(|b| std::cmp::Reverse(b.0));
             v
         };
         let default_region = config

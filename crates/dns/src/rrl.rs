@@ -83,7 +83,7 @@ impl Limiter {
             return Verdict::Send;
         }
         b.limited += 1;
-        if self.slip > 0 && b.limited % self.slip == 0 {
+        if self.slip > 0 && b.limited.is_multiple_of(self.slip) {
             Verdict::Slip
         } else {
             Verdict::Drop

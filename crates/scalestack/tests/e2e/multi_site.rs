@@ -336,10 +336,16 @@ async fn losing_a_whole_site_keeps_users_logged_in_and_loses_no_acknowledged_wri
 
     // The figures.
     let (east_resumed, west_resumed) = (resumed("east").unwrap(), resumed("west").unwrap());
-    let outcomes = outcomes.lock().unwrap();
-    let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.at > failed_at).collect();
-    let failed = after.iter().filter(|o| !o.ok).count();
-    let logged_out = outcomes.iter().filter(|o| o.logged_out).count();
+    let (after, failed, logged_out) = {
+        let outcomes = outcomes.lock().unwrap();
+        let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.at > failed_at).collect();
+        let failed = after.iter().filter(|o| !o.ok).count();
+        (
+            after.len(),
+            failed,
+            outcomes.iter().filter(|o| o.logged_out).count(),
+        )
+    };
     let mut sessions_lost = 0;
     for (_, session) in &sessions {
         let r = session.get(format!("{base}/api/me")).send().await.unwrap();
@@ -364,7 +370,7 @@ async fn losing_a_whole_site_keeps_users_logged_in_and_loses_no_acknowledged_wri
         dns_moved.as_millis(),
         east_resumed.as_secs_f64(),
         west_resumed.as_secs_f64(),
-        after.len(),
+        after,
         acknowledged.len()
     );
     assert_eq!(logged_out, 0, "a session was lost");
