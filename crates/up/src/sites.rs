@@ -215,7 +215,9 @@ impl Topology {
                         addr: admin,
                         path: "/readyz",
                     },
-                    depends_on: Vec::new(),
+                    // Started once the sites serve, so its first probes
+                    // find them up and every region its own site at once.
+                    depends_on: vec![Role::Site],
                     restart: RestartPolicy::Always,
                 });
             }
