@@ -13,6 +13,7 @@ pub mod ctl;
 pub mod metrics;
 pub mod nats;
 pub mod postgres;
+pub mod prometheus;
 pub mod reshard;
 pub mod role;
 pub mod site_failure;
@@ -479,6 +480,18 @@ impl Orchestrator {
                     .context("a site's up is named site-NAME")?;
                 self.topology.site_launch(site, &self.data_dir)?
             }
+            Role::Prometheus => self
+                .topology
+                .prometheus
+                .as_ref()
+                .context("no [prometheus] section")?
+                .launch(&self.data_dir)?,
+            Role::NodeExporter => self
+                .topology
+                .prometheus
+                .as_ref()
+                .context("no [prometheus] section")?
+                .node_exporter_launch()?,
             Role::Postgres => anyhow::bail!("postgres nodes are launched by their cluster"),
         };
         Ok(ChildSpec::new(component.clone(), launch))

@@ -34,11 +34,16 @@ pub enum Role {
     Dns,
     /// A whole site's `up` (`up --site NAME`), run by the multi-site `up`.
     Site,
+    /// The Prometheus `up` runs (`[prometheus]`).
+    Prometheus,
+    /// The node exporter beside it: the machine's CPU, memory, disks, network.
+    #[serde(rename = "node-exporter")]
+    NodeExporter,
 }
 
 impl Role {
     /// Every role, in the order `ctl ps` groups them.
-    pub const ALL: [Role; 9] = [
+    pub const ALL: [Role; 11] = [
         Role::Site,
         Role::Dns,
         Role::Cdn,
@@ -48,6 +53,8 @@ impl Role {
         Role::Postgres,
         Role::Redis,
         Role::Nats,
+        Role::Prometheus,
+        Role::NodeExporter,
     ];
 
     /// The name used in the topology file, `ctl` and metrics labels.
@@ -62,6 +69,8 @@ impl Role {
             Role::Nats => "nats",
             Role::Dns => "dns",
             Role::Site => "site",
+            Role::Prometheus => "prometheus",
+            Role::NodeExporter => "node-exporter",
         }
     }
 
@@ -79,7 +88,15 @@ impl Role {
         match self {
             Role::Web => Some(1..=MAX_COPIES),
             Role::Worker => Some(0..=MAX_COPIES),
-            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis | Role::Nats | Role::Dns | Role::Site => None,
+            Role::Cdn
+            | Role::Lb
+            | Role::Postgres
+            | Role::Redis
+            | Role::Nats
+            | Role::Dns
+            | Role::Site
+            | Role::Prometheus
+            | Role::NodeExporter => None,
         }
     }
 

@@ -148,6 +148,10 @@ impl Topology {
             cdn.admin_listen = at(cdn.admin_listen);
             cdn.origin = cdn.origin.map(at);
         }
+        if let Some(p) = &mut t.prometheus {
+            p.listen = at(p.listen);
+            p.node_exporter = at(p.node_exporter);
+        }
         t.web.listen = at(t.web.listen);
         t.worker.metrics_listen = at(t.worker.metrics_listen);
         t.control.listen = at(t.control.listen);

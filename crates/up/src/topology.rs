@@ -83,6 +83,10 @@ pub struct Topology {
     /// has no `url`.
     #[serde(default)]
     pub nats: crate::nats::ManagedNats,
+    /// `[prometheus]`: Prometheus and the node exporter `up` runs,
+    /// scraping every process. Absent: none (the target list is still kept).
+    #[serde(default)]
+    pub prometheus: Option<crate::prometheus::ManagedPrometheus>,
     /// `[autoscale.worker]`, `[autoscale.web]`: tiers that size themselves.
     #[serde(default)]
     pub autoscale: crate::autoscale::AutoscaleSection,
@@ -761,6 +765,9 @@ impl Topology {
                 );
             }
         }
+        if let Some(p) = &self.prometheus {
+            p.validate()?;
+        }
         self.validate_sites()?;
         let components = self.components();
         component::find_clash(self.control_binds().chain(component::binds_of(&components)))?;
@@ -942,6 +949,9 @@ impl Topology {
         }
         let edges = self.cdn.as_ref().map_or(0, |c| c.count);
         all.extend((0..edges).filter_map(|i| self.cdn_component(i)));
+        if let Some(p) = &self.prometheus {
+            all.extend(p.components(&self.site.name));
+        }
         all
     }
 
@@ -1059,9 +1069,15 @@ impl Topology {
                 nth(self.worker.metrics_listen, index),
                 "metrics",
             ),
-            Role::Cdn | Role::Lb | Role::Postgres | Role::Redis | Role::Nats | Role::Dns | Role::Site => {
-                return None
-            }
+            Role::Cdn
+            | Role::Lb
+            | Role::Postgres
+            | Role::Redis
+            | Role::Nats
+            | Role::Dns
+            | Role::Site
+            | Role::Prometheus
+            | Role::NodeExporter => return None,
         };
         Some(Component {
             name,
