@@ -233,12 +233,14 @@ mod tests {
             [
                 ("up", "up", "127.0.0.1:8090"),
                 ("lb", "lb", "127.0.0.1:8091"),
+                ("node-exporter", "node-exporter", "127.0.0.1:9100"),
+                ("prometheus", "prometheus", "127.0.0.1:9090"),
                 ("web-1", "web", "127.0.0.1:9101"),
                 ("web-2", "web", "127.0.0.1:9102"),
                 ("web-3", "web", "127.0.0.1:9103"),
                 ("worker-1", "worker", "127.0.0.1:9201"),
             ],
-            "the engines have no metrics endpoint of their own"
+            "the engines have no metrics endpoint of their own (Prometheus and its node exporter do)"
         );
         assert!(list.iter().all(|g| g.labels["site"] == "local"));
     }

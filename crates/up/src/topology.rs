@@ -1665,10 +1665,30 @@ mod tests {
             let expected: &[&str] = match file {
                 "single-server" => &["web-1", "worker-1"],
                 "replicated" => &[
-                    "pg1", "pg2", "pg3", "redis", "web-1", "web-2", "web-3", "worker-1", "lb",
+                    "pg1",
+                    "pg2",
+                    "pg3",
+                    "redis",
+                    "web-1",
+                    "web-2",
+                    "web-3",
+                    "worker-1",
+                    "lb",
+                    "prometheus",
+                    "node-exporter",
                 ],
                 "cdn" => &["web-1", "web-2", "web-3", "worker-1", "lb", "cdn-1", "cdn-2"],
-                "queue" => &["nats-1", "nats-2", "nats-3", "web-1", "web-2", "worker-1", "lb"],
+                "queue" => &[
+                    "nats-1",
+                    "nats-2",
+                    "nats-3",
+                    "web-1",
+                    "web-2",
+                    "worker-1",
+                    "lb",
+                    "prometheus",
+                    "node-exporter",
+                ],
                 _ => &["web-1", "web-2", "web-3", "worker-1", "lb", "cdn-1"],
             };
             assert_eq!(names, expected, "{file}");

@@ -7,6 +7,7 @@ mod data_tier;
 mod helpers;
 mod log_format;
 mod multi_site;
+mod prometheus;
 mod queue;
 mod sharded;
 mod up;
