@@ -192,6 +192,37 @@ mod tests {
         assert!(toml::from_str::<ManagedPrometheus>("retentoin = \"7d\"").is_err());
     }
 
+    /// The Grafana dashboard shipped in `docs/grafana/scalestack.json`
+    /// queries only the recording rules above and series the rules name
+    /// (which the `[prometheus]` e2e test finds in a live scrape), so it
+    /// cannot drift from the metrics that exist.
+    #[test]
+    fn the_grafana_dashboard_queries_only_what_the_rules_define() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/grafana/scalestack.json")).unwrap();
+        let words = |text: &str| -> Vec<String> {
+            text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .filter(|w| w.starts_with("scalestack") || w.starts_with("node_"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let defined: std::collections::BTreeSet<String> = words(RULES).into_iter().collect();
+        let panels = dashboard["panels"].as_array().unwrap();
+        assert!(panels.len() >= 10);
+        for panel in panels {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for w in words(expr) {
+                    assert!(
+                        defined.contains(&w),
+                        "panel {:?} queries {w}, which the rules do not define",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+    }
+
     /// The rules and the configuration as Prometheus itself reads them
     /// (`promtool`, installed with Debian's prometheus package).
     #[test]
