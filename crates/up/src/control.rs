@@ -15,6 +15,7 @@
 //! | `POST /api/jobs/{id}/retry` | a dead job ready again with a fresh attempt count (404: no such dead job) |
 //! | `POST /api/sites/{name}/fail` | kill every process of a site (multi-site topologies) and hold them down |
 //! | `POST /api/sites/{name}/restore` | start them again; its database nodes rejoin as replicas |
+//! | `GET /api/query?query=`, `GET /api/query_range?...` | the topology's Prometheus (`[prometheus]`) answering `/api/v1/query` and `/api/v1/query_range`, for the dashboard; 404 without one |
 //! | `GET /healthz` | alive |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input) or 404 (unknown name).
@@ -49,6 +50,8 @@ pub(crate) async fn serve(listener: TcpListener, orchestrator: Arc<Orchestrator>
         .route("/api/jobs/{id}/retry", post(retry_job))
         .route("/api/sites/{name}/fail", post(fail_site))
         .route("/api/sites/{name}/restore", post(restore_site))
+        .route("/api/query", get(prometheus_query))
+        .route("/api/query_range", get(prometheus_query))
         .route("/metrics", get(metrics))
         .route("/targets", get(targets))
         .route("/healthz", get(|| async { "ok" }))
@@ -66,6 +69,40 @@ fn supervisor_error(e: SupervisorError) -> Response {
     match e {
         SupervisorError::Unknown(_) => error(StatusCode::NOT_FOUND, e),
         SupervisorError::Exists(_) => error(StatusCode::CONFLICT, e),
+    }
+}
+
+/// Forwards a query to the topology's Prometheus, as it answers it.
+async fn prometheus_query(State(o): State<AppState>, uri: axum::http::Uri) -> Response {
+    let Some(p) = &o.topology.prometheus else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this topology runs no Prometheus ([prometheus])",
+        );
+    };
+    let api = if uri.path().ends_with("_range") {
+        "query_range"
+    } else {
+        "query"
+    };
+    let url = format!("http://{}/api/v1/{api}?{}", p.listen, uri.query().unwrap_or(""));
+    match o.http.get(&url).send().await {
+        Ok(r) => {
+            let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            match r.bytes().await {
+                Ok(body) => (
+                    status,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+                    .into_response(),
+                Err(e) => error(StatusCode::BAD_GATEWAY, format!("prometheus: {e}")),
+            }
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("prometheus is not answering: {e}"),
+        ),
     }
 }
 
@@ -246,57 +283,5 @@ async fn retry_job(State(o): State<AppState>, Path(id): Path<String>) -> Respons
     }
 }
 
-const DASHBOARD: &str = r##"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>scalestack</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
-table{border-collapse:collapse}td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}
-.running,.primary,.replica{color:#070}.stopped,.exited,.down,.fenced{color:#a00}.restarting,.starting{color:#a60}
-button{margin-right:.3rem}
-</style></head><body>
-<h1>scalestack</h1>
-<p>Processes of this topology. <code>scalestack ctl</code> does the same from a terminal.
-<a href="/metrics">metrics</a> · <a href="/targets">Prometheus targets</a></p>
-<table><thead><tr><th>name</th><th>role</th><th>site</th><th>address</th><th>state</th><th>pid</th><th>restarts</th><th></th></tr></thead>
-<tbody id="ps"></tbody></table>
-<p><label>web servers <input id="n" type="number" min="1" max="64" style="width:4rem"></label>
-<button onclick="scale()">scale</button> <span id="msg"></span></p>
-<div id="autoscale"></div>
-<script>
-// Replicas over time for each autoscaled tier: running (solid) and desired
-// (dashed), from /api/autoscale's history, as an inline SVG.
-async function autoscale(){
-  const r = await fetch('/api/autoscale'); if (!r.ok) return;
-  const tiers = await r.json(); const out = [];
-  for (const [role, t] of Object.entries(tiers)) {
-    const h = t.history; if (!h.length) continue;
-    const W = 600, H = 120, top = Math.max(t.max, 1), t0 = h[0].at_ms, span = Math.max(h[h.length-1].at_ms - t0, 1);
-    const pts = k => h.map(p => `${(p.at_ms - t0) / span * W},${H - p[k] / top * (H - 10)}`).join(' ');
-    const last = t.last || {};
-    out.push(`<h3>${role}: ${last.current ?? '?'} running, ${last.desired ?? '?'} desired (min ${t.min}, max ${t.max};
-      ${t.scaled_up} up, ${t.scaled_down} down)</h3><p>${t.error ? 'error: ' + t.error : (last.reason ?? '')}</p>
-      <svg width="${W}" height="${H}" style="border:1px solid #ddd">
-      <polyline fill="none" stroke="#070" stroke-width="2" points="${pts('actual')}"/>
-      <polyline fill="none" stroke="#a60" stroke-dasharray="4" points="${pts('desired')}"/></svg>`);
-  }
-  document.getElementById('autoscale').innerHTML = out.length ? '<h2>autoscaling</h2>' + out.join('') : '';
-}
-autoscale(); setInterval(autoscale, 2000);
-async function refresh(){
-  const r = await fetch('/api/ps'); const ps = await r.json();
-  const rows = ps.map(c => `<tr><td>${c.name}</td><td>${c.role}</td><td>${c.site}</td><td>${c.addr??''}</td>
-    <td class="${c.state}">${c.state}</td><td>${c.pid??''}</td><td>${c.restarts}</td>
-    <td><button onclick="act('${c.name}','kill')">kill -9</button><button onclick="act('${c.name}','start')">start</button></td></tr>`);
-  document.getElementById('ps').innerHTML = rows.join('');
-  const n = document.getElementById('n'); if (!n.value) n.value = ps.filter(c => c.role==='web').length;
-}
-async function act(name, what){ await fetch(`/api/processes/${name}/${what}`, {method:'POST'}); refresh(); }
-async function scale(){
-  const msg = document.getElementById('msg'); msg.textContent = 'scaling…';
-  const r = await fetch('/api/scale', {method:'POST', headers:{'content-type':'application/json'},
-    body: JSON.stringify({role:'web', count: Number(document.getElementById('n').value)})});
-  msg.textContent = r.ok ? 'done' : (await r.json()).error; refresh();
-}
-refresh(); setInterval(refresh, 1000);
-</script></body></html>
-"##;
+/// The dashboard: one page, no build step (see `dashboard.html`).
+const DASHBOARD: &str = include_str!("dashboard.html");

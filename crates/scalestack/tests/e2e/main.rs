@@ -3,6 +3,7 @@
 mod browser;
 mod cache_tier;
 mod cdn;
+mod dashboard;
 mod data_tier;
 mod helpers;
 mod log_format;
