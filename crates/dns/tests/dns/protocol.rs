@@ -278,3 +278,36 @@ async fn rate_limiting_drops_repeats_and_slips_some_to_tcp() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_answers_several_queries_on_one_connection_in_order() {
+    use std::io::{Read, Write};
+    let s = spawn(no_rrl(two_sites(None, None))).await;
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let queries = [
+        query(&format!("www.{ZONE}"), RecordType::A, None, None),
+        query(&format!("nope.{ZONE}"), RecordType::A, None, None),
+        query(ZONE, RecordType::SOA, Some(1232), None),
+    ];
+    // All three sent before any answer is read (pipelined).
+    for q in &queries {
+        let bytes = q.to_vec().unwrap();
+        c.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
+        c.write_all(&bytes).unwrap();
+    }
+    let expected = [
+        ResponseCode::NoError,
+        ResponseCode::NXDomain,
+        ResponseCode::NoError,
+    ];
+    for (q, rcode) in queries.iter().zip(expected) {
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
+        c.read_exact(&mut body).unwrap();
+        let a = hickory_proto::op::Message::from_vec(&body).unwrap();
+        assert_eq!((a.metadata.id, a.metadata.response_code), (q.metadata.id, rcode));
+    }
+    s.stop().await;
+}
