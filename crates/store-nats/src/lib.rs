@@ -413,6 +413,16 @@ impl NatsJobQueue {
         let subject = format!("{}.job.{id}", self.inner.name);
         let mut last_error = None;
         for attempt in 1..=PUBLISH_ATTEMPTS {
+            // Not sent while the client is disconnected: the client would
+            // keep the message and send it at the reconnect, after this
+            // call reported a failure (a job its caller believes lost, or a
+            // relay believes unpublished when a cancel tells it to give up,
+            // appearing later).
+            if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+                last_error = Some("not connected to NATS".to_owned());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             let sent = async {
                 self.inner
                     .context
