@@ -4,7 +4,8 @@
 # benchmark can compare with; not part of the workspace), the engines the test harness
 # starts privately (PostgreSQL, Redis, NATS: Debian's and the upstream
 # release, see below), Prometheus and its node exporter (which `up` runs
-# for [prometheus]), dig (bind9-dnsutils: the geoDNS tests' client), and
+# for [prometheus]), rsyslog (the log collector of [logs]), dig
+# (bind9-dnsutils: the geoDNS tests' client), and
 # Chromium, which the CDN's
 # end-to-end test drives headless over the DevTools protocol (no
 # chromedriver needed). Idempotent and quick when
@@ -19,7 +20,7 @@
 #                              (and python3, which scripts/bench-data.sh uses)
 set -euo pipefail
 
-packages=(build-essential pkg-config cmake curl postgresql redis-server nats-server python3 python3-pip chromium bind9-dnsutils prometheus prometheus-node-exporter)
+packages=(build-essential pkg-config cmake curl postgresql redis-server nats-server python3 python3-pip chromium bind9-dnsutils prometheus prometheus-node-exporter rsyslog)
 if [[ "${1:-}" == "--bench" ]]; then
     packages+=(nginx haproxy varnish squid trafficserver wrk dnsperf python3 time imagemagick gdnsd knot nsd pdns-server pdns-backend-bind bind9)
 fi

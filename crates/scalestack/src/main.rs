@@ -183,6 +183,30 @@ enum CtlCommand {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// The lines every process logged, gathered by the collector (`[logs]`).
+    Logs {
+        /// A process (`web-1`) or a role (`web`).
+        #[arg(long)]
+        component: Option<String>,
+        /// The least severe level shown: error, warn, info, debug.
+        #[arg(long)]
+        level: Option<String>,
+        /// Lines of this request (its `X-Request-Id`), in every tier.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Lines mentioning this user (id or name).
+        #[arg(long)]
+        user: Option<String>,
+        /// Lines at or after this time (RFC 3339, as the lines have it).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many, the latest.
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+        /// Keep printing lines as they come.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// A whole site of a multi-site topology: fail it (every process
     /// killed at once and held down) or restore it.
     Site {
@@ -442,6 +466,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 CtlCommand::Site {
                     command: SiteCommand::Fail { name },
                 } => up::ctl::CtlCommand::SiteFail { site: name },
+                CtlCommand::Logs {
+                    component,
+                    level,
+                    request_id,
+                    user,
+                    since,
+                    limit,
+                    follow,
+                } => up::ctl::CtlCommand::Logs {
+                    filter: up::logs::LogFilter {
+                        component,
+                        level,
+                        request_id,
+                        user,
+                        since,
+                        limit: Some(limit),
+                    },
+                    follow,
+                },
                 CtlCommand::Site {
                     command: SiteCommand::Restore { name },
                 } => up::ctl::CtlCommand::SiteRestore { site: name },

@@ -16,6 +16,7 @@
 //! | `POST /api/sites/{name}/fail` | kill every process of a site (multi-site topologies) and hold them down |
 //! | `POST /api/sites/{name}/restore` | start them again; its database nodes rejoin as replicas |
 //! | `GET /api/query?query=`, `GET /api/query_range?...` | the topology's Prometheus (`[prometheus]`) answering `/api/v1/query` and `/api/v1/query_range`, for the dashboard; 404 without one |
+//! | `GET /api/logs?component=&level=&request_id=&user=&since=&limit=` | the collected log lines that match, oldest first (`[logs]`; 404 without) |
 //! | `GET /healthz` | alive |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input) or 404 (unknown name).
@@ -50,6 +51,7 @@ pub(crate) async fn serve(listener: TcpListener, orchestrator: Arc<Orchestrator>
         .route("/api/jobs/{id}/retry", post(retry_job))
         .route("/api/sites/{name}/fail", post(fail_site))
         .route("/api/sites/{name}/restore", post(restore_site))
+        .route("/api/logs", get(logs))
         .route("/api/query", get(prometheus_query))
         .route("/api/query_range", get(prometheus_query))
         .route("/metrics", get(metrics))
@@ -69,6 +71,20 @@ fn supervisor_error(e: SupervisorError) -> Response {
     match e {
         SupervisorError::Unknown(_) => error(StatusCode::NOT_FOUND, e),
         SupervisorError::Exists(_) => error(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn logs(
+    State(o): State<AppState>,
+    q: Result<Query<crate::logs::LogFilter>, QueryRejection>,
+) -> Response {
+    let Query(filter) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match o.logs(&filter) {
+        Ok(lines) => Json(lines).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
     }
 }
 

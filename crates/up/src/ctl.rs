@@ -45,6 +45,12 @@ pub enum CtlCommand {
     SiteRestore {
         site: String,
     },
+    /// The collected log lines that match, and with `follow` those that
+    /// come, until interrupted.
+    Logs {
+        filter: crate::logs::LogFilter,
+        follow: bool,
+    },
 }
 
 /// Parses `ROLE=N` of `ctl scale`.
@@ -88,6 +94,7 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
             .json(&serde_json::json!({ "shards": shards, "to": to })),
         CtlCommand::ReshardAbort => http.post(format!("{url}/api/reshard/abort")),
         CtlCommand::ReshardStatus => return follow_move(&http, url).await,
+        CtlCommand::Logs { filter, follow } => return logs(&http, url, filter.clone(), *follow).await,
     };
     let text = call(request, url).await?;
     match command {
@@ -136,12 +143,96 @@ pub async fn run(url: &str, command: CtlCommand) -> anyhow::Result<()> {
         }
         CtlCommand::Reshard { wait, .. } => follow_started(&http, url, &text, wait).await?,
         CtlCommand::ReshardAbort => follow_started(&http, url, &text, true).await?,
-        CtlCommand::ReshardStatus => unreachable!("followed above"),
+        CtlCommand::ReshardStatus | CtlCommand::Logs { .. } => unreachable!("followed above"),
     }
     Ok(())
 }
 
 /// Sends `request`; the body of a successful answer, else the API's error.
+/// `ctl logs`: one line per record, `time component LEVEL message
+/// {other fields}`; with `follow`, asks again every second for what came
+/// since the last line shown.
+async fn logs(
+    http: &reqwest::Client,
+    url: &str,
+    mut filter: crate::logs::LogFilter,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let mut shown_at_last: Vec<String> = Vec::new();
+    loop {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        let f = &filter;
+        for (k, v) in [
+            ("component", &f.component),
+            ("level", &f.level),
+            ("request_id", &f.request_id),
+            ("user", &f.user),
+            ("since", &f.since),
+        ] {
+            if let Some(v) = v {
+                query.push((k, v.clone()));
+            }
+        }
+        if let Some(limit) = f.limit {
+            query.push(("limit", limit.to_string()));
+        }
+        let text = call(http.get(format!("{url}/api/logs")).query(&query), url).await?;
+        let lines: Vec<serde_json::Value> = serde_json::from_str(&text).context("unexpected answer")?;
+        let mut last_time = filter.since.clone();
+        let mut at_last = Vec::new();
+        for v in &lines {
+            let raw = v.to_string();
+            let time = v["timestamp"].as_str().unwrap_or("").to_owned();
+            if Some(&time) == filter.since.as_ref() && shown_at_last.contains(&raw) {
+                continue;
+            }
+            println!("{}", log_line(v));
+            if Some(&time) != last_time.as_ref() {
+                at_last.clear();
+                last_time = Some(time);
+            }
+            at_last.push(raw);
+        }
+        if !follow {
+            return Ok(());
+        }
+        if last_time != filter.since {
+            shown_at_last = at_last;
+        } else {
+            shown_at_last.extend(at_last);
+        }
+        filter.since = last_time;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One collected record for a terminal.
+fn log_line(v: &serde_json::Value) -> String {
+    let mut rest = v.clone();
+    let take = |rest: &mut serde_json::Value, k: &str| {
+        rest.as_object_mut()
+            .and_then(|m| m.remove(k))
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let time = take(&mut rest, "timestamp");
+    let component = take(&mut rest, "component");
+    let level = take(&mut rest, "level");
+    let message = rest["fields"]
+        .as_object_mut()
+        .and_then(|f| f.remove("message"))
+        .and_then(|m| m.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if rest["fields"].as_object().is_some_and(|f| f.is_empty()) {
+        rest.as_object_mut().map(|m| m.remove("fields"));
+    }
+    rest.as_object_mut().map(|m| m.remove("site"));
+    if rest.as_object().is_some_and(|m| m.is_empty()) {
+        return format!("{time} {component:<12} {level:<5} {message}");
+    }
+    format!("{time} {component:<12} {level:<5} {message} {rest}")
+}
+
 async fn call(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<String> {
     let response = request
         .send()

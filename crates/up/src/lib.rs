@@ -10,6 +10,7 @@ pub mod autoscaler;
 pub mod component;
 pub mod control;
 pub mod ctl;
+pub mod logs;
 pub mod metrics;
 pub mod nats;
 pub mod postgres;
@@ -228,6 +229,14 @@ impl Orchestrator {
     /// The autoscaled tiers' state (`ctl autoscale`).
     pub fn autoscale_state(&self) -> std::collections::BTreeMap<Role, autoscaler::TierState> {
         self.autoscale.snapshot()
+    }
+
+    /// The collected log lines that pass `filter` (`ctl logs`).
+    pub fn logs(&self, filter: &logs::LogFilter) -> Result<Vec<serde_json::Value>, String> {
+        if self.topology.logs.is_none() {
+            return Err("this topology collects no logs ([logs])".into());
+        }
+        logs::search(&self.data_dir, filter).map_err(|e| e.to_string())
     }
 
     /// The supervisor of every child.
@@ -492,6 +501,12 @@ impl Orchestrator {
                 .as_ref()
                 .context("no [prometheus] section")?
                 .node_exporter_launch()?,
+            Role::Logs => self
+                .topology
+                .logs
+                .as_ref()
+                .context("no [logs] section")?
+                .launch(&self.data_dir)?,
             Role::Postgres => anyhow::bail!("postgres nodes are launched by their cluster"),
         };
         Ok(ChildSpec::new(component.clone(), launch))
@@ -602,6 +617,17 @@ pub async fn run(
     }
     let control_listen = topology.control.listen;
     let orchestrator = Arc::new(Orchestrator::new(topology, exe, data_dir.clone())?);
+    if let Some(logs) = orchestrator
+        .topology
+        .logs
+        .as_ref()
+        .filter(|_| !orchestrator.topology.is_multi_site())
+    {
+        // Before any child starts: every line of every child is collected.
+        orchestrator
+            .supervisor
+            .ship_logs_to(logs::LogSink::start(logs.listen, logs.buffer_lines));
+    }
     let control_listener = tokio::net::TcpListener::bind(control_listen)
         .await
         .with_context(|| format!("cannot listen on {control_listen} (control API)"))?;

@@ -39,11 +39,13 @@ pub enum Role {
     /// The node exporter beside it: the machine's CPU, memory, disks, network.
     #[serde(rename = "node-exporter")]
     NodeExporter,
+    /// The log collector (rsyslog) `up` runs (`[logs]`).
+    Logs,
 }
 
 impl Role {
     /// Every role, in the order `ctl ps` groups them.
-    pub const ALL: [Role; 11] = [
+    pub const ALL: [Role; 12] = [
         Role::Site,
         Role::Dns,
         Role::Cdn,
@@ -55,6 +57,7 @@ impl Role {
         Role::Nats,
         Role::Prometheus,
         Role::NodeExporter,
+        Role::Logs,
     ];
 
     /// The name used in the topology file, `ctl` and metrics labels.
@@ -71,6 +74,7 @@ impl Role {
             Role::Site => "site",
             Role::Prometheus => "prometheus",
             Role::NodeExporter => "node-exporter",
+            Role::Logs => "logs",
         }
     }
 
@@ -96,7 +100,8 @@ impl Role {
             | Role::Dns
             | Role::Site
             | Role::Prometheus
-            | Role::NodeExporter => None,
+            | Role::NodeExporter
+            | Role::Logs => None,
         }
     }
 

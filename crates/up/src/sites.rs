@@ -148,6 +148,9 @@ impl Topology {
             cdn.admin_listen = at(cdn.admin_listen);
             cdn.origin = cdn.origin.map(at);
         }
+        if let Some(logs) = &mut t.logs {
+            logs.listen = at(logs.listen);
+        }
         if let Some(p) = &mut t.prometheus {
             p.listen = at(p.listen);
             p.node_exporter = at(p.node_exporter);

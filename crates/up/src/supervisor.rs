@@ -191,9 +191,18 @@ pub struct Supervisor {
     children: Mutex<BTreeMap<String, Child>>,
     /// Bumped whenever a child's state changes, for controllers to wake on.
     events: Arc<watch::Sender<u64>>,
+    /// Where a copy of every child's lines goes (`[logs]`); without it the
+    /// children write to `up`'s own output directly.
+    log_sink: std::sync::OnceLock<Arc<crate::logs::LogSink>>,
 }
 
 impl Supervisor {
+    /// Sends a copy of the lines of every child started from now on to
+    /// `sink` (their output still reaches `up`'s own).
+    pub fn ship_logs_to(&self, sink: Arc<crate::logs::LogSink>) {
+        let _ = self.log_sink.set(sink);
+    }
+
     /// A supervisor of no children yet; `exe` is the scalestack binary,
     /// `run_dir` where pid files go.
     pub fn new(exe: PathBuf, run_dir: PathBuf, metrics: SupervisorMetrics) -> Self {
@@ -204,6 +213,7 @@ impl Supervisor {
             metrics,
             children: Mutex::new(BTreeMap::new()),
             events: Arc::new(watch::channel(0).0),
+            log_sink: std::sync::OnceLock::new(),
         }
     }
 
@@ -240,6 +250,7 @@ impl Supervisor {
             status: status.clone(),
             restarts,
             events: self.events.clone(),
+            log_sink: self.log_sink.get().cloned(),
         };
         let component = spec.component.clone();
         let task = tokio::spawn(run.supervise(spec, rx));
@@ -381,6 +392,8 @@ impl Supervisor {
 
 /// What one child's supervision task owns.
 struct Run {
+    /// See [`Supervisor::ship_logs_to`].
+    log_sink: Option<Arc<crate::logs::LogSink>>,
     exe: PathBuf,
     pid_file: PathBuf,
     backoff: Backoff,
@@ -466,7 +479,13 @@ impl Run {
                 }
             }
             let started = Instant::now();
-            let spawned = self.command(&spec).and_then(|mut c| Ok(c.spawn()?));
+            let spawned = self.command(&spec).and_then(|mut c| {
+                if self.log_sink.is_some() {
+                    c.stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped());
+                }
+                Ok(c.spawn()?)
+            });
             let mut child = match spawned {
                 Ok(c) => c,
                 Err(e) => {
@@ -476,6 +495,21 @@ impl Run {
                     continue;
                 }
             };
+            if let Some(sink) = &self.log_sink {
+                let (component, site) = (spec.component.name.clone(), spec.component.site.clone());
+                if let Some(out) = child.stdout.take() {
+                    tokio::spawn(forward_lines(
+                        out,
+                        false,
+                        sink.clone(),
+                        component.clone(),
+                        site.clone(),
+                    ));
+                }
+                if let Some(err) = child.stderr.take() {
+                    tokio::spawn(forward_lines(err, true, sink.clone(), component, site));
+                }
+            }
             let pid = child.id().unwrap_or(0);
             let _ = std::fs::write(&self.pid_file, format!("{pid}\n"));
             self.set(|s| {
@@ -544,6 +578,28 @@ async fn terminate(name: &str, child: &mut tokio::process::Child, signal: Signal
             );
             let _ = child.kill().await;
         }
+    }
+}
+
+/// Copies a child's output line by line to `up`'s own (stdout or stderr)
+/// and to the log sink.
+async fn forward_lines(
+    from: impl tokio::io::AsyncRead + Unpin,
+    stderr: bool,
+    sink: Arc<crate::logs::LogSink>,
+    component: String,
+    site: String,
+) {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(from).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if stderr {
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+        } else {
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
+        sink.send(&component, &site, &line);
     }
 }
 

@@ -87,6 +87,10 @@ pub struct Topology {
     /// scraping every process. Absent: none (the target list is still kept).
     #[serde(default)]
     pub prometheus: Option<crate::prometheus::ManagedPrometheus>,
+    /// `[logs]`: the log collector `up` runs, gathering every process's
+    /// lines (`ctl logs`). Absent: the children write to `up`'s output only.
+    #[serde(default)]
+    pub logs: Option<crate::logs::LogsSection>,
     /// `[autoscale.worker]`, `[autoscale.web]`: tiers that size themselves.
     #[serde(default)]
     pub autoscale: crate::autoscale::AutoscaleSection,
@@ -768,6 +772,9 @@ impl Topology {
         if let Some(p) = &self.prometheus {
             p.validate()?;
         }
+        if let Some(logs) = &self.logs {
+            logs.validate()?;
+        }
         self.validate_sites()?;
         let components = self.components();
         component::find_clash(self.control_binds().chain(component::binds_of(&components)))?;
@@ -952,6 +959,9 @@ impl Topology {
         if let Some(p) = &self.prometheus {
             all.extend(p.components(&self.site.name));
         }
+        if let Some(logs) = &self.logs {
+            all.push(logs.component(&self.site.name));
+        }
         all
     }
 
@@ -1077,7 +1087,8 @@ impl Topology {
             | Role::Dns
             | Role::Site
             | Role::Prometheus
-            | Role::NodeExporter => return None,
+            | Role::NodeExporter
+            | Role::Logs => return None,
         };
         Some(Component {
             name,
@@ -1676,6 +1687,7 @@ mod tests {
                     "lb",
                     "prometheus",
                     "node-exporter",
+                    "logs",
                 ],
                 "cdn" => &["web-1", "web-2", "web-3", "worker-1", "lb", "cdn-1", "cdn-2"],
                 "queue" => &[
@@ -1688,6 +1700,7 @@ mod tests {
                     "lb",
                     "prometheus",
                     "node-exporter",
+                    "logs",
                 ],
                 _ => &["web-1", "web-2", "web-3", "worker-1", "lb", "cdn-1"],
             };

@@ -7,6 +7,7 @@ mod dashboard;
 mod data_tier;
 mod helpers;
 mod log_format;
+mod logs;
 mod multi_site;
 mod prometheus;
 mod queue;
