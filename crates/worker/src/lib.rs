@@ -225,7 +225,13 @@ impl Worker {
             return Ok(None);
         };
         let job = delivery.job();
-        let span = tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempt);
+        // The uploading request's id, so `ctl logs --request-id` follows
+        // it here.
+        let request_id = (job.kind == domain::jobs::PROCESS_PHOTO)
+            .then(|| ProcessPhoto::from_payload(&job.payload).ok()?.request_id)
+            .flatten()
+            .unwrap_or_default();
+        let span = tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempt, request_id = %request_id);
         // Instrumented, not entered: a span entered across an await would
         // label whatever else runs on this thread meanwhile (the requests
         // of a web server sharing the runtime, in tests) with this job.
@@ -373,7 +379,11 @@ impl Worker {
         for photo in b.store.stalled_uploads(before_ms, RECONCILE_BATCH).await? {
             let id = photo.id;
             if b.blobs.get(&photo.original_key()).await?.is_some() {
-                let payload = ProcessPhoto { photo_id: id.0 }.to_payload();
+                let payload = ProcessPhoto {
+                    photo_id: id.0,
+                    request_id: None,
+                }
+                .to_payload();
                 let job = b.queue.enqueue(PROCESS_PHOTO, &payload).await?;
                 match b.store.record_photo_job(id, job).await {
                     Ok(()) => done.requeued += 1,
@@ -561,7 +571,11 @@ mod tests {
             .unwrap();
         let bytes = Bytes::from(imaging::samples::jpeg(64, 48));
         b.blobs.put(&photo.original_key(), bytes).await.unwrap();
-        let payload = ProcessPhoto { photo_id: photo.id.0 }.to_payload();
+        let payload = ProcessPhoto {
+            photo_id: photo.id.0,
+            request_id: None,
+        }
+        .to_payload();
         let job = b.queue.enqueue(PROCESS_PHOTO, &payload).await.unwrap();
         b.store.record_photo_job(photo.id, job).await.unwrap();
         photo.id

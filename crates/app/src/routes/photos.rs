@@ -157,6 +157,7 @@ async fn read_upload(mut multipart: Multipart) -> ApiResult<(Bytes, Option<Capti
 pub async fn upload(
     State(state): State<AppState>,
     user: CurrentUser,
+    request_id: Option<axum::Extension<tower_http::request_id::RequestId>>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
     let multipart = multipart.map_err(|r| {
@@ -176,7 +177,12 @@ pub async fn upload(
     // The task carries the request's read-your-writes scope across.
     let task = consistency::scope(
         consistency::current_floor(),
-        store_upload(state.clone(), new, file),
+        store_upload(
+            state.clone(),
+            new,
+            file,
+            request_id.and_then(|id| id.header_value().to_str().ok().map(str::to_owned)),
+        ),
     );
     let (stored, written) = tokio::spawn(task)
         .await
@@ -200,12 +206,20 @@ pub async fn upload(
 /// Stores an accepted upload: the row, the original, the job. If a later
 /// step fails the earlier ones are undone (and a failed undo is logged with
 /// what it left), so a refused upload leaves nothing behind.
-async fn store_upload(state: AppState, new: NewPhoto, file: Bytes) -> ApiResult<domain::Photo> {
+async fn store_upload(
+    state: AppState,
+    new: NewPhoto,
+    file: Bytes,
+    request_id: Option<String>,
+) -> ApiResult<domain::Photo> {
     let b = &state.backends;
     let photo = b.store.create_photo(&new).await?;
     let stored = async {
         b.blobs.put(&photo.original_key(), file).await?;
-        let job = ProcessPhoto { photo_id: photo.id.0 };
+        let job = ProcessPhoto {
+            photo_id: photo.id.0,
+            request_id,
+        };
         b.queue.enqueue(PROCESS_PHOTO, &job.to_payload()).await
     }
     .await;

@@ -1,7 +1,8 @@
 //! `[logs]`: rsyslog gathers every process's lines; `ctl logs
 //! --request-id` finds one request in the load balancer's and the web
-//! server's lines; lines logged while the collector is down (`ctl kill
-//! logs`) arrive once it is back: none is lost.
+//! server's lines, and an upload's down to its job in the worker; lines
+//! logged while the collector is down (`ctl kill logs`) arrive once it is
+//! back: none is lost.
 
 use crate::helpers::{free_port, Up};
 use std::time::{Duration, Instant};
@@ -57,6 +58,30 @@ async fn every_process_logs_to_the_collector_and_one_request_is_followed_through
     // Filters: by component.
     let lb_only = up.ctl_ok(&["logs", "--request-id", "e2e-trace-42", "--component", "lb"]);
     assert!(!lb_only.is_empty() && lb_only.lines().all(|l| l.split_whitespace().nth(1) == Some("lb")));
+
+    // An upload: the request in the load balancer and the web server, its
+    // job in the worker (the job carries the request's id).
+    let user = crate::signup(&up.web, "logger").await;
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(imaging::samples::jpeg(320, 240)).file_name("p.jpg"),
+    );
+    let r = user
+        .post(format!("{}/api/photos", up.web))
+        .header("x-request-id", "e2e-upload-7")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let out = wait_lines(
+        &up,
+        &["--request-id", "e2e-upload-7"],
+        &["lb", "web", "worker"],
+        60,
+    )
+    .await;
+    println!("{out}");
 
     // The collector down: the lines wait in up's buffer and arrive after.
     up.ctl_ok(&["kill", "logs"]);

@@ -88,7 +88,11 @@ async fn stored_photo(b: &Backends, bytes: Vec<u8>) -> PhotoId {
         .put(&photo.original_key(), Bytes::from(bytes))
         .await
         .unwrap();
-    let payload = ProcessPhoto { photo_id: photo.id.0 }.to_payload();
+    let payload = ProcessPhoto {
+        photo_id: photo.id.0,
+        request_id: None,
+    }
+    .to_payload();
     b.queue.enqueue(PROCESS_PHOTO, &payload).await.unwrap();
     photo.id
 }
@@ -111,13 +115,21 @@ async fn a_job_is_processed_once_and_redelivery_is_harmless() {
     assert_eq!(w.run_once().await.unwrap(), None);
 
     // At-least-once: the same job delivered again changes nothing.
-    let payload = ProcessPhoto { photo_id: id.0 }.to_payload();
+    let payload = ProcessPhoto {
+        photo_id: id.0,
+        request_id: None,
+    }
+    .to_payload();
     b.queue.enqueue(PROCESS_PHOTO, &payload).await.unwrap();
     assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Done));
     assert_eq!(status(&b, id).await, PhotoStatus::Ready);
 
     // A job for a photo that no longer exists is skipped, not retried.
-    let payload = ProcessPhoto { photo_id: 9999 }.to_payload();
+    let payload = ProcessPhoto {
+        photo_id: 9999,
+        request_id: None,
+    }
+    .to_payload();
     b.queue.enqueue(PROCESS_PHOTO, &payload).await.unwrap();
     assert_eq!(w.run_once().await.unwrap(), Some(Outcome::Skipped));
     assert_eq!(b.queue.depth().await.unwrap(), Default::default());
