@@ -353,3 +353,27 @@ pub async fn stalled_uploads_are_processing_photos_without_a_job(store: &dyn Sto
     assert_eq!(oldest.len(), 1);
     assert!(oldest[0].created_at_ms <= stalled.created_at_ms);
 }
+
+/// Business figures (not in [`run_all`]: a store may not compute them):
+/// a sign-up, an upload and a follow today show in today's figures.
+pub async fn business_figures_count_what_happened(store: &dyn Store) {
+    announce("store", "business_figures_count_what_happened");
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        / 86_400_000;
+    let before = store.business(today, 7).await.expect("business figures");
+    assert_eq!(before.days.len(), 7);
+    assert_eq!(before.days.last().unwrap().day, today);
+    let (ada, _) = user(store, "biz_ada").await;
+    let (bob, _) = user(store, "biz_bob").await;
+    store.create_photo(&new_photo(ada)).await.unwrap();
+    store.follow(ada, bob).await.unwrap();
+    let after = store.business(today, 7).await.unwrap();
+    let (b, a) = (before.days.last().unwrap(), after.days.last().unwrap());
+    assert_eq!(after.users, before.users + 2);
+    assert_eq!(a.signups, b.signups + 2);
+    assert_eq!(a.uploads, b.uploads + 1);
+    assert_eq!(a.active_users, b.active_users + 2);
+}

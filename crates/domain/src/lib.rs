@@ -3,6 +3,7 @@
 //! and blob store. Adapters (embedded or distributed) implement the ports; the
 //! application only ever sees `Arc<dyn Port>`.
 
+pub mod business;
 pub mod consistency;
 pub mod error;
 pub mod jobs;

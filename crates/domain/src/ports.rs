@@ -60,6 +60,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap round trip proving the store can serve.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The business's figures over the `days` UTC days ending `today` (a
+    /// day number), from the application's rows (see
+    /// [`crate::business`]). Default: unavailable (a store that cannot
+    /// say, such as the sharded one today).
+    async fn business(&self, today: i64, days: i64) -> Result<crate::business::BusinessFigures, StoreError> {
+        let _ = (today, days);
+        Err(StoreError::Unavailable(
+            "this store does not compute business figures".into(),
+        ))
+    }
 }
 
 /// A byte cache with a TTL per entry. Errors are for the caller to count and

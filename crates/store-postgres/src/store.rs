@@ -294,4 +294,25 @@ impl Store for PgStore {
             .map_err(unavailable)?;
         Ok(())
     }
+
+    async fn business(&self, today: i64, days: i64) -> Result<domain::business::BusinessFigures, StoreError> {
+        use domain::business::{BusinessFigures, ACTIVITY_SQL, UPLOADS_SQL};
+        let since = BusinessFigures::since_ms(today, days).to_string();
+        let (users,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let activity: Vec<(i64, i64, i32)> = sqlx::query_as(&ACTIVITY_SQL.replace("{since}", &since))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let uploads: Vec<(i64, i64)> = sqlx::query_as(&UPLOADS_SQL.replace("{since}", &since))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let activity: Vec<(i64, i64, bool)> = activity.into_iter().map(|(u, d, s)| (u, d, s == 1)).collect();
+        Ok(BusinessFigures::from_activity(
+            users, today, days, &activity, &uploads,
+        ))
+    }
 }

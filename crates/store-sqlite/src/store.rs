@@ -275,6 +275,27 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
         Ok(())
     }
+
+    async fn business(&self, today: i64, days: i64) -> Result<domain::business::BusinessFigures, StoreError> {
+        use domain::business::{BusinessFigures, ACTIVITY_SQL, UPLOADS_SQL};
+        let since = BusinessFigures::since_ms(today, days).to_string();
+        let (users,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let activity: Vec<(i64, i64, i64)> = sqlx::query_as(&ACTIVITY_SQL.replace("{since}", &since))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let uploads: Vec<(i64, i64)> = sqlx::query_as(&UPLOADS_SQL.replace("{since}", &since))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let activity: Vec<(i64, i64, bool)> = activity.into_iter().map(|(u, d, s)| (u, d, s == 1)).collect();
+        Ok(BusinessFigures::from_activity(
+            users, today, days, &activity, &uploads,
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +307,7 @@ mod tests {
     #[tokio::test]
     async fn conforms_to_the_store_port() {
         let (pool, _d) = crate::test_pool().await;
-        conformance::store::run_all(&SqliteStore::new(pool)).await;
+        conformance::store::run_all(&SqliteStore::new(pool.clone())).await;
+        conformance::store::business_figures_count_what_happened(&SqliteStore::new(pool)).await;
     }
 }

@@ -17,6 +17,7 @@
 //! | `POST /api/sites/{name}/restore` | start them again; its database nodes rejoin as replicas |
 //! | `GET /api/query?query=`, `GET /api/query_range?...` | the topology's Prometheus (`[prometheus]`) answering `/api/v1/query` and `/api/v1/query_range`, for the dashboard; 404 without one |
 //! | `GET /api/logs?component=&level=&request_id=&user=&since=&limit=` | the collected log lines that match, oldest first (`[logs]`; 404 without) |
+//! | `GET /api/business` | sign-ups, uploads and daily active users of the last 7 days, day-1 and day-7 retention, from the store |
 //! | `GET /healthz` | alive |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad input) or 404 (unknown name).
@@ -52,6 +53,7 @@ pub(crate) async fn serve(listener: TcpListener, orchestrator: Arc<Orchestrator>
         .route("/api/sites/{name}/fail", post(fail_site))
         .route("/api/sites/{name}/restore", post(restore_site))
         .route("/api/logs", get(logs))
+        .route("/api/business", get(business))
         .route("/api/query", get(prometheus_query))
         .route("/api/query_range", get(prometheus_query))
         .route("/metrics", get(metrics))
@@ -71,6 +73,13 @@ fn supervisor_error(e: SupervisorError) -> Response {
     match e {
         SupervisorError::Unknown(_) => error(StatusCode::NOT_FOUND, e),
         SupervisorError::Exists(_) => error(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn business(State(o): State<AppState>) -> Response {
+    match o.business(7).await {
+        Ok(f) => Json(f).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 

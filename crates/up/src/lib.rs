@@ -64,6 +64,8 @@ pub struct Orchestrator {
     /// `up`'s own handle on the job queue (depth for the autoscaler, dead
     /// jobs for `ctl jobs`), once the engines run.
     queue: std::sync::OnceLock<Arc<dyn domain::ports::JobQueue>>,
+    /// `up`'s own handle on the SQL store (the business figures).
+    store: std::sync::OnceLock<Arc<dyn domain::ports::Store>>,
     /// `up`'s own handle on a sharded SQL store (`ctl shards`).
     shards: std::sync::OnceLock<store_postgres::ShardedStore>,
     /// The autoscaled tiers' state.
@@ -115,6 +117,7 @@ impl Orchestrator {
             controllers: std::sync::Mutex::new(Vec::new()),
             controller_stop: tokio::sync::watch::channel(()).0,
             queue: std::sync::OnceLock::new(),
+            store: std::sync::OnceLock::new(),
             shards: std::sync::OnceLock::new(),
             autoscale: autoscaler::AutoscaleState::default(),
         })
@@ -229,6 +232,20 @@ impl Orchestrator {
     /// The autoscaled tiers' state (`ctl autoscale`).
     pub fn autoscale_state(&self) -> std::collections::BTreeMap<Role, autoscaler::TierState> {
         self.autoscale.snapshot()
+    }
+
+    /// The business's figures over the last `days` days, from the store.
+    pub async fn business(&self, days: i64) -> Result<domain::business::BusinessFigures, domain::StoreError> {
+        let store = self
+            .store
+            .get()
+            .ok_or_else(|| domain::StoreError::Unavailable("the store is not connected yet".into()))?;
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64
+            / 86_400_000;
+        store.business(today, days).await
     }
 
     /// The collected log lines that pass `filter` (`ctl logs`).
@@ -518,6 +535,7 @@ impl Orchestrator {
             .await
             .context("preparing the backends")?;
         let _ = self.queue.set(b.queue);
+        let _ = self.store.set(b.store);
         if let Some(shards) = b.shards {
             let _ = self.shards.set(shards);
             self.recover_moves();

@@ -58,6 +58,15 @@ async fn the_dashboard_shows_every_process_live_and_a_kill_within_seconds() {
     )
     .await;
 
+    // The business, from the store: a sign-up today.
+    crate::signup(&up.web, "dashboard").await;
+    b.wait_for(
+        "/^1 users/.test(document.getElementById('business').innerText)",
+        "document.getElementById('business').innerText",
+        30,
+    )
+    .await;
+
     // A kill shows within seconds.
     let killed = Instant::now();
     up.ctl_ok(&["kill", "web-2"]);

@@ -165,6 +165,10 @@ impl Store for PgRouter {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|s| async move { s.ping().await }).await
     }
+
+    async fn business(&self, today: i64, days: i64) -> Result<domain::business::BusinessFigures, StoreError> {
+        self.read(|s| async move { s.business(today, days).await }).await
+    }
 }
 
 #[cfg(test)]

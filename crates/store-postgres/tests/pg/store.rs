@@ -8,4 +8,5 @@ use store_postgres::PgStore;
 async fn conforms_to_the_store_port() {
     let db = spawn_db().await;
     conformance::store::run_all(&PgStore::new(db.pool.clone())).await;
+    conformance::store::business_figures_count_what_happened(&PgStore::new(db.pool.clone())).await;
 }
