@@ -4,7 +4,7 @@
 //! | request | effect |
 //! |---|---|
 //! | `GET /` | dashboard: the processes, refreshed every second |
-//! | `GET /api/ps` | every process: name, role, site, address, state, pid, restarts |
+//! | `GET /api/ps` | every process: name, role, site, address, state, pid, restarts; `?everywhere=true` adds every site's own (multi-site) |
 //! | `POST /api/processes/{name}/kill?signal=KILL` | send a signal (`KILL`, `TERM`, `INT`); a child stays down (Redis too), a PostgreSQL node is restarted (replica) or failed over (primary) by the failover controller |
 //! | `POST /api/processes/{name}/start` | start again a process stopped with kill |
 //! | `GET /metrics` | `up`'s own metrics (children by state, restarts per child, scale operations, failovers) |
@@ -131,7 +131,17 @@ async fn prometheus_query(State(o): State<AppState>, uri: axum::http::Uri) -> Re
     }
 }
 
-async fn ps(State(o): State<AppState>) -> Response {
+#[derive(Deserialize)]
+struct PsQuery {
+    /// With several sites: every site's processes too, as its `up` lists them.
+    #[serde(default)]
+    everywhere: bool,
+}
+
+async fn ps(State(o): State<AppState>, q: Query<PsQuery>) -> Response {
+    if q.everywhere {
+        return Json(o.ps_everywhere().await).into_response();
+    }
     Json(o.ps()).into_response()
 }
 

@@ -536,6 +536,7 @@ mod tests {
             pid: Some(42),
             restarts: 1,
             since: None,
+            via: None,
         }];
         let t = table(&ps);
         let line = t.lines().nth(1).unwrap();

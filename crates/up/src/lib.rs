@@ -141,6 +141,37 @@ impl Orchestrator {
         all
     }
 
+    /// [`Orchestrator::ps`], and with several sites every site's processes
+    /// as its `up` lists them (a site that does not answer within a second
+    /// adds none: its `site-NAME` row already says it is down).
+    pub async fn ps_everywhere(&self) -> Vec<ChildStatus> {
+        let mut all = self.ps();
+        let sites: Vec<SocketAddr> = self
+            .supervisor
+            .components()
+            .iter()
+            .filter(|c| c.role == Role::Site)
+            .filter_map(|c| c.metrics)
+            .collect();
+        for control in sites {
+            let answer = self
+                .http
+                .get(format!("http://{control}/api/ps"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if let Ok(r) = answer {
+                if let Ok(ps) = r.json::<Vec<ChildStatus>>().await {
+                    all.extend(ps.into_iter().map(|c| ChildStatus {
+                        via: Some(control),
+                        ..c
+                    }));
+                }
+            }
+        }
+        all
+    }
+
     fn clusters(&self) -> Vec<Arc<postgres::PgCluster>> {
         self.clusters.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -282,6 +282,7 @@ mod tests {
             pid: None,
             restarts: 0,
             since: None,
+            via: None,
         };
         let text = m.render(&[child("running"), child("running"), child("stopped")]);
         assert!(

@@ -145,6 +145,10 @@ pub struct ChildStatus {
     pub restarts: u64,
     /// Unix seconds of the current process's start.
     pub since: Option<u64>,
+    /// The control address of the `up` that runs it, when another (a
+    /// site's, in the shared `up`'s `ps?everywhere`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<std::net::SocketAddr>,
 }
 
 struct Child {
@@ -238,6 +242,7 @@ impl Supervisor {
             pid: None,
             restarts: 0,
             since: None,
+            via: None,
         }));
         let restarts = self
             .metrics

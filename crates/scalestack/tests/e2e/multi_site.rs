@@ -143,6 +143,21 @@ async fn losing_a_whole_site_keeps_users_logged_in_and_loses_no_acknowledged_wri
     for name in ["pg1", "pg2", "pg3", "ns1", "ns2", "site-dc1", "site-dc2"] {
         assert!(ps.contains(name), "{ps}");
     }
+    // The shared up sees every site's processes too (the dashboard's view).
+    let everywhere: serde_json::Value = reqwest::get(format!("{}/api/ps?everywhere=true", up.control))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for site in ["dc1", "dc2"] {
+        let has_lb = everywhere
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "lb" && c["site"] == site && c["via"].is_string());
+        assert!(has_lb, "no lb of {site} in {everywhere}");
+    }
     let servers = [
         SocketAddr::from(([127, 0, 0, 1], ns1)),
         SocketAddr::from(([127, 0, 0, 2], ns2)),
