@@ -14,9 +14,9 @@
 //! chosen is part of the key.
 
 use crate::answer::{Answer, LocatedBy, Transport, Zone};
-use crate::geo::{FxBuild, FxHasher, Location, SiteMask};
+use crate::geo::{FxBuild, Location, SiteMask};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -223,9 +223,7 @@ impl Zone {
             subnet: q.subnet.map(|s| (s.family, s.source)),
             geo,
         };
-        let mut h = FxHasher::default();
-        key.hash(&mut h);
-        let hash = h.finish();
+        let hash = FxBuild::default().hash_one(&key);
         if let Some(hit) = cache.entries.get(&hash).filter(|c| c.key == key) {
             cache.hits += 1;
             let mut bytes = hit.bytes.clone();

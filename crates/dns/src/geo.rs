@@ -77,50 +77,12 @@ pub fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
-/// FxHash (rustc's): a multiply and a rotate per word. The keys here are
-/// the server's own (addresses, answer keys), not chosen by clients in a
-/// way that could flood one bucket (a client picks only its own address
-/// and name, and the tables are bounded), and SipHash showed up in the
-/// answering thread's profile.
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// Hash maps keyed by [`FxHasher`].
-pub type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+/// Hash maps keyed by FxHash (rustc's): the keys here are the server's
+/// own (addresses, answer keys), not chosen by clients in a way that could
+/// flood one bucket (a client picks only its own address and name, and the
+/// tables are bounded), and SipHash showed up in the answering thread's
+/// profile.
+pub type FxBuild = rustc_hash::FxBuildHasher;
 
 /// Where a client was placed: its region and the prefix length of the
 /// network that decided it (the ECS scope of the answer; 0 for the default

@@ -8,7 +8,7 @@
 use bytes::BytesMut;
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::Hash;
 use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -57,44 +57,7 @@ struct Idle {
 
 /// FxHash (rustc's): the keys are a proxy's own configured peers, so a
 /// keyed hash buys nothing, and this costs a multiply per word.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type PeerMap<K> = HashMap<K, Vec<Idle>, BuildHasherDefault<FxHasher>>;
+type PeerMap<K> = HashMap<K, Vec<Idle>, rustc_hash::FxBuildHasher>;
 
 /// Idle keep-alive connections by peer, most recent last.
 pub struct Pool<K> {
