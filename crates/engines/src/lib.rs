@@ -16,6 +16,14 @@
 
 pub mod nats;
 mod owner;
+
+/// `program` in the first directory of `PATH` that has it.
+pub fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
 pub mod postgres;
 mod process;
 pub mod redis;

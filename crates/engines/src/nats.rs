@@ -57,13 +57,7 @@ pub fn locate_server() -> anyhow::Result<PathBuf> {
     if default.is_file() {
         return Ok(default.to_owned());
     }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("nats-server"))
-                .find(|p| p.is_file())
-        })
-        .context("no nats-server found (looked in SCALESTACK_NATS_SERVER, /usr/local/lib/scalestack, /usr/sbin and PATH); install it with scripts/setup.sh")
+    crate::on_path("nats-server").context("no nats-server found (looked in SCALESTACK_NATS_SERVER, /usr/local/lib/scalestack, /usr/sbin and PATH); install it with scripts/setup.sh")
 }
 
 /// `<dir>/nats-server-<version>/nats-server` with the highest version.

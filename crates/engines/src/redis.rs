@@ -36,13 +36,7 @@ pub fn locate_server() -> anyhow::Result<PathBuf> {
     if default.is_file() {
         return Ok(default.to_owned());
     }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("redis-server"))
-                .find(|p| p.is_file())
-        })
-        .context("no redis-server found (looked in SCALESTACK_REDIS_SERVER, /usr/bin and PATH); install it with scripts/setup.sh")
+    crate::on_path("redis-server").context("no redis-server found (looked in SCALESTACK_REDIS_SERVER, /usr/bin and PATH); install it with scripts/setup.sh")
 }
 
 /// One Redis server we started.

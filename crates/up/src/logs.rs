@@ -130,10 +130,10 @@ impl LogsSection {
                 port = self.listen.port(),
             ),
         )?;
-        let program = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
+        // /usr/sbin is not on every user's PATH.
+        let program = Some(PathBuf::from("/usr/sbin/rsyslogd"))
+            .filter(|p| p.is_file())
+            .or_else(|| engines::on_path("rsyslogd"))
             .context("rsyslogd is not installed (scripts/setup.sh installs rsyslog)")?;
         Ok(Launch::Program {
             program,
@@ -231,7 +231,7 @@ fn as_json(component: &str, site: &str, line: &str) -> String {
                 .find(|l| text.split_whitespace().take(3).any(|w| w == *l))
                 .unwrap_or("INFO");
             serde_json::json!({
-                "timestamp": now_rfc3339(),
+                "timestamp": rfc3339(std::time::SystemTime::now()),
                 "level": level,
                 "fields": { "message": text },
             })
@@ -268,13 +268,9 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-fn now_rfc3339() -> String {
-    httpdate_like(std::time::SystemTime::now())
-}
-
 /// `2026-12-04T18:40:00.123456Z` (what tracing's JSON uses, so the two sort
 /// together).
-fn httpdate_like(t: std::time::SystemTime) -> String {
+fn rfc3339(t: std::time::SystemTime) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -402,12 +398,11 @@ mod tests {
         let f = frame("lb", "{}");
         assert_eq!(String::from_utf8(f).unwrap(), "21 <14>1 - - lb - - - {}");
         assert_eq!(
-            httpdate_like(std::time::UNIX_EPOCH + Duration::from_secs(1_796_404_549)).len(),
+            rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(1_796_404_549)).len(),
             27
         );
         assert!(
-            httpdate_like(std::time::UNIX_EPOCH + Duration::from_secs(1_796_404_549))
-                .starts_with("2026-12-04T")
+            rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(1_796_404_549)).starts_with("2026-12-04T")
         );
     }
 

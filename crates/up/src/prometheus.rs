@@ -157,11 +157,7 @@ impl ManagedPrometheus {
 
 /// A Debian package's program on the PATH.
 fn locate(program: &str) -> anyhow::Result<PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
+    engines::on_path(program)
         .with_context(|| format!("{program} is not installed (scripts/setup.sh installs it)"))
 }
 

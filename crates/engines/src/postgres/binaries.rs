@@ -33,8 +33,8 @@ impl PgBinaries {
         if let Some(dir) = highest_debian_major(Path::new(DEBIAN_ROOT)) {
             return Self::at(&dir);
         }
-        if let Some(dir) = on_path("postgres") {
-            return Self::at(&dir);
+        if let Some(dir) = crate::on_path("postgres").as_deref().and_then(Path::parent) {
+            return Self::at(dir);
         }
         bail!(
             "no PostgreSQL server found (looked in {PG_BIN_ENV}, {DEBIAN_ROOT}/<major>/bin and PATH); \
@@ -89,10 +89,6 @@ fn highest_debian_major(root: &Path) -> Option<PathBuf> {
         })
         .max_by_key(|(major, _)| *major)
         .map(|(_, bin)| bin)
-}
-
-fn on_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).find(|dir| dir.join(program).is_file())
 }
 
 #[cfg(test)]
